@@ -1,0 +1,36 @@
+# Every target works on a fresh Debian 12 machine, as root.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# update-ca-certificates lives in /usr/sbin.
+export PATH := $(CURDIR)/$(BIN):/usr/local/sbin:/usr/sbin:/sbin:$(PATH)
+
+.PHONY: setup deps venv lint test demo clean
+
+setup: deps venv
+
+deps:
+	packaging/install-deps.sh
+
+$(BIN)/.installed: pyproject.toml packaging/requirements-test.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -r packaging/requirements-test.txt
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e .
+	touch $@
+
+venv: $(BIN)/.installed
+
+lint: venv
+	$(BIN)/ruff check trustinstaller tests
+	$(BIN)/ruff format --check trustinstaller tests
+	$(BIN)/mypy --strict trustinstaller
+
+test: setup lint
+	$(BIN)/pytest
+
+demo: setup
+	$(BIN)/python -m tests.demo
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,28 @@
+#!/bin/sh
+# Install the Debian packages that trustinstaller, its demo and its tests need.
+# Only missing packages are installed, so a second run is quick and offline.
+set -eu
+
+packages="ca-certificates libnss3-tools openssl curl util-linux python3 python3-venv"
+if [ "$#" -gt 0 ]; then
+    packages="$packages $*"
+fi
+
+missing=""
+for p in $packages; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+        missing="$missing $p"
+    fi
+done
+if [ -z "$missing" ]; then
+    exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+    echo "install-deps: need root to install:$missing" >&2
+    exit 1
+fi
+echo "install-deps: installing$missing"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+# shellcheck disable=SC2086
+apt-get install -y -qq --no-install-recommends $missing >/dev/null

@@ -1,0 +1,251 @@
+"""The command line: ``main(argv=None) -> int``.
+
+Exit codes: 0 ok, 1 internal or host error, 2 bad manifest or usage,
+3 a certificate or fetch refused, 4 locked, 5 busy (another install is running).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from trustinstaller import __version__, config, log
+from trustinstaller.errors import ConfigError, Outcome, TrustInstallerError
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_USAGE = 2
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a Unix socket, for talking to the daemon."""
+
+    def __init__(self, path: Path, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        """Connect to the daemon's socket instead of a TCP port."""
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout)
+        s.connect(str(self.unix_path))
+        self.sock = s
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI and return its exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    log.configure()
+    try:
+        cfg = config.load(args.config)
+        result: int = args.func(args, cfg)
+        return result
+    except TrustInstallerError as exc:
+        print(f"trustinstaller: {exc.diagnostics()}", file=sys.stderr)
+        return exc.outcome.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="trustinstaller",
+        description="Install a session's custom root CAs into the OS trust store and NSS, "
+        "then lock the configuration.",
+    )
+    p.add_argument("--version", action="version", version=f"trustinstaller {__version__}")
+    p.add_argument(
+        "--config",
+        metavar="PATH",
+        help=f"TOML configuration (default: ${config.ENV_VAR}, else built-in defaults)",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("serve", help="run the daemon on its Unix socket")
+    s.set_defaults(func=_serve)
+
+    s = sub.add_parser("submit", help="send a manifest to the daemon")
+    s.add_argument("manifest", help="manifest file, or - for standard input")
+    s.add_argument("--json", action="store_true", help="print the daemon's JSON answer")
+    s.add_argument("--timeout", type=float, default=600.0, help="seconds to wait (default 600)")
+    s.set_defaults(func=_submit)
+
+    s = sub.add_parser("apply", help="install a manifest in this process (no daemon)")
+    s.add_argument("manifest", help="manifest file, or - for standard input")
+    s.add_argument("--json", action="store_true", help="print the status as JSON")
+    s.set_defaults(func=_apply)
+
+    s = sub.add_parser("status", help="show the session's status")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.set_defaults(func=_status)
+
+    s = sub.add_parser("check", help="validate local PEM files; installs nothing")
+    s.add_argument("pem", nargs="+", help="PEM files to check")
+    s.set_defaults(func=_check)
+    return p  # fmt: skip
+
+
+def _serve(args: argparse.Namespace, cfg: config.Config) -> int:
+    from trustinstaller.installer import Installer
+    from trustinstaller.server import serve
+
+    # SIGTERM ends serve_forever like Ctrl-C; an install cut short is rolled back at next start.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    serve(Installer(cfg))
+    return EXIT_OK
+
+
+def _apply(args: argparse.Namespace, cfg: config.Config) -> int:
+    from trustinstaller.installer import Installer
+
+    data = _read_manifest(args.manifest)
+    installer = Installer(cfg)
+    installer.prepare()
+    try:
+        status = installer.submit(data)
+    except TrustInstallerError as exc:
+        _print_status(installer.status(), args.json, exc.outcome, exc.diagnostics())
+        return exc.outcome.exit_code
+    _print_status(status, args.json, Outcome.INSTALLED, "installed and locked")
+    return EXIT_OK
+
+
+def _submit(args: argparse.Namespace, cfg: config.Config) -> int:
+    data = _read_manifest(args.manifest)
+    code, doc = _request(cfg.socket, "PUT", "/v1/manifest", data, timeout=args.timeout)
+    outcome = Outcome.from_label(str(doc.get("outcome", "")))
+    if code == 200:
+        outcome = Outcome.INSTALLED
+    message = str(doc.get("message") or doc.get("error") or f"HTTP {code}")
+    if "state" in doc:
+        _print_status(doc, args.json, outcome, message)
+    else:
+        print(json.dumps(doc, indent=2) if args.json else message,
+              file=sys.stdout if args.json else sys.stderr)  # fmt: skip
+    return outcome.exit_code
+
+
+def _status(args: argparse.Namespace, cfg: config.Config) -> int:
+    try:
+        _, doc = _request(cfg.socket, "GET", "/v1/status", None, timeout=10.0)
+        source = "daemon"
+    except TrustInstallerError:
+        from trustinstaller.state import StateDir
+
+        doc = StateDir(cfg.state_dir).read_status()
+        source = f"state directory {cfg.state_dir} (no daemon answered)"
+    if args.json:
+        print(json.dumps(doc, indent=2, sort_keys=True))
+    else:
+        print(f"source: {source}")
+        _print_human(doc)
+    return EXIT_OK
+
+
+def _check(args: argparse.Namespace, cfg: config.Config) -> int:
+    from trustinstaller.errors import RefusedError
+    from trustinstaller.installer import utc_now
+    from trustinstaller.validate import MAX_SECRET_BYTES, validate
+
+    worst = EXIT_OK
+    now = utc_now()
+    for name in args.pem:
+        try:
+            with open(name, "rb") as f:
+                raw = f.read(MAX_SECRET_BYTES + 1)
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                ca = validate(name, secret_string=None, secret_binary=raw, now=now)
+            else:
+                ca = validate(name, secret_string=text, secret_binary=None, now=now)
+        except OSError as exc:
+            print(f"{name}: cannot read: {exc.strerror}", file=sys.stderr)
+            worst = max(worst, EXIT_USAGE)
+            continue
+        except RefusedError as exc:
+            print(f"REFUSED {exc}")
+            worst = max(worst, Outcome.REFUSED.exit_code)
+            continue
+        print(f"OK {name}: {ca.subject} sha256={ca.fingerprint_sha256} "
+              f"notAfter={ca.not_after:%Y-%m-%dT%H:%M:%SZ}")  # fmt: skip
+        for w in ca.warnings:
+            print(f"  warning: {w}")
+    return worst
+
+
+def _read_manifest(name: str) -> bytes:
+    from trustinstaller.manifest import MAX_MANIFEST_BYTES
+
+    try:
+        if name == "-":
+            return sys.stdin.buffer.read(MAX_MANIFEST_BYTES + 1)
+        with open(name, "rb") as f:
+            return f.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"manifest {name}: cannot read: {exc.strerror or exc}") from exc
+
+
+def _request(
+    path: Path, method: str, url: str, body: bytes | None, *, timeout: float
+) -> tuple[int, dict[str, Any]]:
+    conn = UnixHTTPConnection(path, timeout)
+    try:
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        conn.request(method, url, body=body, headers=headers)
+        resp = conn.getresponse()
+        raw = resp.read()
+    except (OSError, http.client.HTTPException) as exc:
+        raise DaemonUnreachableError(path, exc) from exc
+    finally:
+        conn.close()
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        doc = {"error": raw.decode("utf-8", "replace")[:500]}
+    return resp.status, doc if isinstance(doc, dict) else {"error": str(doc)}
+
+
+class DaemonUnreachableError(TrustInstallerError):
+    """No daemon answered on the socket."""
+
+    def __init__(self, path: Path, exc: BaseException) -> None:
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        super().__init__(f"socket {path}: no daemon answered ({reason}); is the service running?")
+
+
+def _print_status(doc: dict[str, Any], as_json: bool, outcome: Outcome, message: str) -> None:
+    if as_json:
+        print(json.dumps({**doc, "outcome": outcome.label, "message": message},
+                         indent=2, sort_keys=True))  # fmt: skip
+        return
+    stream = sys.stdout if outcome is Outcome.INSTALLED else sys.stderr
+    print(f"{outcome.label}: {message}", file=stream)
+    _print_human(doc, stream)
+
+
+def _print_human(doc: dict[str, Any], stream: Any = None) -> None:
+    out = stream or sys.stdout
+    print(f"state: {doc.get('state')}", file=out)
+    for c in doc.get("certificates", []):
+        print(f"  {c['subject']}  sha256={c['fingerprint_sha256']}  notAfter={c['not_after']}",
+              file=out)  # fmt: skip
+        print(f"    from {c['source']['arn']} -> {', '.join(c['stores'])}", file=out)
+        for w in c.get("warnings", []):
+            print(f"    warning: {w}", file=out)
+    for e in doc.get("errors", []):
+        print(f"  error: {e.get('message')}", file=out)
+
+
+__all__ = ["ConfigError", "main"]

@@ -1,0 +1,139 @@
+"""Configuration: TOML from ``--config PATH`` or ``TRUSTINSTALLER_CONFIG``, strictly checked."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trustinstaller.errors import ConfigError
+from trustinstaller.stores.debian import DebianPaths
+
+ENV_VAR = "TRUSTINSTALLER_CONFIG"
+DEFAULT_STATE_DIR = Path("/run/trustinstaller")
+
+
+def default_nss_databases() -> tuple[str, ...]:
+    """Root's NSS database, where Chromium run as root would look for it."""
+    try:
+        home = Path(pwd.getpwuid(0).pw_dir)
+    except KeyError:
+        home = Path("/root")
+    # Chromium M146+ uses ~/.pki/nssdb only if it already exists, else ~/.local/share/pki/nssdb.
+    legacy = home / ".pki" / "nssdb"
+    if legacy.is_dir():
+        return (f"sql:{legacy}",)
+    return (f"sql:{home / '.local' / 'share' / 'pki' / 'nssdb'}",)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the agent reads from its configuration file."""
+
+    socket: Path = DEFAULT_STATE_DIR / "trustinstaller.sock"
+    state_dir: Path = DEFAULT_STATE_DIR
+    nss_databases: tuple[str, ...] = field(default_factory=default_nss_databases)
+    allowed_uids: tuple[int, ...] = (0,)
+    socket_group: str | None = None
+    endpoint_url: str | None = None
+    os_store: DebianPaths = field(default_factory=DebianPaths)
+    update_timeout: float = 300.0
+    certutil_timeout: float = 30.0
+    request_timeout: float = 10.0
+
+
+_PATH_KEYS = {"socket", "state_dir"}
+_OS_KEYS = {"local_certs_dir", "etc_certs_dir", "certs_dir", "certs_conf", "hooks_dir"}
+_TIMEOUT_KEYS = {"update_timeout", "certutil_timeout", "request_timeout"}
+_KEYS = (
+    _PATH_KEYS
+    | _TIMEOUT_KEYS
+    | {
+        "nss_databases",
+        "allowed_uids",
+        "socket_group",
+        "endpoint_url",
+        "os_store",
+    }
+)
+
+
+def load(path: str | os.PathLike[str] | None = None) -> Config:
+    """Load the configuration from ``path``, ``$TRUSTINSTALLER_CONFIG``, or use the defaults."""
+    chosen = path if path is not None else os.environ.get(ENV_VAR)
+    if not chosen:
+        return Config()
+    try:
+        with open(chosen, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"config {chosen}: cannot read: {exc.strerror or exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config {chosen}: not valid TOML: {exc}") from exc
+    return from_mapping(data, source=str(chosen))
+
+
+def from_mapping(data: Mapping[str, Any], *, source: str = "config") -> Config:
+    """Build a Config from parsed TOML, refusing unknown keys and wrong types."""
+
+    def fail(key: str, reason: str) -> ConfigError:
+        return ConfigError(f"config {source}: {key}: {reason}")
+
+    unknown = sorted(set(data) - _KEYS)
+    if unknown:
+        raise fail(unknown[0], f"unknown key (allowed: {', '.join(sorted(_KEYS))})")
+    kw: dict[str, Any] = {}
+    for key in _PATH_KEYS:
+        if key in data:
+            kw[key] = _abs_path(data[key], key, fail)
+    for key in _TIMEOUT_KEYS:
+        if key in data:
+            v = data[key]
+            if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0:
+                raise fail(key, "must be a positive number of seconds")
+            kw[key] = float(v)
+    if "nss_databases" in data:
+        dbs = data["nss_databases"]
+        if not isinstance(dbs, list) or not all(isinstance(d, str) for d in dbs):
+            raise fail("nss_databases", "must be a list of strings like 'sql:/root/.pki/nssdb'")
+        for d in dbs:
+            if not d.startswith("sql:") or not d[4:].startswith("/"):
+                raise fail("nss_databases", f"{d!r}: use 'sql:' and an absolute path")
+        kw["nss_databases"] = tuple(dbs)
+    if "allowed_uids" in data:
+        uids = data["allowed_uids"]
+        if not isinstance(uids, list) or not all(
+            isinstance(u, int) and not isinstance(u, bool) and u >= 0 for u in uids
+        ):
+            raise fail("allowed_uids", "must be a list of non-negative integers")
+        kw["allowed_uids"] = tuple(uids)
+    for key in ("socket_group", "endpoint_url"):
+        if key in data:
+            if not isinstance(data[key], str) or not data[key]:
+                raise fail(key, "must be a non-empty string")
+            kw[key] = data[key]
+    if "endpoint_url" in kw and not kw["endpoint_url"].startswith(("https://", "http://")):
+        raise fail("endpoint_url", "must start with https:// (or http:// for a local test server)")
+    if "os_store" in data:
+        table = data["os_store"]
+        if not isinstance(table, dict):
+            raise fail("os_store", "must be a table")
+        bad = sorted(set(table) - _OS_KEYS)
+        if bad:
+            raise fail(
+                f"os_store.{bad[0]}", f"unknown key (allowed: {', '.join(sorted(_OS_KEYS))})"
+            )
+        kw["os_store"] = DebianPaths(
+            **{k: _abs_path(v, f"os_store.{k}", fail) for k, v in table.items()}
+        )
+    return Config(**kw)
+
+
+def _abs_path(value: object, key: str, fail: Any) -> Path:
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise fail(key, "must be an absolute path")
+    return Path(value)

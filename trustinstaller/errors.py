@@ -1,0 +1,197 @@
+"""The project's errors, grouped by who has to act.
+
+Messages name the object and the reason. They never carry PEM text, key
+material or credentials: only ARNs, fingerprints, paths and tool output.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class Outcome(enum.Enum):
+    """What happened to a request, and how the CLI and the HTTP API report it."""
+
+    INSTALLED = ("installed", 0, 200)
+    INTERNAL = ("internal_error", 1, 500)
+    INVALID = ("invalid_manifest", 2, 400)
+    REFUSED = ("refused", 3, 422)
+    LOCKED = ("locked", 4, 409)
+    BUSY = ("busy", 5, 503)
+    STORE_FAILED = ("store_failed", 1, 500)
+    FORBIDDEN = ("forbidden", 1, 403)
+
+    def __init__(self, label: str, exit_code: int, http_status: int) -> None:
+        self.label = label
+        self.exit_code = exit_code
+        self.http_status = http_status
+
+    @classmethod
+    def from_label(cls, label: str) -> Outcome:
+        """The outcome with this label, or INTERNAL for an unknown one."""
+        for outcome in cls:
+            if outcome.label == label:
+                return outcome
+        return cls.INTERNAL
+
+
+class TrustInstallerError(Exception):
+    """Root of every error this project raises on purpose."""
+
+    outcome = Outcome.INTERNAL
+
+    def problems(self) -> list[Problem]:
+        """The individual problems, for the status answer."""
+        return [Problem(kind=self.outcome.label, object="", message=str(self))]
+
+    def diagnostics(self) -> str:
+        """What went wrong and what to do, for a human."""
+        return str(self)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One reportable problem: what kind, on which object, and the message."""
+
+    kind: str
+    object: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        """The JSON form used in status answers and the state file."""
+        return {"kind": self.kind, "object": self.object, "message": self.message}
+
+
+class ManifestError(TrustInstallerError):
+    """The caller sent a manifest or a request we cannot accept."""
+
+    outcome = Outcome.INVALID
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"manifest {path}: {reason}" if path else f"manifest: {reason}")
+
+    def problems(self) -> list[Problem]:
+        """One problem, on the manifest path."""
+        return [Problem("invalid_manifest", self.path or "manifest", str(self))]
+
+
+class ConfigError(TrustInstallerError):
+    """The configuration file is unreadable or wrong."""
+
+    outcome = Outcome.INVALID
+
+
+class CertificateError(TrustInstallerError):
+    """A secret could not be fetched, or its content was refused."""
+
+    outcome = Outcome.REFUSED
+
+    def __init__(self, kind: str, arn: str, reason: str) -> None:
+        self.kind = kind
+        self.arn = arn
+        self.reason = reason
+        super().__init__(f"secret {arn}: {reason}")
+
+    def problems(self) -> list[Problem]:
+        """One problem, on the ARN."""
+        return [Problem(self.kind, self.arn, str(self))]
+
+
+class FetchError(CertificateError):
+    """Secrets Manager did not give us the secret: AWS or IAM must act."""
+
+    def __init__(self, arn: str, reason: str) -> None:
+        super().__init__("fetch_failed", arn, reason)
+
+
+class RefusedError(CertificateError):
+    """The secret's content is not an acceptable root CA."""
+
+    def __init__(self, arn: str, reason: str) -> None:
+        super().__init__("refused", arn, reason)
+
+
+class CertificatesRefusedError(TrustInstallerError):
+    """One or more certificates failed; nothing was installed."""
+
+    outcome = Outcome.REFUSED
+
+    def __init__(self, failures: Sequence[CertificateError]) -> None:
+        self.failures = list(failures)
+        n = len(self.failures)
+        head = f"{n} certificate{'s' if n != 1 else ''} refused; nothing was installed"
+        super().__init__("\n".join([head, *(f"  {f}" for f in self.failures)]))
+
+    def problems(self) -> list[Problem]:
+        """Every failure, not just the first."""
+        return [p for f in self.failures for p in f.problems()]
+
+
+class HostError(TrustInstallerError):
+    """A store command failed on this host: the host's administrator must act."""
+
+    outcome = Outcome.STORE_FAILED
+
+    def __init__(
+        self, argv: Sequence[str], reason: str, *, returncode: int | None = None, output: str = ""
+    ) -> None:
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.output = output
+        self.reason = reason
+        detail = f" (exit {returncode})" if returncode is not None else ""
+        tail = _last_lines(output)
+        msg = f"{' '.join(self.argv)}: {reason}{detail}"
+        super().__init__(f"{msg}\n{tail}" if tail else msg)
+
+    def problems(self) -> list[Problem]:
+        """One problem, on the command."""
+        return [Problem("store_failed", self.argv[0] if self.argv else "", str(self))]
+
+
+class StoreError(TrustInstallerError):
+    """A store is not in the state it should be in after an install."""
+
+    outcome = Outcome.STORE_FAILED
+
+    def __init__(self, store: str, reason: str) -> None:
+        self.store = store
+        super().__init__(f"store {store}: {reason}")
+
+    def problems(self) -> list[Problem]:
+        """One problem, on the store."""
+        return [Problem("store_failed", self.store, str(self))]
+
+
+class LockedError(TrustInstallerError):
+    """The session's configuration is already locked."""
+
+    outcome = Outcome.LOCKED
+
+    def __init__(self, since: str | None = None) -> None:
+        when = f" since {since}" if since else ""
+        super().__init__(
+            f"configuration is locked{when}: certificates can be installed once per session; "
+            "start a new session to change them"
+        )
+
+
+class BusyError(TrustInstallerError):
+    """Another install holds the state directory's lock right now."""
+
+    outcome = Outcome.BUSY
+
+    def __init__(self, state_dir: str) -> None:
+        super().__init__(
+            f"state directory {state_dir}: another install is in progress; "
+            "wait for it and check 'trustinstaller status'"
+        )
+
+
+def _last_lines(text: str, n: int = 8) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return "\n".join(f"  | {line}" for line in lines[-n:])

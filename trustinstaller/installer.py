@@ -1,0 +1,241 @@
+"""The main job: one manifest in, every CA fetched, validated and trusted, then locked.
+
+Side effects come in as parameters (the config's paths, the command runner,
+the clock and the Secrets Manager client factory), so that the daemon, the
+``apply`` command and the tests all run this same code.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from trustinstaller import _run, fetch, log, manifest, state, transaction
+from trustinstaller.config import Config
+from trustinstaller.errors import (
+    CertificateError,
+    CertificatesRefusedError,
+    LockedError,
+    Problem,
+    TrustInstallerError,
+)
+from trustinstaller.manifest import CertificateRef, Credentials
+from trustinstaller.stores import Store
+from trustinstaller.stores.debian import DebianStore
+from trustinstaller.stores.nss import NssStore
+from trustinstaller.validate import TrustedCA, validate
+
+ClientFactoryMaker = Callable[[Credentials | None], fetch.ClientFactory]
+
+
+def utc_now() -> dt.datetime:
+    """The current time, timezone-aware UTC."""
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A validated certificate and every manifest entry that named it."""
+
+    ca: TrustedCA
+    refs: tuple[CertificateRef, ...]
+
+
+@dataclass
+class Installer:
+    """Runs installs against one configuration and state directory."""
+
+    config: Config
+    runner: _run.Runner = _run.run
+    clock: Callable[[], dt.datetime] = utc_now
+    make_clients: ClientFactoryMaker | None = None
+    logger: Any = field(default_factory=log.get)
+
+    def __post_init__(self) -> None:
+        self.state = state.StateDir(self.config.state_dir)
+
+    # -- stores ---------------------------------------------------------------
+
+    def stores(self) -> list[Store]:
+        """The configured stores, OS store first."""
+        return [self.store_named("os"), *(self.store_named(f"nss:{db}")
+                                          for db in self.config.nss_databases)]  # fmt: skip
+
+    def store_named(self, name: str) -> Store:
+        """Rebuild a store from its name in a journal entry."""
+        if name == "os":
+            return DebianStore(self.runner, self.config.os_store,
+                               timeout=self.config.update_timeout)  # fmt: skip
+        if name.startswith("nss:"):
+            db = name.removeprefix("nss:")
+            return NssStore(self.runner, db if db.startswith("sql:") else f"sql:{db}",
+                            timeout=self.config.certutil_timeout)  # fmt: skip
+        raise ValueError(f"unknown store {name!r} in the journal")
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def prepare(self) -> dict[str, Any]:
+        """Create the state directory and finish any interrupted install; return the status."""
+        self.state.ensure()
+        with self.state.exclusive():
+            self._recover()
+        return self.status()
+
+    def status(self) -> dict[str, Any]:
+        """The current status document."""
+        return self.state.read_status()
+
+    def submit(self, data: bytes) -> dict[str, Any]:
+        """Apply one manifest. Raise a TrustInstallerError (after recording it) on failure."""
+        self.state.ensure()
+        locked, since = self.state.is_locked()
+        if locked:
+            self.logger.warning("manifest_refused", reason="locked", outcome="locked")
+            raise LockedError(since)
+        with self.state.exclusive():
+            self._recover()
+            locked, since = self.state.is_locked()
+            if locked:
+                self.logger.warning("manifest_refused", reason="locked", outcome="locked")
+                raise LockedError(since)
+            try:
+                return self._install(data)
+            except TrustInstallerError as exc:
+                self._record_failure(exc)
+                raise
+            except BaseException as exc:
+                self._record_failure(exc)
+                raise
+
+    def _install(self, data: bytes) -> dict[str, Any]:
+        parsed = manifest.parse(data)
+        self.state.write_status({**state.empty_status(), "state": state.INSTALLING})
+        now = self.clock()
+        planned = self._fetch_and_validate(parsed.certificates, parsed.credentials, now)
+        del parsed  # the credentials are not needed past the fetch
+        certs = [p.ca for p in planned]
+        stores = self.stores() if certs else []
+        entries = [self._cert_status(p, [s.name for s in stores]) for p in planned]
+        summary = {"certificates": entries}
+        if certs:
+            transaction.apply(stores, certs, self.state, summary, self.store_named)
+        status = self._locked_status(entries)
+        self.state.write_status(status)
+        self.state.clear_journal()
+        for e in entries:
+            self.logger.info(
+                "cert_installed",
+                fingerprint_sha256=e["fingerprint_sha256"],
+                subject=e["subject"],
+                arn=e["source"]["arn"],
+                stores=e["stores"],
+                warnings=e["warnings"],
+            )
+        self.logger.info("lock_taken", count=len(entries), state=state.LOCKED)
+        return status
+
+    def _fetch_and_validate(
+        self, refs: Sequence[CertificateRef], credentials: Credentials | None, now: dt.datetime
+    ) -> list[Planned]:
+        if not refs:
+            return []
+        maker = self.make_clients or self._default_clients
+        values = fetch.fetch_all(refs, maker(credentials))
+        failures: list[CertificateError] = []
+        by_fp: dict[str, Planned] = {}
+        for ref, value in zip(refs, values, strict=True):
+            if isinstance(value, CertificateError):
+                failures.append(value)
+                continue
+            try:
+                ca = validate(ref.arn, secret_string=value.secret_string,
+                              secret_binary=value.secret_binary, now=now)  # fmt: skip
+            except CertificateError as exc:
+                failures.append(exc)
+                continue
+            if ca.fingerprint_sha256 in by_fp:
+                first = by_fp[ca.fingerprint_sha256]
+                by_fp[ca.fingerprint_sha256] = Planned(first.ca, (*first.refs, ref))
+            else:
+                by_fp[ca.fingerprint_sha256] = Planned(ca, (ref,))
+        if failures:
+            for f in failures:
+                self.logger.warning("cert_refused", arn=f.arn, kind=f.kind, reason=f.reason)
+            raise CertificatesRefusedError(failures)
+        return list(by_fp.values())
+
+    def _default_clients(self, credentials: Credentials | None) -> fetch.ClientFactory:
+        return fetch.client_factory(credentials, endpoint_url=self.config.endpoint_url)
+
+    def _cert_status(self, p: Planned, stores: list[str]) -> dict[str, Any]:
+        first, *dups = p.refs
+        warnings = list(p.ca.warnings)
+        for d in dups:
+            warnings.append(
+                f"named again at {d.path} ({d.arn}): same certificate as {first.path}; "
+                "installed once"
+            )
+        return {
+            "fingerprint_sha256": p.ca.fingerprint_sha256,
+            "subject": p.ca.subject,
+            "not_before": state.now_iso(p.ca.not_before),
+            "not_after": state.now_iso(p.ca.not_after),
+            "source": first.as_dict(),
+            "duplicates": [d.as_dict() for d in dups],
+            "stores": stores,
+            "warnings": warnings,
+        }
+
+    def _locked_status(self, entries: list[dict[str, Any]]) -> dict[str, Any]:
+        warnings = [f"{e['source']['arn']}: {w}" for e in entries for w in e["warnings"]]
+        return {
+            "state": state.LOCKED,
+            "locked_at": state.now_iso(),
+            "certificates": entries,
+            "warnings": warnings,
+            "errors": [],
+        }
+
+    def _record_failure(self, exc: BaseException) -> None:
+        if isinstance(exc, TrustInstallerError):
+            problems = [p.as_dict() for p in exc.problems()]
+        else:
+            problems = [Problem("internal_error", "", f"{type(exc).__name__}").as_dict()]
+        problems += [
+            Problem("rollback_failed", "", note).as_dict() for note in getattr(exc, "__notes__", [])
+        ]
+        self.state.write_status({**state.empty_status(), "state": state.FAILED, "errors": problems})
+        self.logger.warning(
+            "manifest_refused",
+            outcome=exc.outcome.label if isinstance(exc, TrustInstallerError) else "internal_error",
+            errors=problems,
+        )
+
+    def _recover(self) -> None:
+        """Finish an interrupted install: roll it back, or confirm a committed one."""
+        journal = self.state.read_journal()
+        current = self.state.read_status()
+        if journal is None:
+            if current.get("state") == state.INSTALLING:
+                self.state.write_status({
+                    **state.empty_status(), "state": state.FAILED,
+                    "errors": [Problem("interrupted", "", "an install was interrupted before "
+                                       "anything was written; nothing to undo").as_dict()],
+                })  # fmt: skip
+            return
+        if journal.get("phase") == transaction.COMMITTED:
+            entries = journal.get("summary", {}).get("certificates", [])
+            self.state.write_status(self._locked_status(entries))
+            self.state.clear_journal()
+            self.logger.info("install_confirmed", count=len(entries), state=state.LOCKED)
+            return
+        transaction.rollback(journal, self.store_named)
+        self.state.write_status({
+            **state.empty_status(), "state": state.FAILED,
+            "errors": [Problem("interrupted", "", "an install was interrupted and has been "
+                               "rolled back; submit the manifest again").as_dict()],
+        })  # fmt: skip
+        self.state.clear_journal()
+        self.logger.warning("install_rolled_back", state=state.FAILED)

@@ -1,0 +1,249 @@
+"""The daemon's HTTP/1.1 API on a Unix socket: peer credentials, size caps, JSON answers.
+
+``curl --unix-socket /run/trustinstaller/trustinstaller.sock http://localhost/v1/status``
+works for debugging. Every request is checked with SO_PEERCRED, whatever the
+socket file's mode says.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import json
+import os
+import secrets
+import socket
+import socketserver
+import stat
+import struct
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from trustinstaller import log
+from trustinstaller.errors import Outcome, TrustInstallerError
+from trustinstaller.installer import Installer
+
+MAX_BODY = 1024 * 1024
+SD_LISTEN_FDS_START = 3
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    """One request: route, check the peer, answer JSON."""
+
+    server: Server
+    protocol_version = "HTTP/1.1"
+    server_version = "trustinstaller"
+    sys_version = ""
+
+    def setup(self) -> None:
+        """Apply the per-connection timeout, so a stalled client cannot hold a thread forever."""
+        self.request.settimeout(self.server.request_timeout)
+        super().setup()
+
+    def do_GET(self) -> None:
+        """``GET /v1/status``."""
+        with self._context():
+            if self.path.split("?", 1)[0] != "/v1/status":
+                self._send(404, {"error": f"no such resource {self._path()}; try /v1/status"})
+                return
+            self._send(200, self.server.installer.status())
+
+    def do_PUT(self) -> None:
+        """``PUT /v1/manifest``."""
+        with self._context():
+            if self.path != "/v1/manifest":
+                self._send(404, {"error": f"no such resource {self._path()}; PUT /v1/manifest"})
+                return
+            uid = self._peer()[1]
+            if uid not in self.server.allowed_uids:
+                log.get().warning("peer_refused", peer_uid=uid, outcome=Outcome.FORBIDDEN.label)
+                self._send(403, {"outcome": Outcome.FORBIDDEN.label,
+                                 "message": f"uid {uid} may not submit a manifest"})  # fmt: skip
+                return
+            body = self._read_body()
+            if body is None:
+                return
+            started = time.monotonic()
+            try:
+                status = self.server.installer.submit(body)
+                outcome, message = Outcome.INSTALLED, "installed and locked"
+            except TrustInstallerError as exc:
+                status = self.server.installer.status()
+                outcome, message = exc.outcome, exc.diagnostics()
+            except Exception as exc:  # noqa: BLE001 (the daemon answers and keeps serving)
+                log.get().error("internal_error", error=type(exc).__name__)
+                status = self.server.installer.status()
+                outcome, message = Outcome.INTERNAL, f"internal error ({type(exc).__name__})"
+            log.get().info(
+                "manifest_answered",
+                outcome=outcome.label,
+                duration_ms=round((time.monotonic() - started) * 1000),
+            )
+            self._send(outcome.http_status, {**status, "outcome": outcome.label,
+                                             "message": message})  # fmt: skip
+
+    def do_POST(self) -> None:
+        """Wrong method: say which one to use."""
+        self._wrong_method()
+
+    do_DELETE = do_PATCH = do_POST  # noqa: N815 (http.server's naming)
+
+    def _wrong_method(self) -> None:
+        self.close_connection = True
+        self._send(405, {"error": f"method {self.command} not allowed; use GET /v1/status "
+                                  "or PUT /v1/manifest"}, allow="GET, PUT")  # fmt: skip
+
+    def _read_body(self) -> bytes | None:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            self._send(411, {"error": "chunked bodies are not accepted; send Content-Length"})
+            return None
+        raw = self.headers.get("Content-Length")
+        if raw is None:
+            self._send(411, {"error": "Content-Length is required"})
+            return None
+        try:
+            length = int(raw)
+            if length < 0:
+                raise ValueError
+        except ValueError:
+            self._send(400, {"error": "Content-Length is not a non-negative integer"})
+            return None
+        if length > MAX_BODY:
+            # Refused without reading it; the connection is closed, not drained.
+            self._send(413, {"error": f"body of {length} bytes is over the {MAX_BODY}-byte cap"})
+            return None
+        try:
+            body = self.rfile.read(length)
+        except TimeoutError:
+            self._send(408, {"error": "timed out reading the body"})
+            return None
+        if len(body) != length:
+            self._send(400, {"error": "body shorter than Content-Length"})
+            return None
+        return body
+
+    def _peer(self) -> tuple[int, int, int]:
+        creds = self.request.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                        struct.calcsize("3i"))  # fmt: skip
+        pid, uid, gid = struct.unpack("3i", creds)
+        return pid, uid, gid
+
+    def _path(self) -> str:
+        return self.path[:100]
+
+    @contextlib.contextmanager
+    def _context(self) -> Any:
+        pid, uid, _gid = self._peer()
+        with structlog.contextvars.bound_contextvars(
+            request_id=secrets.token_hex(6), peer_uid=uid, peer_pid=pid
+        ):
+            yield
+
+    def _send(self, code: int, doc: dict[str, Any], **headers: str) -> None:
+        payload = json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n"
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        for k, v in headers.items():
+            self.send_header(k.capitalize(), v)
+        if code >= 400:
+            self.close_connection = True
+            self.send_header("Connection", "close")
+        self.end_headers()
+        with contextlib.suppress(OSError):
+            self.wfile.write(payload)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Malformed HTTP gets a JSON 4xx too."""
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self._send(code, {"error": message or "bad request"})
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's name)
+        """Silenced: requests are logged as structured events instead."""
+
+
+class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    """A threading HTTP server on a Unix socket, possibly inherited from systemd."""
+
+    daemon_threads = True
+    allow_reuse_address = False
+
+    def __init__(self, installer: Installer, sock: socket.socket) -> None:
+        self.installer = installer
+        self.allowed_uids = frozenset(installer.config.allowed_uids)
+        self.request_timeout = installer.config.request_timeout
+        super().__init__(str(sock.getsockname()), Handler, bind_and_activate=False)
+        self.socket.close()
+        self.socket = sock
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        """Accept, with the peer's address replaced by something printable."""
+        conn, _ = self.socket.accept()
+        return conn, "unix"
+
+
+def inherited_socket() -> socket.socket | None:
+    """The listening socket systemd passed us (``LISTEN_FDS``/``LISTEN_PID``), if any."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        return None
+    try:
+        n = int(os.environ.get("LISTEN_FDS", "0"))
+    except ValueError:
+        return None
+    if n < 1:
+        return None
+    for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(key, None)
+    return socket.socket(fileno=SD_LISTEN_FDS_START)
+
+
+def bind_socket(path: Path, *, group: str | None = None) -> socket.socket:
+    """Bind a fresh listening socket at ``path`` (0600, or 0660 with ``group``)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            path.unlink()  # stale, from an earlier run
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old)
+    if group is not None:
+        import grp
+
+        os.chown(path, -1, grp.getgrnam(group).gr_gid)
+        os.chmod(path, 0o660)
+    else:
+        os.chmod(path, 0o600)
+    sock.listen(64)
+    return sock
+
+
+def notify(message: str) -> None:
+    """Send one sd_notify datagram (``READY=1``, ``STATUS=...``) if systemd asked for them."""
+    target = os.environ.get("NOTIFY_SOCKET")
+    if not target:
+        return
+    addr = "\0" + target[1:] if target.startswith("@") else target
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s, contextlib.suppress(OSError):
+        s.connect(addr)
+        s.sendall(message.encode())
+
+
+def serve(installer: Installer) -> None:
+    """Recover, bind (or inherit) the socket, tell systemd we are ready, and serve forever."""
+    status = installer.prepare()
+    sock = inherited_socket() or bind_socket(installer.config.socket,
+                                             group=installer.config.socket_group)  # fmt: skip
+    server = Server(installer, sock)
+    log.get().info("daemon_ready", socket=str(installer.config.socket), state=status["state"])
+    notify(f"READY=1\nSTATUS=state: {status['state']}")
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()

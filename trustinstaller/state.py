@@ -1,0 +1,127 @@
+"""The state directory: the session lock, the status file and the install journal.
+
+It lives on a tmpfs (``/run/trustinstaller`` by default), so the lock lasts
+exactly as long as the session. Mutual exclusion between the daemon and a
+concurrent ``trustinstaller apply`` is an flock on ``install.lock`` in it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import errno
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from trustinstaller import _fs
+from trustinstaller.errors import BusyError
+
+STATUS_FILE = "status.json"
+JOURNAL_FILE = "journal.json"
+LOCK_FILE = "install.lock"
+
+OPEN = "open"
+INSTALLING = "installing"
+LOCKED = "locked"
+FAILED = "failed"
+
+
+def empty_status() -> dict[str, Any]:
+    """The status of a session in which nothing was submitted yet."""
+    return {"state": OPEN, "certificates": [], "warnings": [], "errors": []}
+
+
+class StateDir:
+    """The state directory, reached without following a symlink at its own name."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def ensure(self) -> None:
+        """Create the directory (0700) if missing and check it is a real directory."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with _fs.opened_dir(self.path, create=True, mode=0o700) as fd:
+            st = os.fstat(fd)
+            if st.st_uid != os.geteuid():
+                raise _fs.UnsafePathError(errno.EPERM, "is owned by another user", str(self.path))
+            if st.st_mode & 0o022:
+                os.fchmod(fd, 0o700)
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the install lock, or raise BusyError at once if someone else does."""
+        with _fs.opened_dir(self.path) as dfd:
+            fd = os.open(
+                LOCK_FILE,
+                os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600,
+                dir_fd=dfd,
+            )
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as exc:
+                raise BusyError(str(self.path)) from exc
+            yield
+        finally:
+            os.close(fd)  # closing releases the flock
+
+    def read_status(self) -> dict[str, Any]:
+        """The last written status, or an empty one."""
+        data = self._read(STATUS_FILE)
+        if not isinstance(data, dict) or "state" not in data:
+            return empty_status()
+        return data
+
+    def write_status(self, status: dict[str, Any]) -> None:
+        """Replace the status file atomically (0600)."""
+        status = {**status, "updated_at": now_iso()}
+        self._write(STATUS_FILE, status)
+
+    def is_locked(self) -> tuple[bool, str | None]:
+        """Whether the session's configuration is locked, and since when."""
+        status = self.read_status()
+        return status.get("state") == LOCKED, status.get("locked_at")
+
+    def read_journal(self) -> dict[str, Any] | None:
+        """The install journal, or None when no install is in flight."""
+        data = self._read(JOURNAL_FILE)
+        return data if isinstance(data, dict) else None
+
+    def write_journal(self, journal: dict[str, Any]) -> None:
+        """Replace the journal atomically (0600); called before each step it records."""
+        self._write(JOURNAL_FILE, journal)
+
+    def clear_journal(self) -> None:
+        """Remove the journal once an install is committed or rolled back."""
+        with _fs.opened_dir(self.path) as dfd:
+            _fs.remove(dfd, JOURNAL_FILE)
+            _fs.sync_dir(dfd)
+
+    def _read(self, name: str) -> object:
+        try:
+            with _fs.opened_dir(self.path) as dfd:
+                raw = _fs.read_file(dfd, name)
+        except FileNotFoundError:
+            return None
+        if raw is None:
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return None
+
+    def _write(self, name: str, data: dict[str, Any]) -> None:
+        payload = json.dumps(data, indent=2, sort_keys=True).encode() + b"\n"
+        with _fs.opened_dir(self.path) as dfd:
+            _fs.atomic_write(dfd, name, payload, 0o600)
+
+
+def now_iso(now: dt.datetime | None = None) -> str:
+    """UTC time as an ISO-8601 string with a Z."""
+    t = now or dt.datetime.now(dt.UTC)
+    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,180 @@
+"""The Debian-family OS store: ``/usr/local/share/ca-certificates`` and ``update-ca-certificates``.
+
+Quirks this module exists for, one per line:
+- update-ca-certificates reads only ``*.crt`` files, one certificate per file; subdirectories count.
+- It prints usage and exits 0 on an unknown option, so we check that it actually ran.
+- A failing hook in ``update.d`` prints ``E: ...`` and the script still exits 0.
+- A plain run after files are removed leaves dangling hash links; ``--fresh`` rebuilds them.
+- Hooks (Java's keystore) learn about removals only from ``-path`` lines on stdin.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trustinstaller import _fs
+from trustinstaller._run import Runner
+from trustinstaller.errors import HostError, StoreError
+from trustinstaller.stores import Entry, Recorder
+from trustinstaller.validate import TrustedCA
+
+SUBDIR = "trustinstaller"
+BUNDLE = "ca-certificates.crt"
+_PEM = re.compile(rb"-----BEGIN CERTIFICATE-----\s+(.*?)-----END CERTIFICATE-----", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class DebianPaths:
+    """Where update-ca-certificates reads and writes; overridable for a temporary root."""
+
+    local_certs_dir: Path = Path("/usr/local/share/ca-certificates")
+    etc_certs_dir: Path = Path("/etc/ssl/certs")
+    certs_dir: Path = Path("/usr/share/ca-certificates")
+    certs_conf: Path = Path("/etc/ca-certificates.conf")
+    hooks_dir: Path = Path("/etc/ca-certificates/update.d")
+
+    @property
+    def our_dir(self) -> Path:
+        """The directory holding only our certificates."""
+        return self.local_certs_dir / SUBDIR
+
+    @property
+    def bundle(self) -> Path:
+        """The OS bundle that OpenSSL, curl and friends read."""
+        return self.etc_certs_dir / BUNDLE
+
+
+def cert_filename(ca: TrustedCA) -> str:
+    """The file name for a certificate: its full fingerprint, so names never collide."""
+    return f"{ca.fingerprint_sha256}.crt"
+
+
+@dataclass
+class DebianStore:
+    """Installs into the local CA directory and regenerates the bundle and hash links."""
+
+    runner: Runner
+    paths: DebianPaths = field(default_factory=DebianPaths)
+    command: str = "update-ca-certificates"
+    timeout: float = 300.0
+    name: str = "os"
+
+    def preflight(self) -> None:
+        """The local directory and the bundle directory must exist."""
+        for p in (self.paths.local_certs_dir, self.paths.etc_certs_dir):
+            if not p.is_dir():
+                raise StoreError(
+                    self.name, f"{p} is not a directory; is ca-certificates installed?"
+                )
+
+    def install(self, certs: Sequence[TrustedCA], record: Recorder) -> None:
+        """Write one ``.crt`` per certificate, then run update-ca-certificates."""
+        our = self.paths.our_dir
+        try:
+            fd = _fs.open_dir(our)
+        except FileNotFoundError:
+            record("mkdir", path=str(our))
+            fd = _fs.open_dir(our, create=True, mode=0o755)
+        try:
+            for ca in certs:
+                name = cert_filename(ca)
+                data = ca.pem.encode("ascii")
+                if _fs.read_file(fd, name) == data:
+                    continue  # already there from before this install: not ours to remove
+                record("write", dir=str(our), name=name)
+                _fs.atomic_write(fd, name, data, 0o644)
+        finally:
+            os.close(fd)
+        record("update")
+        self._update()
+
+    def verify(self, certs: Sequence[TrustedCA]) -> None:
+        """Every certificate must be in the regenerated bundle."""
+        present = bundle_ders(self.paths.bundle)
+        missing = [ca.fingerprint_sha256 for ca in certs if ca.der not in present]
+        if missing:
+            raise StoreError(
+                self.name,
+                f"{self.paths.bundle} lacks {len(missing)} certificate(s) after "
+                f"update-ca-certificates: {', '.join(missing)}",
+            )
+
+    def rollback(self, entries: Sequence[Entry]) -> None:
+        """Remove our files, rebuild the bundle and links, and tell the hooks."""
+        removed: list[str] = []
+        for e in entries:
+            if e["action"] == "write":
+                try:
+                    with _fs.opened_dir(Path(e["dir"])) as fd:
+                        if _fs.remove(fd, e["name"]):
+                            removed.append(e["name"])
+                        _fs.sync_dir(fd)
+                except FileNotFoundError:
+                    pass
+        for e in entries:
+            if e["action"] == "mkdir":
+                # Not empty: something else put a file there; leave it.
+                with contextlib.suppress(OSError):
+                    os.rmdir(e["path"])
+        if any(e["action"] == "update" for e in entries):
+            self._update(fresh=True)
+            self._tell_hooks_removed(removed)
+
+    def _args(self) -> list[str]:
+        p = self.paths
+        return [
+            "--certsconf", str(p.certs_conf),
+            "--certsdir", str(p.certs_dir),
+            "--localcertsdir", str(p.local_certs_dir),
+            "--etccertsdir", str(p.etc_certs_dir),
+            "--hooksdir", str(p.hooks_dir),
+        ]  # fmt: skip
+
+    def _update(self, *, fresh: bool = False) -> None:
+        argv = [self.command, *(["--fresh"] if fresh else []), *self._args()]
+        result = self.runner(argv, timeout=self.timeout)
+        check_update_output(argv, result.stdout, result.stderr)
+
+    def _tell_hooks_removed(self, names: Sequence[str]) -> None:
+        """Run each hook with ``-<etccertsdir>/<name>.pem`` lines, as the script does on removal."""
+        if not names or not self.paths.hooks_dir.is_dir():
+            return
+        listing = self.runner(["run-parts", "--test", "--", str(self.paths.hooks_dir)])
+        lines = "".join(
+            f"-{self.paths.etc_certs_dir / (n.removesuffix('.crt') + '.pem')}\n" for n in names
+        ).encode()
+        for hook in listing.stdout.split():
+            self.runner([hook], input=lines, timeout=self.timeout)
+
+
+def check_update_output(argv: Sequence[str], stdout: str, stderr: str) -> None:
+    """Raise HostError if update-ca-certificates did not really run, or a hook failed."""
+    text = f"{stdout}\n{stderr}"
+    if "Updating certificates in" not in text:
+        # An unknown option makes it print usage and exit 0.
+        raise HostError(argv, "did not update anything (old version without these options?)",
+                        output=text)  # fmt: skip
+    errors = [line for line in text.splitlines() if line.startswith("E: ")]
+    if errors:
+        raise HostError(argv, "a hook failed (it still exits 0)", output="\n".join(errors))
+
+
+def bundle_ders(bundle: Path) -> set[bytes]:
+    """The DER encodings of every certificate in a PEM bundle."""
+    try:
+        raw = bundle.read_bytes()
+    except FileNotFoundError:
+        return set()
+    out: set[bytes] = set()
+    for m in _PEM.finditer(raw):
+        try:
+            out.add(base64.b64decode(b"".join(m.group(1).split())))
+        except ValueError:
+            continue
+    return out

@@ -1,0 +1,89 @@
+"""Apply certificates to every store as one transaction: install, verify, or roll back.
+
+The journal lives in the state directory. Every store step is recorded there
+before it is taken, so after a crash at any point the next start knows what
+may have happened and can undo it. A journal whose phase is ``committed``
+means the install finished and only the lock remains to be confirmed.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from trustinstaller.errors import TrustInstallerError
+from trustinstaller.state import StateDir, now_iso
+from trustinstaller.stores import Entry, Recorder, Store
+from trustinstaller.validate import TrustedCA
+
+APPLYING = "applying"
+VERIFYING = "verifying"
+COMMITTED = "committed"
+
+
+class Journal:
+    """The write-ahead record of one install."""
+
+    def __init__(self, state: StateDir, summary: dict[str, Any]) -> None:
+        self.state = state
+        self.data: dict[str, Any] = {
+            "id": secrets.token_hex(8),
+            "started_at": now_iso(),
+            "phase": APPLYING,
+            "summary": summary,
+            "entries": [],
+        }
+        self.state.write_journal(self.data)
+
+    def recorder(self, store: str) -> Recorder:
+        """A recorder that tags each entry with ``store`` and persists it at once."""
+
+        def record(action: str, **fields: Any) -> None:
+            self.data["entries"].append({"store": store, "action": action, **fields})
+            self.state.write_journal(self.data)
+
+        return record
+
+    def set_phase(self, phase: str) -> None:
+        """Persist the install's phase."""
+        self.data["phase"] = phase
+        self.state.write_journal(self.data)
+
+
+def apply(
+    stores: Sequence[Store],
+    certs: Sequence[TrustedCA],
+    state: StateDir,
+    summary: dict[str, Any],
+    store_named: Callable[[str], Store],
+) -> None:
+    """Install ``certs`` into every store and verify; on any failure roll everything back."""
+    for store in stores:
+        store.preflight()
+    journal = Journal(state, summary)
+    try:
+        for store in stores:
+            store.install(certs, journal.recorder(store.name))
+        journal.set_phase(VERIFYING)
+        for store in stores:
+            store.verify(certs)
+    except BaseException as exc:
+        try:
+            rollback(journal.data, store_named)
+        except TrustInstallerError as rb_exc:
+            # The journal stays, so the next start tries the rollback again.
+            exc.add_note(f"rollback failed too, and will be retried at the next start: {rb_exc}")
+            raise exc from rb_exc
+        state.clear_journal()
+        raise
+    journal.set_phase(COMMITTED)
+
+
+def rollback(journal: dict[str, Any], store_named: Callable[[str], Store]) -> None:
+    """Undo a journal's entries, stores in reverse order of first appearance."""
+    by_store: dict[str, list[Entry]] = {}
+    for entry in journal.get("entries", []):
+        by_store.setdefault(entry["store"], []).append(entry)
+    for name in reversed(list(by_store)):
+        store_named(name).rollback(by_store[name])

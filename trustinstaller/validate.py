@@ -1,0 +1,204 @@
+"""Check a secret's content: ``(secret, now) -> TrustedCA``, or ``RefusedError``.
+
+Pure: no I/O, and ``now`` comes in as a parameter. RefusedError messages name the
+rule that failed and never quote the secret's content.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import hashlib
+import re
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
+
+from trustinstaller.errors import RefusedError
+
+# Secrets Manager's own limit for a secret value; moto does not enforce it.
+MAX_SECRET_BYTES = 65536
+MIN_RSA_BITS = 2048
+MIN_EC_BITS = 256
+
+_BLOCK = re.compile(
+    r"-----BEGIN (?P<label>[A-Z0-9 ]+)-----\n(?P<body>.*?)-----END (?P=label)-----",
+    re.DOTALL,
+)
+_ANY_BEGIN = re.compile(r"-----BEGIN ([^-\n]*)-----")
+_BASE64_LINE = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+
+
+@dataclass(frozen=True)
+class TrustedCA:
+    """A certificate that passed every check, with what we report about it."""
+
+    der: bytes = field(repr=False)
+    fingerprint_sha256: str
+    subject: str
+    not_before: dt.datetime
+    not_after: dt.datetime
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def pem(self) -> str:
+        """The certificate as one canonical PEM block with LF line endings."""
+        return _der_to_pem(self.der)
+
+
+def fingerprint(der: bytes) -> str:
+    """SHA-256 of the DER encoding, lowercase hex."""
+    return hashlib.sha256(der).hexdigest()
+
+
+def validate(
+    source: str, *, secret_string: str | None, secret_binary: bytes | None, now: dt.datetime
+) -> TrustedCA:
+    """Check one secret's value; ``source`` (an ARN or a path) names it in refusals."""
+    if secret_string is None:
+        if secret_binary is not None:
+            raise RefusedError(
+                source, "must be a string secret holding a PEM certificate, not binary"
+            )
+        raise RefusedError(source, "has no SecretString value")
+    size = len(secret_string.encode("utf-8", errors="surrogatepass"))
+    if size > MAX_SECRET_BYTES:
+        raise RefusedError(
+            source, f"is {size} bytes, over the {MAX_SECRET_BYTES}-byte secret limit"
+        )
+    der = _single_certificate_block(source, secret_string)
+    try:
+        cert = x509.load_der_x509_certificate(der)
+    except ValueError as exc:
+        raise RefusedError(
+            source, "the CERTIFICATE block is not a valid X.509 certificate"
+        ) from exc
+    return check_certificate(source, cert, now)
+
+
+def check_certificate(source: str, cert: x509.Certificate, now: dt.datetime) -> TrustedCA:
+    """Apply the validity, key and CA checks to a parsed certificate."""
+    not_before = cert.not_valid_before_utc
+    not_after = cert.not_valid_after_utc
+    if now < not_before:
+        raise RefusedError(
+            source, f"not valid yet: notBefore is {_iso(not_before)}, now is {_iso(now)}"
+        )
+    if now > not_after:
+        raise RefusedError(source, f"expired: notAfter was {_iso(not_after)}, now is {_iso(now)}")
+    _check_key(source, cert)
+
+    warnings: list[str] = []
+    try:
+        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        if not bc.ca:
+            warnings.append("not a CA (basicConstraints CA:FALSE); installed with a warning")
+    except x509.ExtensionNotFound:
+        warnings.append("not a CA (no basicConstraints extension); installed with a warning")
+    except ValueError as exc:
+        raise RefusedError(source, "has a malformed extension") from exc
+    if not _self_signed(cert):
+        warnings.append(
+            "not self-signed (issuer differs from subject or its signature does not verify); "
+            "installed with a warning"
+        )
+
+    der = cert.public_bytes(serialization.Encoding.DER)
+    return TrustedCA(
+        der=der,
+        fingerprint_sha256=fingerprint(der),
+        subject=_name(cert.subject),
+        not_before=not_before,
+        not_after=not_after,
+        warnings=tuple(warnings),
+    )
+
+
+def _single_certificate_block(source: str, text: str) -> bytes:
+    """Return the DER of the one CERTIFICATE block that is the whole secret."""
+    # Accept CRLF (secrets pasted from Windows tools) and whitespace around the block.
+    norm = text.replace("\r\n", "\n").strip()
+    labels = [m.group(1).strip() for m in _ANY_BEGIN.finditer(norm)]
+    # Refuse key material first, by its label alone, so no message ever echoes it.
+    if any("PRIVATE KEY" in label for label in labels):
+        raise RefusedError(
+            source,
+            "contains a private key; store only the CA certificate, and rotate that key "
+            "since it was stored beside the certificate",
+        )
+    if not labels:
+        raise RefusedError(
+            source,
+            "is not PEM: expected one '-----BEGIN CERTIFICATE-----' block (DER or bare "
+            "base64 is not accepted)",
+        )
+    certs = labels.count("CERTIFICATE")
+    if certs > 1:
+        raise RefusedError(source, f"holds {certs} certificates; store exactly one per secret")
+    others = sorted({label for label in labels if label != "CERTIFICATE"})
+    if others:
+        raise RefusedError(
+            source, f"holds a PEM block of type {others[0]!r}; expected only CERTIFICATE"
+        )
+    m = _BLOCK.fullmatch(norm)
+    if m is None:
+        raise RefusedError(
+            source,
+            "is not exactly one well-formed PEM CERTIFICATE block (text outside the block, "
+            "or a missing END line)",
+        )
+    lines = [line.strip() for line in m["body"].split("\n") if line.strip()]
+    if not lines or not all(_BASE64_LINE.fullmatch(line) for line in lines):
+        raise RefusedError(source, "the CERTIFICATE block is not base64")
+    try:
+        return base64.b64decode("".join(lines), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise RefusedError(source, "the CERTIFICATE block is not valid base64") from exc
+
+
+def _check_key(source: str, cert: x509.Certificate) -> None:
+    try:
+        key = cert.public_key()
+    except (ValueError, TypeError) as exc:
+        raise RefusedError(source, "its public key is malformed or of an unsupported type") from exc
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size < MIN_RSA_BITS:
+        raise RefusedError(
+            source, f"weak key: RSA {key.key_size} bits, at least {MIN_RSA_BITS} are required"
+        )
+    if isinstance(key, ec.EllipticCurvePublicKey) and key.key_size < MIN_EC_BITS:
+        raise RefusedError(
+            source, f"weak key: EC {key.key_size} bits, at least {MIN_EC_BITS} are required"
+        )
+    if isinstance(key, dsa.DSAPublicKey):
+        raise RefusedError(source, "DSA keys are not accepted: TLS clients no longer trust them")
+
+
+def _self_signed(cert: x509.Certificate) -> bool:
+    if cert.issuer != cert.subject:
+        return False
+    try:
+        cert.verify_directly_issued_by(cert)
+    except (InvalidSignature, ValueError, TypeError):
+        return False
+    return True
+
+
+def _name(name: x509.Name) -> str:
+    try:
+        return name.rfc4514_string()
+    except ValueError:
+        return "<unprintable name>"
+
+
+def _iso(t: dt.datetime) -> str:
+    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _der_to_pem(der: bytes) -> str:
+    b64 = base64.b64encode(der).decode("ascii")
+    body = "\n".join(b64[i : i + 64] for i in range(0, len(b64), 64))
+    return f"-----BEGIN CERTIFICATE-----\n{body}\n-----END CERTIFICATE-----\n"
