@@ -14,6 +14,7 @@ from trustinstaller.errors import ConfigError
 from trustinstaller.stores.debian import DebianPaths
 
 ENV_VAR = "TRUSTINSTALLER_CONFIG"
+DEFAULT_PATH = Path("/etc/trustinstaller/config.toml")
 DEFAULT_STATE_DIR = Path("/run/trustinstaller")
 
 
@@ -63,10 +64,12 @@ _KEYS = (
 
 
 def load(path: str | os.PathLike[str] | None = None) -> Config:
-    """Load the configuration from ``path``, ``$TRUSTINSTALLER_CONFIG``, or use the defaults."""
+    """Load ``path``, else ``$TRUSTINSTALLER_CONFIG``, else /etc/trustinstaller/config.toml."""
     chosen = path if path is not None else os.environ.get(ENV_VAR)
     if not chosen:
-        return Config()
+        if not DEFAULT_PATH.is_file():
+            return Config()
+        chosen = DEFAULT_PATH
     try:
         with open(chosen, "rb") as f:
             data = tomllib.load(f)
