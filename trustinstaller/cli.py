@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import signal
 import socket
 import sys
 from collections.abc import Sequence
@@ -34,8 +33,12 @@ class UnixHTTPConnection(http.client.HTTPConnection):
     def connect(self) -> None:
         """Connect to the daemon's socket instead of a TCP port."""
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(self.timeout)
-        s.connect(str(self.unix_path))
+        try:
+            s.settimeout(self.timeout)
+            s.connect(str(self.unix_path))
+        except OSError:
+            s.close()
+            raise
         self.sock = s
 
 
@@ -97,12 +100,22 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace, cfg: config.Config) -> int:
+    import os
+
     from trustinstaller.installer import Installer
     from trustinstaller.server import serve
 
-    # SIGTERM ends serve_forever like Ctrl-C; an install cut short is rolled back at next start.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    serve(Installer(cfg))
+    # serve() handles SIGTERM itself: it stops accepting and lets an install in flight finish.
+    # The packaged unit sets TRUSTINSTALLER_IDLE_EXIT: with socket activation, a locked daemon
+    # exits after that many idle seconds, and systemd starts it again on the next connection.
+    raw = os.environ.get("TRUSTINSTALLER_IDLE_EXIT", "")
+    try:
+        idle_exit = float(raw) if raw else None
+    except ValueError:
+        idle_exit = -1.0
+    if idle_exit is not None and not 0 < idle_exit < float("inf"):
+        raise ConfigError(f"TRUSTINSTALLER_IDLE_EXIT={raw!r}: must be a positive number of seconds")
+    serve(Installer(cfg), idle_exit=idle_exit)
     return EXIT_OK
 
 

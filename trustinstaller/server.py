@@ -12,22 +12,24 @@ import http.server
 import json
 import os
 import secrets
+import signal
 import socket
 import socketserver
 import stat
 import struct
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from trustinstaller import log
-from trustinstaller.errors import Outcome, TrustInstallerError
+from trustinstaller import log, sdnotify
+from trustinstaller.errors import ConfigError, Outcome, TrustInstallerError
 from trustinstaller.installer import Installer
 
 MAX_BODY = 1024 * 1024
-SD_LISTEN_FDS_START = 3
+SD_LISTEN_FDS_START = sdnotify.SD_LISTEN_FDS_START
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -157,10 +159,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(payload)
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """Malformed HTTP gets a JSON 4xx too."""
+        """Malformed HTTP gets a JSON 4xx too, with a status line even for an unparsed request."""
         self.close_connection = True
+        # http.server leaves request_version at HTTP/0.9 when the request line is garbage,
+        # and then sends no status line at all.
+        self.request_version = self.protocol_version
         with contextlib.suppress(OSError):
-            self._send(code, {"error": message or "bad request"})
+            self._send(code, {"error": (message or "bad request")[:200]})
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's name)
         """Silenced: requests are logged as structured events instead."""
@@ -188,17 +193,13 @@ class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
 def inherited_socket() -> socket.socket | None:
     """The listening socket systemd passed us (``LISTEN_FDS``/``LISTEN_PID``), if any."""
-    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+    fds = sdnotify.listen_fds()
+    if not fds:
         return None
     try:
-        n = int(os.environ.get("LISTEN_FDS", "0"))
-    except ValueError:
-        return None
-    if n < 1:
-        return None
-    for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
-        os.environ.pop(key, None)
-    return socket.socket(fileno=SD_LISTEN_FDS_START)
+        return sdnotify.listening_unix_socket(fds)
+    except sdnotify.ActivationError as exc:
+        raise ConfigError(f"socket activation: {exc}") from exc
 
 
 def bind_socket(path: Path, *, group: str | None = None) -> socket.socket:
@@ -226,24 +227,64 @@ def bind_socket(path: Path, *, group: str | None = None) -> socket.socket:
 
 def notify(message: str) -> None:
     """Send one sd_notify datagram (``READY=1``, ``STATUS=...``) if systemd asked for them."""
-    target = os.environ.get("NOTIFY_SOCKET")
-    if not target:
-        return
-    addr = "\0" + target[1:] if target.startswith("@") else target
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s, contextlib.suppress(OSError):
-        s.connect(addr)
-        s.sendall(message.encode())
+    sdnotify.notify(*message.split("\n"))
 
 
-def serve(installer: Installer) -> None:
-    """Recover, bind (or inherit) the socket, tell systemd we are ready, and serve forever."""
+def serve(installer: Installer, *, idle_exit: float | None = None) -> None:
+    """Recover, bind (or inherit) the socket, tell systemd we are ready, serve until told to stop.
+
+    SIGTERM or SIGINT stops accepting, lets every request in flight finish (an install completes
+    or rolls back; it is never cut in half), and returns. With a socket from systemd and
+    ``idle_exit`` seconds, a locked daemon with no connection for that long returns too, to free
+    its memory: systemd keeps the socket, and the next connection starts a new process that
+    answers from the state directory.
+    """
+    tick = 1.0  # seconds between looks at the state, for STATUS= and the idle timer
+    stop = threading.Event()
+    stopped_by: list[str] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stopped_by.append(signal.Signals(signum).name)
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():  # only it may set handlers
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, on_signal)
+
+    # Readiness waits for recovery: a journal left by a killed install is rolled back first.
     status = installer.prepare()
-    sock = inherited_socket() or bind_socket(installer.config.socket,
-                                             group=installer.config.socket_group)  # fmt: skip
+    inherited = inherited_socket()
+    sock = inherited or bind_socket(installer.config.socket,
+                                    group=installer.config.socket_group)  # fmt: skip
     server = Server(installer, sock)
-    log.get().info("daemon_ready", socket=str(installer.config.socket), state=status["state"])
-    notify(f"READY=1\nSTATUS=state: {status['state']}")
+    worker = threading.Thread(target=server.serve_forever, name="accept", daemon=True)
+    baseline = threading.active_count() + 1  # this thread, the accept thread, nothing else
+    worker.start()
+    text = sdnotify.describe(status)
+    log.get().info("daemon_ready", socket=str(sock.getsockname()), state=status["state"],
+                   source="systemd" if inherited else "bound")  # fmt: skip
+    sdnotify.notify("READY=1", f"STATUS={text}", f"MAINPID={os.getpid()}")
+    idle_since = time.monotonic()
     try:
-        server.serve_forever()
+        # The install runs in a request thread and records its state in the state directory;
+        # this loop mirrors that state into STATUS= so that `systemctl status` shows it.
+        while not stop.wait(tick):
+            status = installer.status()
+            new = sdnotify.describe(status)
+            if new != text:
+                text = new
+                sdnotify.notify(f"STATUS={text}")
+                log.get().info("state_changed", state=status.get("state"))
+            busy = threading.active_count() > baseline or status.get("state") != "locked"
+            now = time.monotonic()
+            if busy or inherited is None or idle_exit is None:
+                idle_since = now
+            elif now - idle_since >= idle_exit:
+                stopped_by.append("idle")
+                break
     finally:
+        sdnotify.notify("STOPPING=1", f"STATUS=stopping ({', '.join(stopped_by) or 'error'})")
+        server.shutdown()
+        # Joins every request thread, so an install in flight finishes before we exit.
         server.server_close()
+        log.get().info("daemon_stopped", reason=stopped_by[0] if stopped_by else "error")

@@ -1,0 +1,133 @@
+"""A private mount namespace whose trust store is a throwaway copy of the host's.
+
+Inside it, the real default paths (/etc/ssl, /usr/local/share/ca-certificates,
+/etc/ca-certificates, and the Java hook's dpkg state) are bind mounts of copies
+under a scratch directory, and /run is a tmpfs. Nothing done inside reaches the
+host's own trust store. A holder process (``sleep infinity``) keeps the
+namespace alive; commands enter it with ``nsenter``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+# What the Debian store and its Java hook write: each gets a private copy.
+PRIVATE_DIRS = (
+    "/etc/ssl",
+    "/usr/local/share/ca-certificates",
+    "/etc/ca-certificates",
+    "/var/lib/ca-certificates-java",
+    "/var/lib/dpkg",
+)
+
+_SETUP = r"""
+set -eu
+scratch=$1
+shift
+for d in "$@"; do
+    [ -d "$d" ] || continue
+    copy="$scratch/copies$d"
+    mkdir -p "$(dirname "$copy")"
+    cp -a "$d" "$copy"
+    mount --bind "$copy" "$d"
+    # Refuse to go on unless the bind really took: never write to the host's store.
+    mountpoint -q "$d"
+done
+mount -t tmpfs -o mode=0755 tmpfs /run
+: > "$scratch/ready"
+exec sleep infinity
+"""
+
+
+class PrivateNamespace:
+    """A mount namespace with private copies of the trust store; a context manager."""
+
+    def __init__(self, scratch: Path) -> None:
+        self.scratch = scratch
+        self.holder: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> PrivateNamespace:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def pid(self) -> int:
+        """The holder's pid: the namespace to enter."""
+        assert self.holder is not None, "namespace not started"
+        return self.holder.pid
+
+    def start(self) -> None:
+        """Create the namespace and wait until its mounts are in place."""
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        ready = self.scratch / "ready"
+        ready.unlink(missing_ok=True)
+        self.holder = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "--",
+             "sh", "-c", _SETUP, "ns-setup", str(self.scratch), *PRIVATE_DIRS],
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            if self.holder.poll() is not None:
+                raise RuntimeError(f"namespace setup failed (exit {self.holder.returncode})")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("namespace setup timed out")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        """End the holder; the namespace goes when the last process in it exits."""
+        if self.holder is not None and self.holder.poll() is None:
+            self.holder.kill()
+            self.holder.wait()
+        copies = self.scratch / "copies"
+        if copies.exists():
+            shutil.rmtree(copies, ignore_errors=True)
+
+    def argv(self, argv: Sequence[str]) -> list[str]:
+        """``argv`` wrapped to run inside the namespace."""
+        return ["nsenter", f"--target={self.pid}", "--mount", "--", *argv]
+
+    def run(
+        self, argv: Sequence[str], *, env: Mapping[str, str] | None = None, **kw: Any
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a command inside the namespace and wait for it."""
+        kw.setdefault("capture_output", True)
+        kw.setdefault("text", True)
+        kw.setdefault("stdin", subprocess.DEVNULL)
+        kw.setdefault("timeout", 300)
+        return subprocess.run(self.argv(argv), env=_env(env), check=False, **kw)
+
+    def popen(
+        self, argv: Sequence[str], *, env: Mapping[str, str] | None = None, **kw: Any
+    ) -> subprocess.Popen[bytes]:
+        """Start a command inside the namespace."""
+        kw.setdefault("stdin", subprocess.DEVNULL)
+        return subprocess.Popen(self.argv(argv), env=_env(env), **kw)
+
+    def path(self, host_path: str) -> Path:
+        """Where the namespace's private copy of ``host_path`` lives, seen from outside."""
+        return self.scratch / "copies" / host_path.lstrip("/")
+
+
+def _env(extra: Mapping[str, str] | None) -> dict[str, str]:
+    env = dict(os.environ)
+    parts = env.get("PATH", "").split(":")
+    env["PATH"] = ":".join([*parts, *(d for d in ("/usr/sbin", "/sbin") if d not in parts)])
+    env.update(extra or {})
+    return env
