@@ -1,0 +1,172 @@
+"""``make demo``: the main job end to end, on this machine, without touching its trust store.
+
+1. Start a local Secrets Manager (a moto server on 127.0.0.1) and store a freshly made CA in it.
+2. Start an HTTPS server on 127.0.0.1 whose certificate that CA signed.
+3. Make a private mount namespace with throwaway copies of /etc/ssl,
+   /usr/local/share/ca-certificates and /etc/ca-certificates, and a tmpfs on /run.
+4. In there, run the daemon, show curl refusing the site, submit the manifest, show curl
+   trusting it, and show a second manifest refused as locked, also after a restart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tests.support.certs import make_ca
+from tests.support.moto import FAKE_ENV, moto_server
+from tests.support.ns import PrivateNamespace
+from tests.support.tls import https_server
+
+SOCKET = "/run/trustinstaller/trustinstaller.sock"
+HOST_FILES = ("/etc/ssl/certs/ca-certificates.crt",)
+
+
+def say(text: str) -> None:
+    """Print a step heading."""
+    print(f"\n== {text}", flush=True)
+
+
+def show(done: subprocess.CompletedProcess[str]) -> None:
+    """Print a command's output, indented."""
+    for line in (done.stdout + done.stderr).strip().splitlines():
+        print(f"   | {line}")
+    print(f"   (exit {done.returncode})", flush=True)
+
+
+def host_fingerprint() -> dict[str, str]:
+    """Hashes of the host's trust store, to prove the demo left it alone."""
+    out = {}
+    for base in ("/etc/ssl/certs", "/usr/local/share/ca-certificates"):
+        for p in sorted(Path(base).rglob("*")):
+            if p.is_symlink():
+                out[str(p)] = "->" + os.readlink(p)
+            elif p.is_file():
+                out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def main() -> int:
+    """Run the demo; exit non-zero if anything did not behave as the README says."""
+    if os.geteuid() != 0:
+        print("make demo needs root (for the private mount namespace)", file=sys.stderr)
+        return 1
+    before = host_fingerprint()
+    scratch = Path(tempfile.mkdtemp(prefix="trustinstaller-demo-"))
+    env = {**FAKE_ENV, "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null"}
+    ok = True
+    try:
+        say("Starting a local Secrets Manager (moto server on 127.0.0.1)")
+        with moto_server() as moto:
+            print(f"   endpoint {moto.endpoint}")
+            ca = make_ca("Example Corp Demo Root CA")
+            arn = moto.put_secret("demo/corp-root", ca.pem)
+            print(f"   stored a fresh root CA as {arn}")
+
+            with https_server(ca) as url:
+                say(f"HTTPS server on {url}, signed by that CA")
+                nssdb = scratch / "browser-home" / ".local/share/pki/nssdb"
+                config = scratch / "config.toml"
+                config.write_text(
+                    f'endpoint_url = "{moto.endpoint}"\nnss_databases = ["sql:{nssdb}"]\n'
+                )
+                manifest = scratch / "manifest.json"
+                manifest.write_text(
+                    json.dumps(
+                        {
+                            "toolCertificates": [
+                                {"location": {"secretsManager": {"secretArn": arn}}}
+                            ],
+                            "certificates": [],
+                        },
+                        indent=2,
+                    )
+                )
+                print(f"   manifest {manifest}:\n{manifest.read_text()}")
+                ok = run_in_namespace(scratch, config, manifest, url, env)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    after = host_fingerprint()
+    say("Host trust store")
+    if after == before:
+        print(f"   unchanged ({len(after)} entries under /etc/ssl/certs and "
+              "/usr/local/share/ca-certificates)")  # fmt: skip
+    else:
+        print("   CHANGED: this is a bug", file=sys.stderr)
+        ok = False
+    say("Demo " + ("passed" if ok else "FAILED"))
+    return 0 if ok else 1
+
+
+def run_in_namespace(
+    scratch: Path, config: Path, manifest: Path, url: str, env: dict[str, str]
+) -> bool:
+    """The part that runs with the private trust store; True if all went as expected."""
+    ti = [sys.executable, "-m", "trustinstaller", "--config", str(config)]
+    curl = ["curl", "-sS", "--max-time", "10", "-o", "/dev/null", "-w", "HTTP %{http_code}\n", url]
+    ok = True
+    with PrivateNamespace(scratch / "ns") as ns:
+        say("Private mount namespace ready: /etc/ssl etc. are throwaway copies, /run is a tmpfs")
+
+        def start_daemon() -> subprocess.Popen[bytes]:
+            log = (scratch / "daemon.log").open("ab")
+            proc = ns.popen([*ti, "serve"], env=env, stdout=log, stderr=log)
+            log.close()
+            probe = ["curl", "-sf", "-o", "/dev/null", "--unix-socket", SOCKET,
+                     "http://localhost/v1/status"]  # fmt: skip
+            for _ in range(300):
+                if ns.run(probe).returncode == 0:
+                    return proc
+                time.sleep(0.05)
+            raise RuntimeError("daemon did not start; see its log")
+
+        daemon = start_daemon()
+        say(f"Daemon listening on {SOCKET}")
+        show(ns.run(["curl", "-sS", "--unix-socket", SOCKET, "http://localhost/v1/status"]))
+
+        say("Before: curl refuses the site (unknown CA)")
+        done = ns.run(curl)
+        show(done)
+        ok &= done.returncode == 60
+
+        say("trustinstaller submit manifest.json")
+        done = ns.run([*ti, "submit", str(manifest)], env=env)
+        show(done)
+        ok &= done.returncode == 0
+
+        say("After: curl trusts the site through the OS store")
+        done = ns.run(curl)
+        show(done)
+        ok &= done.returncode == 0 and "HTTP 200" in done.stdout
+
+        say("The NSS database Chromium reads lists the CA with trust C,,")
+        nssdb = next(scratch.glob("browser-home/.local/share/pki/nssdb"))
+        show(ns.run(["certutil", "-L", "-d", f"sql:{nssdb}"]))
+
+        say("A second manifest is refused: the configuration is locked (exit 4)")
+        done = ns.run([*ti, "submit", str(manifest)], env=env)
+        show(done)
+        ok &= done.returncode == 4
+
+        say("Restart the daemon: still locked")
+        daemon.terminate()
+        daemon.wait(timeout=30)
+        daemon = start_daemon()
+        done = ns.run([*ti, "submit", str(manifest)], env=env)
+        show(done)
+        ok &= done.returncode == 4
+        show(ns.run([*ti, "status"], env=env))
+        daemon.terminate()
+        daemon.wait(timeout=30)
+    return ok
+
+
+if __name__ == "__main__":
+    sys.exit(main())
