@@ -167,6 +167,19 @@ class StoreError(TrustInstallerError):
         return [Problem("store_failed", self.store, str(self))]
 
 
+class StateError(TrustInstallerError):
+    """The state directory is unusable: the host's administrator must act."""
+
+    outcome = Outcome.INTERNAL
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"state directory {path}: {reason}")
+
+    def problems(self) -> list[Problem]:
+        """One problem, on the state directory."""
+        return [Problem("state_error", str(self).split(":", 1)[0], str(self))]
+
+
 class LockedError(TrustInstallerError):
     """The session's configuration is already locked."""
 

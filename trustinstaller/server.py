@@ -29,6 +29,14 @@ from trustinstaller.errors import ConfigError, Outcome, TrustInstallerError
 from trustinstaller.installer import Installer
 
 MAX_BODY = 1024 * 1024
+# Connections served at once; more are answered 503 at once, so a flood of stalled clients
+# cannot pin an unbounded number of threads.
+MAX_CONNECTIONS = 32
+_TOO_MANY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    b"Connection: close\r\nContent-Length: 45\r\n\r\n"
+    b'{"error": "too many connections; try again"}\n'
+)
 SD_LISTEN_FDS_START = sdnotify.SD_LISTEN_FDS_START
 
 
@@ -181,9 +189,26 @@ class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         self.installer = installer
         self.allowed_uids = frozenset(installer.config.allowed_uids)
         self.request_timeout = installer.config.request_timeout
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         super().__init__(str(sock.getsockname()), Handler, bind_and_activate=False)
         self.socket.close()
         self.socket = sock
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Serve in a thread, unless MAX_CONNECTIONS are already being served."""
+        if not self._slots.acquire(blocking=False):
+            with contextlib.suppress(OSError):
+                request.sendall(_TOO_MANY)
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        """Serve one connection, then give its slot back."""
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     def get_request(self) -> tuple[socket.socket, Any]:
         """Accept, with the peer's address replaced by something printable."""

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from trustinstaller import _fs
-from trustinstaller.errors import BusyError
+from trustinstaller.errors import BusyError, StateError
 
 STATUS_FILE = "status.json"
 JOURNAL_FILE = "journal.json"
@@ -42,14 +42,17 @@ class StateDir:
         self.path = path
 
     def ensure(self) -> None:
-        """Create the directory (0700) if missing and check it is a real directory."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with _fs.opened_dir(self.path, create=True, mode=0o700) as fd:
-            st = os.fstat(fd)
-            if st.st_uid != os.geteuid():
-                raise _fs.UnsafePathError(errno.EPERM, "is owned by another user", str(self.path))
-            if st.st_mode & 0o022:
-                os.fchmod(fd, 0o700)
+        """Create the directory (0700) if missing and check it is a real directory of ours."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with _fs.opened_dir(self.path, create=True, mode=0o700) as fd:
+                st = os.fstat(fd)
+                if st.st_uid != os.geteuid():
+                    raise _fs.UnsafePathError(errno.EPERM, "is owned by another user")
+                if st.st_mode & 0o077:
+                    os.fchmod(fd, 0o700)
+        except OSError as exc:
+            raise StateError(str(self.path), f"{exc.strerror or exc}; fix or remove it") from exc
 
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:

@@ -75,6 +75,18 @@ class DebianStore:
 
     def install(self, certs: Sequence[TrustedCA], record: Recorder) -> None:
         """Write one ``.crt`` per certificate, then run update-ca-certificates."""
+        try:
+            self._write_files(certs, record)
+        except _fs.UnsafePathError as exc:
+            raise StoreError(self.name, f"{exc.filename} {exc.strerror}; refusing to write "
+                             "through it: remove it and submit again") from exc  # fmt: skip
+        except OSError as exc:
+            raise StoreError(self.name, f"cannot write {exc.filename or self.paths.our_dir}: "
+                             f"{exc.strerror or exc}") from exc  # fmt: skip
+        record("update")
+        self._update()
+
+    def _write_files(self, certs: Sequence[TrustedCA], record: Recorder) -> None:
         our = self.paths.our_dir
         try:
             fd = _fs.open_dir(our)
@@ -85,14 +97,15 @@ class DebianStore:
             for ca in certs:
                 name = cert_filename(ca)
                 data = ca.pem.encode("ascii")
-                if _fs.read_file(fd, name) == data:
-                    continue  # already there from before this install: not ours to remove
+                try:
+                    if _fs.read_file(fd, name) == data:
+                        continue  # there from before this install: not ours to remove
+                except _fs.UnsafePathError:
+                    pass  # a symlink or other oddity at our name: replaced below, never followed
                 record("write", dir=str(our), name=name)
                 _fs.atomic_write(fd, name, data, 0o644)
         finally:
             os.close(fd)
-        record("update")
-        self._update()
 
     def verify(self, certs: Sequence[TrustedCA]) -> None:
         """Every certificate must be in the regenerated bundle."""
@@ -110,18 +123,21 @@ class DebianStore:
         removed: list[str] = []
         for e in entries:
             if e["action"] == "write":
-                try:
-                    with _fs.opened_dir(Path(e["dir"])) as fd:
-                        if _fs.remove(fd, e["name"]):
-                            removed.append(e["name"])
-                        _fs.sync_dir(fd)
-                except FileNotFoundError:
-                    pass
+                # A symlink planted at the directory is not followed: nothing is removed there.
+                with (
+                    contextlib.suppress(FileNotFoundError, _fs.UnsafePathError),
+                    _fs.opened_dir(Path(e["dir"])) as fd,
+                ):
+                    if _fs.remove(fd, e["name"]):
+                        removed.append(e["name"])
+                    _fs.sync_dir(fd)
         for e in entries:
             if e["action"] == "mkdir":
-                # Not empty: something else put a file there; leave it.
-                with contextlib.suppress(OSError):
-                    os.rmdir(e["path"])
+                # Not empty (something else put a file there), or a symlink now: leave it.
+                path = Path(e["path"])
+                if not path.is_symlink():
+                    with contextlib.suppress(OSError):
+                        path.rmdir()
         if any(e["action"] == "update" for e in entries):
             self._update(fresh=True)
             self._tell_hooks_removed(removed)
