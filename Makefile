@@ -34,3 +34,6 @@ demo: setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+
+# Fragments: packaging/deb.mk adds deb and test-system.
+include packaging/*.mk

@@ -1,0 +1,107 @@
+"""systemd's socket-activation and readiness protocols, spoken without libsystemd.
+
+Quirks this module exists for, one per line:
+- sd_listen_fds(3): sockets start at fd 3; LISTEN_PID must be ours, else they were a parent's.
+- The LISTEN_* variables are removed once read, so a child process never takes them for its own.
+- Inherited fds arrive without FD_CLOEXEC; set it, or every tool we spawn keeps the listener open.
+- sd_notify(3): one datagram to $NOTIFY_SOCKET; a leading '@' means the abstract namespace.
+- systemd ignores a notification whose sender is not the main process (NotifyAccess=main).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+from collections.abc import Mapping, MutableMapping
+from typing import Any
+
+SD_LISTEN_FDS_START = 3
+_LISTEN_VARS = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
+
+
+class ActivationError(Exception):
+    """systemd passed something other than one listening Unix stream socket."""
+
+
+def listen_fds(env: MutableMapping[str, str] | None = None, *, pid: int | None = None) -> list[int]:
+    """The fds systemd passed us (``sd_listen_fds``), marked close-on-exec; the vars are removed."""
+    environ = os.environ if env is None else env
+    mine = str(os.getpid() if pid is None else pid)
+    wanted = environ.get("LISTEN_PID") == mine
+    raw = environ.get("LISTEN_FDS", "")
+    for key in _LISTEN_VARS:
+        environ.pop(key, None)
+    if not wanted:
+        return []
+    try:
+        n = int(raw)
+    except ValueError:
+        return []
+    fds = list(range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + max(n, 0)))
+    for fd in fds:
+        flags = fcntl.fcntl(fd, fcntl.F_GETFD)
+        fcntl.fcntl(fd, fcntl.F_SETFD, flags | fcntl.FD_CLOEXEC)
+    return fds
+
+
+def listening_unix_socket(fds: list[int]) -> socket.socket:
+    """The one listening AF_UNIX stream socket in ``fds``, or ActivationError."""
+    if len(fds) != 1:
+        raise ActivationError(
+            f"systemd passed {len(fds)} sockets; "
+            "the socket unit must have exactly one ListenStream="
+        )
+    sock = socket.socket(fileno=fds[0])
+    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+        sock.detach()
+        raise ActivationError(
+            f"fd {fds[0]} from systemd is {sock.family.name}/{sock.type.name}, "
+            "not a Unix stream socket; use ListenStream=/path in the socket unit"
+        )
+    if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        sock.detach()
+        raise ActivationError(f"fd {fds[0]} from systemd is not listening; use Accept=no")
+    return sock
+
+
+def notify(*fields: str, env: Mapping[str, str] | None = None) -> bool:
+    """Send ``fields`` (``READY=1``, ``STATUS=...``) as one datagram; False if nobody asked."""
+    target = (os.environ if env is None else env).get("NOTIFY_SOCKET", "")
+    if not target or not fields:
+        return False
+    if target.startswith("@"):
+        addr = "\0" + target[1:]
+    elif target.startswith("/"):
+        addr = target
+    else:
+        return False  # vsock and other schemes: systemd does not use them for services
+    payload = "\n".join(f.replace("\n", " ") for f in fields).encode("utf-8", "replace")
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            s.connect(addr)
+            s.sendall(payload)
+    except OSError:
+        # Readiness is advisory: a vanished notify socket must not take the daemon down.
+        return False
+    return True
+
+
+def describe(status: Mapping[str, Any]) -> str:
+    """A one-line ``STATUS=`` text for a status document (what ``systemctl status`` shows)."""
+    state = str(status.get("state", "unknown"))
+    certs = status.get("certificates") or []
+    errors = status.get("errors") or []
+    warnings = status.get("warnings") or []
+    if state == "open":
+        return "open: waiting for a manifest on the socket"
+    if state == "installing":
+        return "installing: fetching, validating and installing certificates"
+    if state == "locked":
+        text = f"locked: {len(certs)} certificate(s) installed"
+        if warnings:
+            text += f", {len(warnings)} warning(s)"
+        return text + "; further manifests are refused"
+    if state == "failed":
+        return f"failed: {len(errors)} error(s), nothing installed; see 'trustinstaller status'"
+    return state
