@@ -92,11 +92,16 @@ class Daemon:
     """``trustinstaller serve`` as a child process; a context manager."""
 
     def __init__(
-        self, config_path: Path, socket_path: Path, argv_prefix: Sequence[str] = ()
+        self,
+        config_path: Path,
+        socket_path: Path,
+        argv_prefix: Sequence[str] = (),
+        env: dict[str, str] | None = None,
     ) -> None:
         self.config_path = config_path
         self.socket_path = socket_path
         self.argv_prefix = list(argv_prefix)
+        self.env = env
         self.proc: subprocess.Popen[str] | None = None
         self.log = config_path.with_suffix(".log")
 
@@ -117,6 +122,7 @@ class Daemon:
                 [*self.argv_prefix, sys.executable, "-m", "trustinstaller",
                  "--config", str(self.config_path), "serve"],
                 stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, text=True,
+                env={**os.environ, **(self.env or {})},
             )  # fmt: skip
         deadline = time.monotonic() + 30
         while True:

@@ -139,7 +139,7 @@ class DebianStore:
                     with contextlib.suppress(OSError):
                         path.rmdir()
         if any(e["action"] == "update" for e in entries):
-            self._update(fresh=True)
+            self._update(fresh=True, timeout=self.rollback_timeout)
             self._tell_hooks_removed(removed)
 
     def _args(self) -> list[str]:
@@ -152,9 +152,14 @@ class DebianStore:
             "--hooksdir", str(p.hooks_dir),
         ]  # fmt: skip
 
-    def _update(self, *, fresh: bool = False) -> None:
+    @property
+    def rollback_timeout(self) -> float:
+        """Undoing must not give up sooner than doing: a --fresh rebuild is the slowest run."""
+        return max(2 * self.timeout, 120.0)
+
+    def _update(self, *, fresh: bool = False, timeout: float | None = None) -> None:
         argv = [self.command, *(["--fresh"] if fresh else []), *self._args()]
-        result = self.runner(argv, timeout=self.timeout)
+        result = self.runner(argv, timeout=timeout or self.timeout)
         check_update_output(argv, result.stdout, result.stderr)
 
     def _tell_hooks_removed(self, names: Sequence[str]) -> None:
@@ -166,7 +171,7 @@ class DebianStore:
             f"-{self.paths.etc_certs_dir / (n.removesuffix('.crt') + '.pem')}\n" for n in names
         ).encode()
         for hook in listing.stdout.split():
-            self.runner([hook], input=lines, timeout=self.timeout)
+            self.runner([hook], input=lines, timeout=self.rollback_timeout)
 
 
 def check_update_output(argv: Sequence[str], stdout: str, stderr: str) -> None:
