@@ -282,6 +282,9 @@ def serve(installer: Installer, *, idle_exit: float | None = None) -> None:
     sock = inherited or bind_socket(installer.config.socket,
                                     group=installer.config.socket_group)  # fmt: skip
     server = Server(installer, sock)
+    # Request threads must not be daemon threads: server_close() joins only the others, and
+    # an install in flight must finish before the process exits.
+    server.daemon_threads = False
     worker = threading.Thread(target=server.serve_forever, name="accept", daemon=True)
     baseline = threading.active_count() + 1  # this thread, the accept thread, nothing else
     worker.start()
