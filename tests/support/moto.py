@@ -6,6 +6,7 @@ import contextlib
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -65,12 +66,20 @@ class MotoServer:
 
 
 @contextlib.contextmanager
-def moto_server(env: Mapping[str, str] | None = None) -> Iterator[MotoServer]:
-    """Start a moto server on a free loopback port; stop it on exit."""
+def moto_server(
+    env: Mapping[str, str] | None = None, tls: tuple[Path, Path, Path] | None = None
+) -> Iterator[MotoServer]:
+    """Start a moto server on a free loopback port; stop it on exit.
+
+    ``tls`` is (certificate, key, CA file): the server then speaks HTTPS with that certificate.
+    """
     port = free_port()
     child_env = {**os.environ, **FAKE_ENV, **(env or {})}
+    tls_args = ["-c", str(tls[0]), "-k", str(tls[1])] if tls else []
+    scheme = "https" if tls else "http"
+    ctx = ssl.create_default_context(cafile=str(tls[2])) if tls else None
     proc = subprocess.Popen(
-        [moto_server_bin(), "-H", "127.0.0.1", "-p", str(port)],
+        [moto_server_bin(), "-H", "127.0.0.1", "-p", str(port), *tls_args],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -80,13 +89,16 @@ def moto_server(env: Mapping[str, str] | None = None) -> Iterator[MotoServer]:
         deadline = time.monotonic() + 30
         while True:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=1):
+                url = f"{scheme}://127.0.0.1:{port}/moto-api/"
+                with urllib.request.urlopen(url, timeout=1, context=ctx):
                     break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("moto server did not start") from None
                 time.sleep(0.1)
-        yield MotoServer(port, proc)
+        server = MotoServer(port, proc)
+        server.endpoint = f"{scheme}://127.0.0.1:{port}"
+        yield server
     finally:
         proc.terminate()
         try:
