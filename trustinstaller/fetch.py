@@ -62,7 +62,9 @@ def client_factory(
             aws_session_token=credentials.session_token,
         )
     config = Config(
-        retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS},
+        # total_max_attempts counts the first request; botocore's "max_attempts" key counts
+        # only the retries, which made 5 attempts where the message says 4.
+        retries={"mode": "standard", "total_max_attempts": MAX_ATTEMPTS},
         connect_timeout=CONNECT_TIMEOUT,
         read_timeout=READ_TIMEOUT,
         max_pool_connections=20,
@@ -89,16 +91,31 @@ def fetch_all(
     if not refs:
         return []
     # Clients are made up front, one per region: creating them is not thread-safe,
-    # using them is.
+    # using them is. A region whose client cannot be made (a malformed endpoint_url,
+    # say) fails each of its ARNs, so that the answer still lists every failure.
     clients: dict[str, SecretsClient] = {}
+    broken: dict[str, str] = {}
     for ref in refs:
-        if ref.region not in clients:
+        if ref.region in clients or ref.region in broken:
+            continue
+        try:
             clients[ref.region] = make_client(ref.region)
+        except Exception as exc:  # noqa: BLE001 (reported per ARN below)
+            # Not str(exc): botocore quotes the endpoint URL, which may carry a password.
+            broken[ref.region] = (
+                f"cannot make a Secrets Manager client for region {ref.region} "
+                f"({type(exc).__name__}); check endpoint_url"
+            )
     unique = list(dict.fromkeys(ref.arn for ref in refs))
     region_of = {ref.arn: ref.region for ref in refs}
-    with concurrent.futures.ThreadPoolExecutor(max_workers=len(unique)) as pool:
-        futures = {arn: pool.submit(_fetch_one, clients[region_of[arn]], arn) for arn in unique}
-        by_arn = {arn: fut.result() for arn, fut in futures.items()}
+    by_arn: dict[str, SecretValue | FetchError] = {
+        arn: FetchError(arn, broken[region_of[arn]]) for arn in unique if region_of[arn] in broken
+    }
+    todo = [arn for arn in unique if arn not in by_arn]
+    if todo:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(todo)) as pool:
+            futures = {arn: pool.submit(_fetch_one, clients[region_of[arn]], arn) for arn in todo}
+            by_arn.update((arn, fut.result()) for arn, fut in futures.items())
     clients.clear()
     return [by_arn[ref.arn] for ref in refs]
 
@@ -140,22 +157,25 @@ _THROTTLED = {
 }
 
 
+# botocore's classes by name, matched along the MRO so that subclasses count too, and
+# so that this module does not import botocore until a client is made.
+_UNREACHABLE = {
+    "ConnectionError",  # botocore's: EndpointConnectionError, ConnectTimeoutError, SSLError...
+    "HTTPClientError",  # ReadTimeoutError, ConnectionClosedError
+}
+_NO_CREDENTIALS = {"NoCredentialsError", "PartialCredentialsError", "NoRegionError"}
+
+
 def describe_failure(exc: BaseException) -> str:
     """Turn a boto3/botocore exception into a message that says what to do."""
     code, message = _client_error(exc)
     if code is not None:
         return _describe_code(code, message)
     name = type(exc).__name__
-    if name in {
-        "EndpointConnectionError",
-        "ConnectTimeoutError",
-        "ConnectionClosedError",
-        "ReadTimeoutError",
-        "ProxyConnectionError",
-        "SSLError",
-    }:
+    botocore_bases = {c.__name__ for c in type(exc).__mro__ if c.__module__.startswith("botocore")}
+    if botocore_bases & _UNREACHABLE:
         return f"endpoint unreachable ({name}); check the network and the Secrets Manager endpoint"
-    if name in {"NoCredentialsError", "PartialCredentialsError", "NoRegionError"}:
+    if botocore_bases & _NO_CREDENTIALS:
         return f"no usable AWS credentials ({name}); pass 'credentials' in the manifest"
     return f"fetch failed ({name})"
 
@@ -168,13 +188,23 @@ def _describe_code(code: str, message: str) -> str:
             f"access denied ({code}); the caller's credentials need "
             "secretsmanager:GetSecretValue on this secret, and kms:Decrypt on its key"
         )
-    if code == "InvalidRequestException" and "deletion" in message.lower():
+    # AWS says "...because it was marked for deletion."; moto says "...currently marked
+    # deleted."
+    if code == "InvalidRequestException" and "delet" in message.lower():
         return "marked for deletion (InvalidRequestException); restore the secret or use another"
     if code == "DecryptionFailure":
         return "decryption failed (DecryptionFailure); the caller needs kms:Decrypt on its KMS key"
     if code in _THROTTLED:
         return f"throttled after {MAX_ATTEMPTS} attempts ({code}); retry the session later"
-    if code in {"InternalServiceError", "InternalFailure", "ServiceUnavailable", "500", "503"}:
+    if code in {
+        "InternalServiceError",
+        "InternalFailure",
+        "ServiceUnavailable",
+        "500",
+        "502",
+        "503",
+        "504",
+    }:
         return f"Secrets Manager failed after {MAX_ATTEMPTS} attempts ({code})"
     short = " ".join(message.split())[:200]
     return f"fetch failed ({code}): {short}" if short else f"fetch failed ({code})"
@@ -184,10 +214,12 @@ def _client_error(exc: BaseException) -> tuple[str | None, str]:
     response = getattr(exc, "response", None)
     if not isinstance(response, dict):
         return None, ""
-    error = response.get("Error") or {}
+    error = response.get("Error")
+    error = error if isinstance(error, dict) else {}
     code = str(error.get("Code") or "")
     message = str(error.get("Message") or "")
     if not code:
-        status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+        meta = response.get("ResponseMetadata")
+        status = meta.get("HTTPStatusCode") if isinstance(meta, dict) else None
         code = str(status) if status else ""
     return (code or None), message

@@ -29,12 +29,16 @@ _CREDENTIAL_KEYS = {"accessKeyId", "secretAccessKey", "sessionToken"}
 
 # arn:<partition>:secretsmanager:<region>:<12-digit account>:secret:<name>
 # Secret names allow ASCII letters, digits and /_+=.@- (Secrets Manager's own rule).
+# re.ASCII: without it \d also matches other scripts' digits, such as U+0661..U+0669.
 _ARN = re.compile(
     r"arn:(?P<partition>aws|aws-cn|aws-us-gov|aws-iso(?:-[a-z]+)?)"
     r":secretsmanager:(?P<region>[a-z]{2}(?:-[a-z]+)+-\d{1,2})"
-    r":(?P<account>\d{12}):secret:(?P<name>[A-Za-z0-9/_+=.@-]{1,512})"
+    r":(?P<account>\d{12}):secret:(?P<name>[A-Za-z0-9/_+=.@-]{1,512})",
+    re.ASCII,
 )
-_ACCESS_KEY_ID = re.compile(r"[A-Z0-9]{16,128}")
+_ACCESS_KEY_ID = re.compile(r"[A-Z0-9]{16,128}", re.ASCII)
+# Keys and values quoted in messages are cut to this many characters.
+_QUOTE_MAX = 256
 
 
 @dataclass(frozen=True)
@@ -85,7 +89,7 @@ def parse_arn(arn: str, path: str) -> tuple[str, str, str]:
     if m is None:
         raise ManifestError(
             path,
-            f"{arn!r} is not a Secrets Manager secret ARN "
+            f"{_quote(arn)} is not a Secrets Manager secret ARN "
             "(arn:<partition>:secretsmanager:<region>:<12-digit account>:secret:<name>)",
         )
     return m["partition"], m["region"], m["account"]
@@ -93,7 +97,9 @@ def parse_arn(arn: str, path: str) -> tuple[str, str, str]:
 
 def parse(data: bytes | str) -> Manifest:
     """Parse and check a manifest document."""
-    raw = data.encode() if isinstance(data, str) else data
+    # surrogatepass: a str holding a lone surrogate then fails as "not UTF-8" below,
+    # not with a UnicodeEncodeError here.
+    raw = data.encode("utf-8", errors="surrogatepass") if isinstance(data, str) else data
     if len(raw) > MAX_MANIFEST_BYTES:
         raise ManifestError("", f"is {len(raw)} bytes, over the {MAX_MANIFEST_BYTES}-byte limit")
     try:
@@ -133,8 +139,10 @@ def _entry(entry: object, level: Level, key: str, index: int) -> CertificateRef:
     if others:
         raise ManifestError(
             loc_path,
-            f"location type {others[0]!r}: only secretsManager locations are supported",
+            f"location type {_quote(others[0])}: only secretsManager locations are supported",
         )
+    if "secretsManager" not in location:
+        raise ManifestError(loc_path, "missing key 'secretsManager'")
     sm_path = f"{loc_path}.secretsManager"
     sm = _object(location.get("secretsManager"), sm_path, {"secretArn"}, required={"secretArn"})
     arn_path = f"{sm_path}.secretArn"
@@ -172,14 +180,15 @@ def _credentials(value: object) -> Credentials:
 def _object(
     value: object, path: str, allowed: set[str], required: frozenset[str] | set[str] = frozenset()
 ) -> dict[str, Any]:
-    where = path or "the top level"
     if not isinstance(value, dict):
-        raise ManifestError(path, f"{where} must be an object, not {_type(value)}")
+        # ManifestError already names the path; only the top level needs saying.
+        where = "" if path else "the top level "
+        raise ManifestError(path, f"{where}must be an object, not {_type(value)}")
     unknown = sorted(k for k in value if k not in allowed)
     if unknown:
         raise ManifestError(
             path,
-            f"unknown key {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})",
+            f"unknown key {_quote(unknown[0])} (allowed: {', '.join(sorted(allowed))})",
         )
     missing = sorted(k for k in required if k not in value)
     if missing:
@@ -207,13 +216,20 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in pairs:
         if key in out:
-            raise ManifestError("", f"key {key!r} appears twice in one object")
+            raise ManifestError("", f"key {_quote(key)} appears twice in one object")
         out[key] = value
     return out
 
 
 def _no_constant(name: str) -> object:
     raise ManifestError("", f"is not valid JSON: {name} is not a JSON value")
+
+
+def _quote(text: str) -> str:
+    """repr() of a key or an ARN, cut short: a 1 MiB key must not make a 1 MiB message."""
+    if len(text) <= _QUOTE_MAX:
+        return repr(text)
+    return repr(text[:_QUOTE_MAX]) + f"... ({len(text)} characters)"
 
 
 def _type(value: object) -> str:

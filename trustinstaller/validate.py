@@ -11,12 +11,14 @@ import binascii
 import datetime as dt
 import hashlib
 import re
+import warnings
 from dataclasses import dataclass, field
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
+from cryptography.utils import CryptographyDeprecationWarning
 
 from trustinstaller.errors import RefusedError
 
@@ -25,12 +27,22 @@ MAX_SECRET_BYTES = 65536
 MIN_RSA_BITS = 2048
 MIN_EC_BITS = 256
 
+# Trailing blanks after the BEGIN line are allowed, as RFC 7468's lax grammar does and as
+# body lines already are: they come with text copied from a web page.
 _BLOCK = re.compile(
-    r"-----BEGIN (?P<label>[A-Z0-9 ]+)-----\n(?P<body>.*?)-----END (?P=label)-----",
+    r"-----BEGIN (?P<label>[A-Z0-9 ]+)-----[ \t]*\n(?P<body>.*?)-----END (?P=label)-----",
     re.DOTALL,
 )
 _ANY_BEGIN = re.compile(r"-----BEGIN ([^-\n]*)-----")
 _BASE64_LINE = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+# A label we may quote in a message: the shape of real PEM labels, and short, so that a
+# "label" cut from the middle of a secret's base64 is never echoed.
+_QUOTABLE_LABEL = re.compile(r"[A-Z0-9]+(?: [A-Z0-9]+)*")
+_QUOTABLE_LABEL_MAX = 32
+
+# What cryptography raises for a certificate it cannot take apart: ValueError for bad DER,
+# and its own exceptions for an unknown version, key type, curve or signature algorithm.
+_MALFORMED = (ValueError, TypeError, x509.InvalidVersion, UnsupportedAlgorithm)
 
 
 @dataclass(frozen=True)
@@ -71,13 +83,30 @@ def validate(
             source, f"is {size} bytes, over the {MAX_SECRET_BYTES}-byte secret limit"
         )
     der = _single_certificate_block(source, secret_string)
-    try:
-        cert = x509.load_der_x509_certificate(der)
-    except ValueError as exc:
-        raise RefusedError(
-            source, "the CERTIFICATE block is not a valid X.509 certificate"
-        ) from exc
+    cert = _load_der(source, der)
     return check_certificate(source, cert, now)
+
+
+def _load_der(source: str, der: bytes) -> x509.Certificate:
+    # cryptography only warns about some RFC 5280 violations (a serial number that is
+    # zero or negative) and says a future release will refuse them; refuse them now, so
+    # that nothing we install becomes unreadable after an upgrade. catch_warnings is
+    # process-wide, but a lost or doubled warning elsewhere is harmless.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            cert = x509.load_der_x509_certificate(der)
+        except _MALFORMED as exc:
+            raise RefusedError(
+                source, "the CERTIFICATE block is not a valid X.509 certificate"
+            ) from exc
+    if any(issubclass(w.category, CryptographyDeprecationWarning) for w in caught):
+        raise RefusedError(
+            source,
+            "the CERTIFICATE block breaks RFC 5280 (for one, a serial number that is not "
+            "positive); reissue the CA certificate",
+        )
+    return cert
 
 
 def check_certificate(source: str, cert: x509.Certificate, now: dt.datetime) -> TrustedCA:
@@ -91,18 +120,23 @@ def check_certificate(source: str, cert: x509.Certificate, now: dt.datetime) -> 
     if now > not_after:
         raise RefusedError(source, f"expired: notAfter was {_iso(not_after)}, now is {_iso(now)}")
     _check_key(source, cert)
+    try:
+        # cryptography parses names lazily: a broken one fails here, not on load.
+        subject, issuer = cert.subject, cert.issuer
+    except _MALFORMED as exc:
+        raise RefusedError(source, "has a malformed subject or issuer name") from exc
 
-    warnings: list[str] = []
+    found: list[str] = []
     try:
         bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
         if not bc.ca:
-            warnings.append("not a CA (basicConstraints CA:FALSE); installed with a warning")
+            found.append("not a CA (basicConstraints CA:FALSE); installed with a warning")
     except x509.ExtensionNotFound:
-        warnings.append("not a CA (no basicConstraints extension); installed with a warning")
-    except ValueError as exc:
-        raise RefusedError(source, "has a malformed extension") from exc
-    if not _self_signed(cert):
-        warnings.append(
+        found.append("not a CA (no basicConstraints extension); installed with a warning")
+    except (*_MALFORMED, x509.DuplicateExtension) as exc:
+        raise RefusedError(source, "has a malformed or repeated extension") from exc
+    if not _self_signed(cert, subject, issuer):
+        found.append(
             "not self-signed (issuer differs from subject or its signature does not verify); "
             "installed with a warning"
         )
@@ -111,10 +145,10 @@ def check_certificate(source: str, cert: x509.Certificate, now: dt.datetime) -> 
     return TrustedCA(
         der=der,
         fingerprint_sha256=fingerprint(der),
-        subject=_name(cert.subject),
+        subject=_name(subject),
         not_before=not_before,
         not_after=not_after,
-        warnings=tuple(warnings),
+        warnings=tuple(found),
     )
 
 
@@ -130,6 +164,8 @@ def _single_certificate_block(source: str, text: str) -> bytes:
             "contains a private key; store only the CA certificate, and rotate that key "
             "since it was stored beside the certificate",
         )
+    if not text.isascii():
+        raise RefusedError(source, "contains non-ASCII characters; a PEM certificate is ASCII text")
     if not labels:
         raise RefusedError(
             source,
@@ -142,7 +178,7 @@ def _single_certificate_block(source: str, text: str) -> bytes:
     others = sorted({label for label in labels if label != "CERTIFICATE"})
     if others:
         raise RefusedError(
-            source, f"holds a PEM block of type {others[0]!r}; expected only CERTIFICATE"
+            source, f"holds a PEM block of type {_label(others[0])}; expected only CERTIFICATE"
         )
     m = _BLOCK.fullmatch(norm)
     if m is None:
@@ -163,7 +199,7 @@ def _single_certificate_block(source: str, text: str) -> bytes:
 def _check_key(source: str, cert: x509.Certificate) -> None:
     try:
         key = cert.public_key()
-    except (ValueError, TypeError) as exc:
+    except _MALFORMED as exc:
         raise RefusedError(source, "its public key is malformed or of an unsupported type") from exc
     if isinstance(key, rsa.RSAPublicKey) and key.key_size < MIN_RSA_BITS:
         raise RefusedError(
@@ -177,14 +213,20 @@ def _check_key(source: str, cert: x509.Certificate) -> None:
         raise RefusedError(source, "DSA keys are not accepted: TLS clients no longer trust them")
 
 
-def _self_signed(cert: x509.Certificate) -> bool:
-    if cert.issuer != cert.subject:
+def _self_signed(cert: x509.Certificate, subject: x509.Name, issuer: x509.Name) -> bool:
+    if issuer != subject:
         return False
     try:
         cert.verify_directly_issued_by(cert)
-    except (InvalidSignature, ValueError, TypeError):
+    except (InvalidSignature, *_MALFORMED):
         return False
     return True
+
+
+def _label(label: str) -> str:
+    if len(label) <= _QUOTABLE_LABEL_MAX and _QUOTABLE_LABEL.fullmatch(label):
+        return repr(label)
+    return "(an unrecognised label)"
 
 
 def _name(name: x509.Name) -> str:
