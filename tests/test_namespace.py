@@ -1,0 +1,108 @@
+"""The real default paths, hooks included, in a private mount namespace.
+
+Here update-ca-certificates runs with no options against /etc/ssl and friends, which are
+throwaway copies, and Debian's Java hook (jks-keystore) runs for real.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.support import osroot
+from tests.support.certs import make_ca
+from tests.support.moto import MotoServer
+from tests.support.ns import PrivateNamespace
+from tests.support.shims import write_shim
+from tests.test_faults import FAIL_SECOND_ADD
+from tests.test_install import manifest, unique
+
+pytestmark = pytest.mark.root
+
+HAS_JAVA_HOOK = Path("/etc/ca-certificates/update.d/jks-keystore").exists()
+
+
+def keytool_aliases(ns: PrivateNamespace) -> list[str]:
+    """The aliases in the namespace's Java cacerts keystore."""
+    done = ns.run(["keytool", "-list", "-cacerts", "-storepass", "changeit"])
+    assert done.returncode == 0, done.stderr
+    return sorted(
+        line.split(",")[0] for line in done.stdout.splitlines() if "trustedCertEntry" in line
+    )
+
+
+@pytest.fixture
+def ns(tmp_path: Path) -> PrivateNamespace:
+    """A private namespace for one test."""
+    with PrivateNamespace(tmp_path / "ns") as namespace:
+        # Start from a consistent store: the image may hold local CAs not yet linked or in Java.
+        done = namespace.run(["update-ca-certificates"])
+        assert done.returncode == 0, done.stderr
+        yield namespace  # type: ignore[misc]
+
+
+def write_ns_config(tmp_path: Path, moto: MotoServer) -> Path:
+    """A config using the default OS store paths (the namespace's copies)."""
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(
+        f'state_dir = "{tmp_path / "state"}"\n'
+        f'socket = "{tmp_path / "state" / "ti.sock"}"\n'
+        f'nss_databases = ["sql:{tmp_path / "nssdb"}"]\n'
+        f'endpoint_url = "{moto.endpoint}"\n'
+    )
+    return cfg
+
+
+def apply(ns: PrivateNamespace, cfg: Path, m: Path, env: dict[str, str] | None = None) -> object:
+    """``trustinstaller apply`` inside the namespace."""
+    import sys
+
+    return ns.run([sys.executable, "-m", "trustinstaller", "--config", str(cfg), "apply", str(m)],
+                  env=env)  # fmt: skip
+
+
+def test_default_paths_install_and_java_hook(
+    ns: PrivateNamespace, moto: MotoServer, tmp_path: Path
+) -> None:
+    """With no path options, the OS store, the bundle and (where installed) Java get the CA."""
+    ca = make_ca("namespace root")
+    m = tmp_path / "m.json"
+    m.write_bytes(manifest([moto.put_secret(unique(), ca.pem)]))
+    cfg = write_ns_config(tmp_path, moto)
+    before_java = keytool_aliases(ns) if HAS_JAVA_HOOK else []
+    done = apply(ns, cfg, m)
+    assert done.returncode == 0, done.stdout + done.stderr  # type: ignore[attr-defined]
+    status = json.loads((tmp_path / "state" / "status.json").read_text())
+    fp = status["certificates"][0]["fingerprint_sha256"]
+    assert ns.path("/usr/local/share/ca-certificates").joinpath(f"trustinstaller/{fp}.crt").exists()
+    assert ca.pem in ns.path("/etc/ssl/certs/ca-certificates.crt").read_text()
+    if HAS_JAVA_HOOK:
+        assert keytool_aliases(ns) == sorted([*before_java, f"debian:{fp}.pem"])
+
+
+def test_rollback_restores_bundle_links_and_java_keystore(
+    ns: PrivateNamespace, moto: MotoServer, tmp_path: Path
+) -> None:
+    """certutil fails after update-ca-certificates ran: bundle, links and Java are as before."""
+    arns = [moto.put_secret(unique(), make_ca(f"ns rollback {i}").pem) for i in range(2)]
+    m = tmp_path / "m.json"
+    m.write_bytes(manifest(arns))
+    cfg = write_ns_config(tmp_path, moto)
+    shims = tmp_path / "shims"
+    write_shim(shims, "certutil", FAIL_SECOND_ADD)
+    before = osroot.snapshot_tree(ns.path("/etc/ssl/certs"))
+    before_local = osroot.snapshot_tree(ns.path("/usr/local/share/ca-certificates"))
+    before_java = keytool_aliases(ns) if HAS_JAVA_HOOK else []
+    done = apply(ns, cfg, m, env={"PATH": f"{shims}:/usr/local/bin:/usr/bin:/bin"})
+    assert done.returncode == 1, done.stdout + done.stderr  # type: ignore[attr-defined]
+    after = osroot.snapshot_tree(ns.path("/etc/ssl/certs"))
+    after.pop("java/cacerts", None)  # a rewritten keystore: compared by its entries below
+    before.pop("java/cacerts", None)
+    assert after == before
+    assert osroot.snapshot_tree(ns.path("/usr/local/share/ca-certificates")) == before_local
+    if HAS_JAVA_HOOK:
+        assert keytool_aliases(ns) == before_java
+    shutil.rmtree(shims)
