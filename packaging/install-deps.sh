@@ -4,6 +4,9 @@
 set -eu
 
 packages="ca-certificates libnss3-tools openssl curl util-linux python3 python3-venv"
+# The clients the end-to-end tests prove (tests/test_clients.py): Chromium reads NSS, Node reads
+# NODE_EXTRA_CA_CERTS, and ca-certificates-java's update hook feeds the JVM's keystore.
+packages="$packages chromium nodejs default-jre-headless ca-certificates-java"
 if [ "$#" -gt 0 ]; then
     packages="$packages $*"
 fi

@@ -58,7 +58,7 @@ def test_install_makes_tls_handshake_succeed(config: Config, moto: MotoServer) -
     [cert] = status["certificates"]
     assert cert["subject"] == "CN=corp root"
     assert cert["source"] == {"level": "tool", "index": 0, "arn": arn}
-    assert cert["stores"] == ["os", f"nss:{nss_dir(config)}"]
+    assert cert["stores"] == ["os", f"nss:{nss_dir(config)}", "env"]
     assert cert["warnings"] == []
     listing = nss.parse_listing(osroot.nss_listing(nss_dir(config)))
     assert listing == {f"trustinstaller-{cert['fingerprint_sha256']}": "C,,"}

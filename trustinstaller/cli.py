@@ -96,6 +96,16 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("check", help="validate local PEM files; installs nothing")
     s.add_argument("pem", nargs="+", help="PEM files to check")
     s.set_defaults(func=_check)
+
+    s = sub.add_parser("env", help="print the trust environment as shell KEY='VALUE' lines")
+    s.add_argument("--export", action="store_true", help="prefix each line with 'export '")
+    s.set_defaults(func=_env)
+
+    s = sub.add_parser("verify", help="show which trust paths accept an HTTPS server, and why")
+    s.add_argument("url", help="https://HOST[:PORT]/")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.add_argument("--timeout", type=float, default=15.0, help="seconds per handshake")
+    s.set_defaults(func=_verify)
     return p  # fmt: skip
 
 
@@ -196,6 +206,38 @@ def _check(args: argparse.Namespace, cfg: config.Config) -> int:
         for w in ca.warnings:
             print(f"  warning: {w}")
     return worst
+
+
+def _env(args: argparse.Namespace, cfg: config.Config) -> int:
+    from trustinstaller.stores import runtime_env
+
+    directory = cfg.runtime_env_dir
+    if not runtime_env.installed(directory):
+        # Not an error: an empty manifest installs nothing, and clients keep their defaults.
+        print(f"trustinstaller: no trust environment in {directory}: no CA installed yet; "
+              "nothing to set", file=sys.stderr)  # fmt: skip
+        return EXIT_OK
+    sys.stdout.write(runtime_env.render_env(runtime_env.env_pairs(directory), export=args.export))
+    return EXIT_OK
+
+
+def _verify(args: argparse.Namespace, cfg: config.Config) -> int:
+    from trustinstaller import _run, verify
+    from trustinstaller.stores import runtime_env
+
+    verdicts = verify.verify_url(
+        args.url,
+        os_bundle=cfg.os_store.bundle,
+        combined_bundle=cfg.runtime_env_dir / runtime_env.BUNDLE,
+        nss_databases=cfg.nss_databases,
+        runner=_run.run,
+        timeout=args.timeout,
+    )
+    if args.json:
+        print(json.dumps([v.as_dict() for v in verdicts], indent=2))
+    else:
+        sys.stdout.write(verify.render(args.url, verdicts))
+    return EXIT_OK if all(v.accepted for v in verdicts) else Outcome.REFUSED.exit_code
 
 
 def _read_manifest(name: str) -> bytes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from trustinstaller.stores.debian import DebianPaths
 ENV_VAR = "TRUSTINSTALLER_CONFIG"
 DEFAULT_PATH = Path("/etc/trustinstaller/config.toml")
 DEFAULT_STATE_DIR = Path("/run/trustinstaller")
+_SAFE_PATH = re.compile(r"[A-Za-z0-9/._+@-]+")
 
 
 def default_nss_databases() -> tuple[str, ...]:
@@ -29,6 +31,13 @@ def default_nss_databases() -> tuple[str, ...]:
     if legacy.is_dir():
         return (f"sql:{legacy}",)
     return (f"sql:{home / '.local' / 'share' / 'pki' / 'nssdb'}",)
+
+
+def user_nss_databases(home: Path) -> tuple[str, ...]:
+    """Both NSS databases Chromium may read for a user whose home is ``home``."""
+    # Chromium M146+ reads ~/.pki/nssdb if it exists, else ~/.local/share/pki/nssdb; a profile
+    # may be created before or after us, so both get the CAs.
+    return (f"sql:{home / '.pki' / 'nssdb'}", f"sql:{home / '.local' / 'share' / 'pki' / 'nssdb'}")
 
 
 @dataclass(frozen=True)
@@ -45,9 +54,16 @@ class Config:
     update_timeout: float = 300.0
     certutil_timeout: float = 30.0
     request_timeout: float = 10.0
+    browser_users: tuple[str, ...] = ()
+    runtime_dir: Path | None = None
+
+    @property
+    def runtime_env_dir(self) -> Path:
+        """Where the runtime trust environment goes: beside the 0700 state directory, not in it."""
+        return self.runtime_dir or self.state_dir.with_name(f"{self.state_dir.name}-env")
 
 
-_PATH_KEYS = {"socket", "state_dir"}
+_PATH_KEYS = {"socket", "state_dir", "runtime_dir"}
 _OS_KEYS = {"local_certs_dir", "etc_certs_dir", "certs_dir", "certs_conf", "hooks_dir"}
 _TIMEOUT_KEYS = {"update_timeout", "certutil_timeout", "request_timeout"}
 _KEYS = (
@@ -55,6 +71,7 @@ _KEYS = (
     | _TIMEOUT_KEYS
     | {
         "nss_databases",
+        "browser_users",
         "allowed_uids",
         "socket_group",
         "endpoint_url",
@@ -93,6 +110,9 @@ def from_mapping(data: Mapping[str, Any], *, source: str = "config") -> Config:
     for key in _PATH_KEYS:
         if key in data:
             kw[key] = _abs_path(data[key], key, fail)
+    if "runtime_dir" in kw and not _SAFE_PATH.fullmatch(str(kw["runtime_dir"])):
+        # Its paths are written into a file that both sh and systemd read, unquoted-safe only.
+        raise fail("runtime_dir", "may hold only letters, digits and / . _ + @ -")
     for key in _TIMEOUT_KEYS:
         if key in data:
             v = data[key]
@@ -107,6 +127,20 @@ def from_mapping(data: Mapping[str, Any], *, source: str = "config") -> Config:
             if not d.startswith("sql:") or not d[4:].startswith("/"):
                 raise fail("nss_databases", f"{d!r}: use 'sql:' and an absolute path")
         kw["nss_databases"] = tuple(dbs)
+    if "browser_users" in data:
+        users = data["browser_users"]
+        if not isinstance(users, list) or not all(isinstance(u, str) and u for u in users):
+            raise fail("browser_users", "must be a list of user names like 'browser'")
+        kw["browser_users"] = tuple(users)
+        # Explicit databases stay; with only browser_users, root's default is not added.
+        user_dbs: list[str] = []
+        for u in users:
+            try:
+                home = Path(pwd.getpwnam(u).pw_dir)
+            except KeyError:
+                raise fail("browser_users", f"no user {u!r} on this host") from None
+            user_dbs += user_nss_databases(home)
+        kw["nss_databases"] = tuple(dict.fromkeys([*kw.get("nss_databases", ()), *user_dbs]))
     if "allowed_uids" in data:
         uids = data["allowed_uids"]
         if not isinstance(uids, list) or not all(

@@ -25,6 +25,7 @@ from trustinstaller.manifest import CertificateRef, Credentials
 from trustinstaller.stores import Store
 from trustinstaller.stores.debian import DebianStore
 from trustinstaller.stores.nss import NssStore
+from trustinstaller.stores.runtime_env import RuntimeEnvStore
 from trustinstaller.validate import TrustedCA, validate
 
 ClientFactoryMaker = Callable[[Credentials | None], fetch.ClientFactory]
@@ -61,7 +62,8 @@ class Installer:
     def stores(self) -> list[Store]:
         """The configured stores, OS store first."""
         return [self.store_named("os"), *(self.store_named(f"nss:{db}")
-                                          for db in self.config.nss_databases)]  # fmt: skip
+                                          for db in self.config.nss_databases),
+                self.store_named("env")]  # fmt: skip
 
     def store_named(self, name: str) -> Store:
         """Rebuild a store from its name in a journal entry."""
@@ -72,6 +74,8 @@ class Installer:
             db = name.removeprefix("nss:")
             return NssStore(self.runner, db if db.startswith("sql:") else f"sql:{db}",
                             timeout=self.config.certutil_timeout)  # fmt: skip
+        if name == "env":  # last: its combined bundle copies the OS bundle just regenerated
+            return RuntimeEnvStore(self.config.runtime_env_dir, self.config.os_store.bundle)
         raise ValueError(f"unknown store {name!r} in the journal")
 
     # -- lifecycle -----------------------------------------------------------

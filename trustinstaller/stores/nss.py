@@ -8,13 +8,15 @@ Quirks this module exists for, one per line:
 - Trust ``C,,`` marks a CA trusted for TLS server authentication only.
 - A database created by root in a user's home must stay owned by that user, or Chromium
   (running as the user) cannot open it.
+- certutil runs as the owner of the database directory (setpriv), so root never writes through
+  a symlink a user planted in their own home; the certificate goes in on stdin, which that user
+  can read, instead of from a root-only temporary file.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,21 +81,18 @@ class NssStore:
         if not (directory / "cert9.db").exists():
             self._create(directory, record)
         present = self.list()
-        with tempfile.TemporaryDirectory(prefix="trustinstaller-nss-") as tmp:
-            empty_pw = Path(tmp, "empty-password")
-            empty_pw.write_bytes(b"")
-            for ca in certs:
-                nick = nickname(ca)
-                if present.get(nick) == TRUST:
-                    continue
-                der = Path(tmp, f"{ca.fingerprint_sha256}.der")
-                der.write_bytes(ca.der)
-                record("add", db=self._db, nickname=nick)
-                self.runner(
-                    [self.command, "-A", "-d", self._db, "-f", str(empty_pw),
-                     "-n", nick, "-t", TRUST, "-i", str(der)],
-                    timeout=self.timeout,
-                )  # fmt: skip
+        for ca in certs:
+            nick = nickname(ca)
+            if present.get(nick) == TRUST:
+                continue
+            record("add", db=self._db, nickname=nick)
+            # -f /dev/null: an empty password file, so a protected database fails fast.
+            self.runner(
+                [*as_owner(directory), self.command, "-A", "-d", self._db, "-f", "/dev/null",
+                 "-n", nick, "-t", TRUST],
+                input=ca.der,
+                timeout=self.timeout,
+            )  # fmt: skip
         _chown_db_files(directory)
 
     def verify(self, certs: Sequence[TrustedCA]) -> None:
@@ -113,8 +112,8 @@ class NssStore:
                 if present is None:
                     present = self.list() if (db_dir(e["db"]) / "cert9.db").exists() else {}
                 if e["nickname"] in present:
-                    self.runner([self.command, "-D", "-d", e["db"], "-n", e["nickname"]],
-                                timeout=self.timeout)  # fmt: skip
+                    self.runner([*as_owner(db_dir(e["db"])), self.command, "-D", "-d", e["db"],
+                                 "-n", e["nickname"]], timeout=self.timeout)  # fmt: skip
             elif e["action"] == "createdb":
                 directory = Path(e["dir"])
                 for f in DB_FILES:
@@ -126,7 +125,8 @@ class NssStore:
 
     def list(self) -> dict[str, str]:
         """The database's nicknames and trust flags."""
-        result = self.runner([self.command, "-L", "-d", self._db], timeout=self.timeout)
+        result = self.runner([*as_owner(db_dir(self._db)), self.command, "-L", "-d", self._db],
+                             timeout=self.timeout)  # fmt: skip
         return parse_listing(result.stdout)
 
     def _create(self, directory: Path, record: Recorder) -> None:
@@ -141,8 +141,22 @@ class NssStore:
         for p in reversed(missing):
             p.mkdir(mode=0o700)
             os.chown(p, owner.st_uid, owner.st_gid, follow_symlinks=False)
-        self.runner([self.command, "-N", "-d", self._db, "--empty-password"],
-                    timeout=self.timeout)  # fmt: skip
+        self.runner([*as_owner(directory), self.command, "-N", "-d", self._db,
+                     "--empty-password"], timeout=self.timeout)  # fmt: skip
+
+
+def as_owner(directory: Path) -> list[str]:
+    """A ``setpriv`` prefix to run as the owner of ``directory`` (itself, not a link's target).
+
+    Empty when we are not root or already the owner.
+    """
+    try:
+        st = os.lstat(directory)
+    except FileNotFoundError:
+        return []
+    if os.geteuid() != 0 or st.st_uid == os.geteuid():
+        return []
+    return ["setpriv", f"--reuid={st.st_uid}", f"--regid={st.st_gid}", "--clear-groups", "--"]
 
 
 def _chown_db_files(directory: Path) -> None:

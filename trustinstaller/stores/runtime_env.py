@@ -1,0 +1,207 @@
+"""The runtime trust environment, for clients that ignore the OS store.
+
+It is a directory of three files, readable by the browser user: a combined PEM
+bundle (the OS roots plus ours), a PEM of our CAs alone, and an environment
+file that both ``sh`` and systemd's ``EnvironmentFile=`` read.
+
+Quirks this module exists for, one per line:
+- Python requests and botocore trust certifi's bundle, never /etc/ssl: REQUESTS_CA_BUNDLE and
+  AWS_CA_BUNDLE redirect them.
+- SSL_CERT_FILE and CURL_CA_BUNDLE *replace* the default roots, so they name the OS roots plus
+  ours, never ours alone.
+- Node trusts its own compiled-in roots; NODE_EXTRA_CA_CERTS *adds* to them (read once, at
+  startup), so it names only our CAs.
+- The state directory is 0700 (lock, journal): the browser user could not read a file in it, so
+  this directory sits beside it, 0755 with 0644 files.
+- A minimal container may have no OS bundle at all: certifi's roots stand in for it.
+- systemd's EnvironmentFile= and sh agree on single quotes only when the value holds no quote,
+  backslash or newline, so such a path is refused instead of escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import re
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from trustinstaller import _fs
+from trustinstaller.errors import ConfigError, StoreError
+from trustinstaller.stores import Entry, Recorder
+from trustinstaller.validate import TrustedCA
+
+BUNDLE = "ca-bundle.pem"
+CUSTOM = "custom-cas.pem"
+ENV_FILE = "env"
+BUNDLE_KEYS = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "AWS_CA_BUNDLE")
+CUSTOM_KEY = "NODE_EXTRA_CA_CERTS"
+
+_PEM = re.compile(rb"-----BEGIN CERTIFICATE-----\s+(.*?)-----END CERTIFICATE-----", re.DOTALL)
+_SAFE_VALUE = re.compile(r"[A-Za-z0-9/._+@-]+")
+
+
+def env_pairs(directory: Path) -> list[tuple[str, str]]:
+    """The variables that point clients at the files in ``directory``."""
+    bundle = str(directory / BUNDLE)
+    return [*((k, bundle) for k in BUNDLE_KEYS), (CUSTOM_KEY, str(directory / CUSTOM))]
+
+
+def quote(value: str) -> str:
+    """Single-quote ``value`` for sh and systemd alike; refuse what they would read differently."""
+    if not _SAFE_VALUE.fullmatch(value):
+        raise ConfigError(
+            f"runtime_dir: path {value!r} may hold only letters, digits and / . _ + @ -"
+        )
+    return f"'{value}'"
+
+
+def render_env(pairs: Sequence[tuple[str, str]], *, export: bool = False) -> str:
+    """``KEY='value'`` lines (``export KEY='value'`` with ``export``), one per variable."""
+    prefix = "export " if export else ""
+    return "".join(f"{prefix}{k}={quote(v)}\n" for k, v in pairs)
+
+
+def env_file_text(directory: Path) -> str:
+    """The environment file: a comment, then plain assignments (systemd has no ``export``)."""
+    return (
+        "# Written by trustinstaller. Use as a systemd EnvironmentFile=, or in sh:\n"
+        "#   set -a; . THIS_FILE; set +a\n" + render_env(env_pairs(directory))
+    )
+
+
+def pem_ders(data: bytes) -> list[bytes]:
+    """The DER encodings of the certificates in a PEM bundle, in order."""
+    out: list[bytes] = []
+    for m in _PEM.finditer(data):
+        try:
+            out.append(base64.b64decode(b"".join(m.group(1).split()), validate=True))
+        except ValueError:
+            continue
+    return out
+
+
+def base_bundle(os_bundle: Path) -> tuple[bytes, str]:
+    """The OS bundle's bytes, or certifi's where the OS has none; and which one was used."""
+    try:
+        data = os_bundle.read_bytes()
+    except FileNotFoundError:
+        data = b""
+    if pem_ders(data):
+        return data, str(os_bundle)
+    import certifi
+
+    where = certifi.where()
+    return Path(where).read_bytes(), where
+
+
+def custom_pem(certs: Sequence[TrustedCA]) -> bytes:
+    """Our CAs alone, each under a comment naming its fingerprint."""
+    return b"".join(
+        f"# trustinstaller sha256={ca.fingerprint_sha256}\n{ca.pem.strip()}\n".encode("ascii")
+        for ca in certs
+    )
+
+
+def combined_pem(base: bytes, certs: Sequence[TrustedCA]) -> bytes:
+    """The base bundle plus each of ``certs`` it does not hold already."""
+    present = set(pem_ders(base))
+    extra = [ca for ca in certs if ca.der not in present]
+    head = base if not base or base.endswith(b"\n") else base + b"\n"
+    return head + custom_pem(extra)
+
+
+@dataclass
+class RuntimeEnvStore:
+    """Writes the combined bundle, our CAs' PEM and the environment file into one directory."""
+
+    directory: Path
+    os_bundle: Path
+    name: str = "env"
+
+    def preflight(self) -> None:
+        """The parent must exist; an existing directory must be ours and readable by all."""
+        quote(str(self.directory))
+        if not self.directory.parent.is_dir():
+            raise StoreError(self.name, f"{self.directory.parent} is not a directory")
+        try:
+            st = self.directory.lstat()
+        except FileNotFoundError:
+            return
+        if not stat.S_ISDIR(st.st_mode):
+            raise StoreError(self.name, f"{self.directory} is a symlink or not a directory")
+        if st.st_uid != os.geteuid():
+            raise StoreError(self.name, f"{self.directory} is owned by uid {st.st_uid}, not us")
+        if st.st_mode & 0o005 != 0o005:
+            raise StoreError(
+                self.name,
+                f"{self.directory} has mode {stat.S_IMODE(st.st_mode):o}: the browser user "
+                "could not read it; chmod 755 it or remove it",
+            )
+
+    def install(self, certs: Sequence[TrustedCA], record: Recorder) -> None:
+        """Write the bundles first and the environment file last, each atomically."""
+        base, _ = base_bundle(self.os_bundle)
+        files = (
+            (BUNDLE, combined_pem(base, certs)),
+            (CUSTOM, custom_pem(certs)),
+            (ENV_FILE, env_file_text(self.directory).encode("ascii")),
+        )
+        try:
+            try:
+                fd = _fs.open_dir(self.directory)
+            except FileNotFoundError:
+                record("mkdir", path=str(self.directory))
+                fd = _fs.open_dir(self.directory, create=True, mode=0o755)
+                os.fchmod(fd, 0o755)  # the umask must not hide it from the browser user
+            try:
+                for name, data in files:
+                    record("write", dir=str(self.directory), name=name)
+                    _fs.atomic_write(fd, name, data, 0o644)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise StoreError(self.name, f"{self.directory}: {exc.strerror or exc}") from exc
+
+    def verify(self, certs: Sequence[TrustedCA]) -> None:
+        """Both bundles must hold every certificate, and the environment file must name them."""
+        try:
+            with _fs.opened_dir(self.directory) as fd:
+                bundle = _fs.read_file(fd, BUNDLE) or b""
+                custom = _fs.read_file(fd, CUSTOM) or b""
+                env = _fs.read_file(fd, ENV_FILE) or b""
+        except OSError as exc:
+            raise StoreError(self.name, f"{self.directory}: {exc.strerror or exc}") from exc
+        for label, data in ((BUNDLE, bundle), (CUSTOM, custom)):
+            held = set(pem_ders(data))
+            missing = [ca.fingerprint_sha256 for ca in certs if ca.der not in held]
+            if missing:
+                raise StoreError(self.name, f"{self.directory / label} lacks {', '.join(missing)}")
+        if env.decode("ascii", "replace") != env_file_text(self.directory):
+            raise StoreError(self.name, f"{self.directory / ENV_FILE} is not what was written")
+
+    def rollback(self, entries: Sequence[Entry]) -> None:
+        """Remove the files we wrote, then the directory if we made it and it is empty."""
+        for e in entries:
+            if e["action"] == "write":
+                try:
+                    with _fs.opened_dir(Path(e["dir"])) as fd:
+                        _fs.remove(fd, e["name"])
+                        _fs.sync_dir(fd)
+                except FileNotFoundError:
+                    pass
+        for e in entries:
+            if e["action"] == "mkdir":
+                # Not empty: something else put a file there; leave it.
+                with contextlib.suppress(OSError):
+                    os.rmdir(e["path"])
+
+
+def installed(directory: Path) -> bool:
+    """Whether an install wrote the environment here (the env file is written last)."""
+    with contextlib.suppress(OSError):
+        return stat.S_ISREG(os.lstat(directory / ENV_FILE).st_mode)
+    return False
