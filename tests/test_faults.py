@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -373,3 +374,26 @@ def test_store_error_is_reported_not_raised_raw(config: Config, three_cas: list[
         Installer(config).submit(manifest(three_cas))
     assert list(target.iterdir()) == []
     assert store_state(config) == before
+
+
+def test_daemon_start_waits_for_a_running_apply(
+    config: Config, daemon_files: tuple[Path, Path]
+) -> None:
+    """While another process holds the install lock, the daemon waits before it serves."""
+    cfg_path, sock = daemon_files
+    installer = Installer(config)
+    installer.state.ensure()
+    d = Daemon(cfg_path, sock)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        with installer.state.exclusive():
+            fut = pool.submit(d.start)
+            # Holding the lock, the daemon cannot have bound its socket yet.
+            for _ in range(20):
+                assert not sock.exists()
+                assert not fut.done()
+                time.sleep(0.05)
+        fut.result(timeout=60)
+    try:
+        assert d.status()["state"] == "open"
+    finally:
+        d.stop()

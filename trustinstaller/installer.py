@@ -80,10 +80,13 @@ class Installer:
 
     # -- lifecycle -----------------------------------------------------------
 
-    def prepare(self) -> dict[str, Any]:
-        """Create the state directory and finish any interrupted install; return the status."""
+    def prepare(self, wait: float = 0.0) -> dict[str, Any]:
+        """Create the state directory and finish any interrupted install; return the status.
+
+        ``wait`` is how long to wait for a concurrent install (``apply``) to finish first.
+        """
         self.state.ensure()
-        with self.state.exclusive():
+        with self.state.exclusive(wait=wait):
             self._recover()
         return self.status()
 

@@ -13,6 +13,7 @@ import errno
 import fcntl
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -55,8 +56,8 @@ class StateDir:
             raise StateError(str(self.path), f"{exc.strerror or exc}; fix or remove it") from exc
 
     @contextlib.contextmanager
-    def exclusive(self) -> Iterator[None]:
-        """Hold the install lock, or raise BusyError at once if someone else does."""
+    def exclusive(self, wait: float = 0.0) -> Iterator[None]:
+        """Hold the install lock; raise BusyError if someone else holds it for ``wait`` seconds."""
         with _fs.opened_dir(self.path) as dfd:
             fd = os.open(
                 LOCK_FILE,
@@ -65,10 +66,15 @@ class StateDir:
                 dir_fd=dfd,
             )
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError as exc:
-                raise BusyError(str(self.path)) from exc
+            deadline = time.monotonic() + wait
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError as exc:
+                    if time.monotonic() >= deadline:
+                        raise BusyError(str(self.path)) from exc
+                    time.sleep(0.1)
             yield
         finally:
             os.close(fd)  # closing releases the flock
