@@ -277,7 +277,8 @@ def serve(installer: Installer, *, idle_exit: float | None = None) -> None:
             signal.signal(sig, on_signal)
 
     # Readiness waits for recovery: a journal left by a killed install is rolled back first.
-    status = installer.prepare()
+    # A concurrent `trustinstaller apply` holds the lock: wait for it rather than fail to start.
+    status = installer.prepare(wait=installer.config.update_timeout)
     inherited = inherited_socket()
     sock = inherited or bind_socket(installer.config.socket,
                                     group=installer.config.socket_group)  # fmt: skip
