@@ -1,0 +1,247 @@
+"""The Debian package in a clean Debian 12 root, booted under a real systemd.
+
+One root is shared by the module: the tests run in order, as one session would (the lock that
+the third test takes is what the later ones check). The daemon reaches a real moto server on
+127.0.0.1, since the root shares the host's network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import hashes
+
+from tests.support.certs import Issued, make_ca
+from tests.support.moto import FAKE_ENV, MotoServer
+from tests.system import debroot
+from trustinstaller.stores.debian import bundle_ders
+from trustinstaller.stores.nss import parse_listing
+
+pytestmark = pytest.mark.system
+
+TOP = Path(__file__).resolve().parents[2]
+NSS_DB = "sql:/root/.local/share/pki/nssdb"  # root's default when neither database exists yet
+
+
+def manifest(*arns: str) -> str:
+    """A manifest naming ``arns``, with explicit (fake) credentials."""
+    return json.dumps(
+        {
+            "certificates": [{"location": {"secretsManager": {"secretArn": a}}} for a in arns],
+            "credentials": {
+                "accessKeyId": FAKE_ENV["AWS_ACCESS_KEY_ID"],
+                "secretAccessKey": FAKE_ENV["AWS_SECRET_ACCESS_KEY"],
+            },
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def deb() -> Path:
+    """The package that make deb built."""
+    path = Path(os.environ.get("TRUSTINSTALLER_DEB", ""))
+    if not path.is_file():
+        pytest.fail(f"no package at {path!s}; run 'make test-system' (it runs 'make deb' first)")
+    return path.resolve()
+
+
+@pytest.fixture(scope="module")
+def root(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A copy of the cached debootstrap root with the package installed by apt, as in a chroot."""
+    base = debroot.base_root()
+    work = tmp_path_factory.mktemp("debroot")
+    path = debroot.clone(base, work / "root")
+    try:
+        (path / "etc/resolv.conf").write_bytes(Path("/etc/resolv.conf").read_bytes())
+        (path / "root" / deb.name).write_bytes(deb.read_bytes())
+        archives = debroot.CACHE / "apt-archives"
+        (archives / "partial").mkdir(parents=True, exist_ok=True)
+        binds = [(archives, "/var/cache/apt/archives")]
+        env = {"DEBIAN_FRONTEND": "noninteractive"}
+        debroot.chroot_run(path, ["apt-get", "update", "-qq"], binds=binds, env=env)
+        debroot.chroot_run(
+            path,
+            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", f"/root/{deb.name}"],
+            binds=binds,
+            env=env,
+        )
+        yield path
+    finally:
+        debroot.remove_tree(path)
+
+
+@pytest.fixture(scope="module")
+def boot_ca() -> Issued:
+    """The CA the booted service installs."""
+    return make_ca("trustinstaller boot test CA")
+
+
+@pytest.fixture(scope="module")
+def booted(root: Path, moto: MotoServer) -> Iterator[debroot.Booted]:
+    """The root booted under systemd, configured for the local moto server."""
+    conf = root / "etc/trustinstaller/config.toml"
+    conf.write_text(conf.read_text() + f'\nendpoint_url = "{moto.endpoint}"\n')
+    debroot.mask_consoles(root)
+    system = debroot.Booted(root, root.parent / "systemd.log")
+    try:
+        system.start()
+        yield system
+    finally:
+        system.kill()
+
+
+def test_postinst_enabled_the_socket_and_started_nothing(root: Path) -> None:
+    """In the chroot, the socket is enabled for the next boot and nothing was started."""
+    wants = root / "etc/systemd/system/sockets.target.wants/trustinstaller.socket"
+    assert wants.is_symlink()
+    assert os.readlink(wants) == "/lib/systemd/system/trustinstaller.socket"
+    # Not enabled on its own: the socket starts it.
+    assert not list((root / "etc/systemd/system").glob("*.wants/trustinstaller.service"))
+    assert not (root / "run/trustinstaller.sock").exists()
+    assert not (root / "run/trustinstaller").exists()
+
+
+def test_package_runs_in_the_clean_root(root: Path) -> None:
+    """The packaged command runs from its own virtual environment."""
+    done = debroot.chroot_run(root, ["trustinstaller", "--version"])
+    m = re.search(r'^__version__ = "(.+)"$', (TOP / "trustinstaller/__init__.py").read_text(), re.M)
+    assert m is not None
+    version = m.group(1)
+    assert done.stdout.strip() == f"trustinstaller {version}"
+    assert (root / "etc/trustinstaller/config.toml").is_file()
+    status = root / "var/lib/dpkg/status"
+    assert "Package: trustinstaller\nStatus: install ok installed" in status.read_text()
+
+
+def test_socket_is_listening_before_any_service(booted: debroot.Booted) -> None:
+    """After boot the socket listens, root only, and the service has not started."""
+    assert booted.systemctl("is-active", "trustinstaller.socket").stdout.strip() == "active"
+    listen = booted.show("trustinstaller.socket", "Listen")["Listen"]
+    assert listen == "/run/trustinstaller.sock (Stream)"
+    assert booted.run("stat", "-c", "%a %U", "/run/trustinstaller.sock").stdout.split() == [
+        "600",
+        "root",
+    ]
+    state = booted.systemctl("is-active", "trustinstaller.service", check=False).stdout.strip()
+    assert state == "inactive"
+
+
+def test_first_connection_activates_the_service_until_ready(booted: debroot.Booted) -> None:
+    """A status request starts the service, which reaches ready with its STATUS= text."""
+    done = booted.run("trustinstaller", "status", "--json")
+    assert json.loads(done.stdout)["state"] == "open"
+    booted.wait_for(
+        lambda: booted.show("trustinstaller.service", "ActiveState")["ActiveState"], {"active"}
+    )
+    props = booted.show("trustinstaller.service", "Type", "StatusText", "MainPID", "SubState")
+    assert props["Type"] == "notify"
+    assert props["SubState"] == "running"
+    assert props["StatusText"].startswith("open:")
+    # The state directory is root's alone, whatever RuntimeDirectoryMode= said.
+    assert booted.run("stat", "-c", "%a", "/run/trustinstaller").stdout.strip() == "700"
+
+
+def test_manifest_installs_into_the_roots_stores(
+    booted: debroot.Booted, root: Path, moto: MotoServer, boot_ca: Issued
+) -> None:
+    """Submitted through the socket, the CA lands in the OS bundle and root's NSS database."""
+    arn = moto.put_secret("boot-test-ca", boot_ca.pem)
+    (root / "root/manifest.json").write_text(manifest(arn))
+    done = booted.run("trustinstaller", "submit", "/root/manifest.json", check=False)
+    assert done.returncode == 0, done.stderr
+    assert boot_ca.der in bundle_ders(root / "etc/ssl/certs/ca-certificates.crt")
+    fp = boot_ca.cert.fingerprint(hashes.SHA256()).hex()
+    assert (root / f"usr/local/share/ca-certificates/trustinstaller/{fp}.crt").is_file()
+    listing = parse_listing(booted.run("certutil", "-L", "-d", NSS_DB).stdout)
+    assert listing[f"trustinstaller-{fp}"] == "C,,"
+    # The host's own store never saw it.
+    assert boot_ca.der not in bundle_ders(Path("/etc/ssl/certs/ca-certificates.crt"))
+    # The daemon mirrors its state into STATUS= (it looks about once a second).
+    booted.wait_for(
+        lambda: booted.show("trustinstaller.service", "StatusText")["StatusText"].split(":")[0],
+        {"locked"},
+    )
+
+
+def test_second_manifest_is_refused_as_locked(booted: debroot.Booted, root: Path) -> None:
+    """The session is locked: exit code 4, nothing changes."""
+    bundle = (root / "etc/ssl/certs/ca-certificates.crt").read_bytes()
+    (root / "root/empty.json").write_text("{}")
+    done = booted.run("trustinstaller", "submit", "/root/empty.json", check=False)
+    assert done.returncode == 4, done.stderr
+    assert "locked" in done.stderr
+    assert (root / "etc/ssl/certs/ca-certificates.crt").read_bytes() == bundle
+
+
+def test_systemctl_status_shows_the_status_text(booted: debroot.Booted) -> None:
+    """`systemctl status` shows what the daemon reported with STATUS=."""
+    out = booted.systemctl("status", "--no-pager", "trustinstaller", check=False).stdout
+    assert 'Status: "locked: 1 certificate(s) installed' in out
+
+
+def test_lock_outlives_stop_and_start(booted: debroot.Booted) -> None:
+    """SIGTERM stops it cleanly; after stop and start, and after re-activation, it stays locked."""
+    booted.systemctl("stop", "trustinstaller.service")
+    props = booted.show("trustinstaller.service", "Result", "ExecMainStatus", "ActiveState")
+    assert props == {"Result": "success", "ExecMainStatus": "0", "ActiveState": "inactive"}
+    assert booted.run("test", "-f", "/run/trustinstaller/status.json", check=False).returncode == 0
+    booted.systemctl("start", "trustinstaller.service")  # returns once READY=1 arrived
+    assert booted.show("trustinstaller.service", "StatusText")["StatusText"].startswith("locked:")
+    booted.systemctl("stop", "trustinstaller.service")
+    # Re-activated by the connection itself.
+    done = booted.run("trustinstaller", "submit", "/root/empty.json", check=False)
+    assert done.returncode == 4, done.stderr
+
+
+def test_idle_exit_and_reactivation_keep_the_lock(booted: debroot.Booted, root: Path) -> None:
+    """A locked, idle service exits on its own (status 0) and the next connection revives it."""
+    dropin = root / "etc/systemd/system/trustinstaller.service.d/idle.conf"
+    dropin.parent.mkdir(parents=True, exist_ok=True)
+    dropin.write_text("[Service]\nEnvironment=TRUSTINSTALLER_IDLE_EXIT=2\n")
+    booted.systemctl("daemon-reload")
+    booted.systemctl("restart", "trustinstaller.service")
+    booted.wait_for(
+        lambda: booted.show("trustinstaller.service", "ActiveState")["ActiveState"], {"inactive"}
+    )
+    props = booted.show("trustinstaller.service", "Result", "ExecMainStatus", "NRestarts")
+    assert props == {"Result": "success", "ExecMainStatus": "0", "NRestarts": "0"}
+    assert booted.systemctl("is-active", "trustinstaller.socket").stdout.strip() == "active"
+    done = booted.run("trustinstaller", "status", "--json")
+    assert json.loads(done.stdout)["state"] == "locked"
+    done = booted.run("trustinstaller", "submit", "/root/empty.json", check=False)
+    assert done.returncode == 4, done.stderr
+
+
+def test_journal_has_the_audit_events_and_no_secret(booted: debroot.Booted) -> None:
+    """The service logs JSON events to the journal, never the manifest's credentials."""
+    out = booted.run("journalctl", "-u", "trustinstaller", "--no-pager", "-o", "cat").stdout
+    assert '"event": "cert_installed"' in out
+    assert '"event": "daemon_ready"' in out
+    assert FAKE_ENV["AWS_SECRET_ACCESS_KEY"] not in out
+
+
+def test_apply_runs_in_the_clean_root_without_the_daemon(
+    root: Path, booted: debroot.Booted, moto: MotoServer
+) -> None:
+    """`trustinstaller apply` installs in-process, with its own state directory and NSS db."""
+    ca = make_ca("trustinstaller apply test CA")
+    arn = moto.put_secret("apply-test-ca", ca.pem)
+    (root / "root/apply.json").write_text(manifest(arn))
+    (root / "root/apply.toml").write_text(
+        f'state_dir = "/root/apply-state"\nruntime_dir = "/root/apply-env"\n'
+        f'nss_databases = ["sql:/root/apply-nssdb"]\nendpoint_url = "{moto.endpoint}"\n'
+    )
+    booted.kill()  # apply needs no systemd: run it in the plain chroot
+    done = debroot.chroot_run(
+        root, ["trustinstaller", "--config", "/root/apply.toml", "apply", "/root/apply.json"],
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert ca.der in bundle_ders(root / "etc/ssl/certs/ca-certificates.crt")
+    status = json.loads((root / "root/apply-state/status.json").read_text())
+    assert status["state"] == "locked"
