@@ -10,5 +10,5 @@ deb:
 
 # Builds the package, then boots it under a real systemd in a debootstrap root.
 test-system: setup deb
-	packaging/install-deps.sh debootstrap
+	packaging/install-deps.sh debootstrap systemd
 	TRUSTINSTALLER_SYSTEM_TESTS=1 TRUSTINSTALLER_DEB=$(DEB) $(BIN)/pytest tests/system

@@ -36,7 +36,7 @@ rm -rf "$work" "$wheels"/trustinstaller-*.whl
 mkdir -p "$work/src"
 # Built from a copy, so that setuptools' build/ and egg-info never land in the working tree.
 cp -r pyproject.toml trustinstaller "$work/src/"
-if [ -f README.md ]; then cp README.md "$work/src/"; else echo "trustinstaller" > "$work/src/README.md"; fi
+cp README.md "$work/src/"
 find "$work/src" -name __pycache__ -type d -prune -exec rm -rf {} +
 "$tools/bin/pip" wheel --quiet --disable-pip-version-check --no-deps -w "$wheels" "$work/src"
 rm -rf "$work/src"
@@ -45,7 +45,9 @@ rm -rf "$work/src"
 cp -r "$here/debian" "$work/debian"
 cp systemd/trustinstaller.service "$work/debian/trustinstaller.service"
 cp systemd/trustinstaller.socket "$work/debian/trustinstaller.socket"
+cp systemd/trustinstaller.tmpfiles "$work/debian/trustinstaller.tmpfiles"
 cp "$here/config.toml" "$here/requirements.txt" "$work/"
+cp README.md "$work/README.md"
 cp -r "$wheels" "$work/wheelhouse"
 commit=$(git -C "$top" rev-parse --short HEAD 2>/dev/null || echo unknown)
 cat > "$work/debian/changelog" <<CHANGELOG

@@ -26,6 +26,15 @@ pytestmark = pytest.mark.system
 
 TOP = Path(__file__).resolve().parents[2]
 NSS_DB = "sql:/root/.local/share/pki/nssdb"  # root's default when neither database exists yet
+JAVA = ("ca-certificates-java", "openjdk-17-jre-headless")
+
+
+def in_java_keystore(booted: debroot.Booted, ca: Issued) -> bool:
+    """Whether Java's system keystore trusts ``ca`` (ca-certificates-java names it by file)."""
+    alias = f"debian:{ca.cert.fingerprint(hashes.SHA256()).hex()}.pem"
+    done = booted.run("keytool", "-list", "-cacerts", "-storepass", "changeit", "-alias", alias,
+                      check=False)  # fmt: skip
+    return done.returncode == 0
 
 
 def manifest(*arns: str) -> str:
@@ -64,12 +73,15 @@ def root(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         binds = [(archives, "/var/cache/apt/archives")]
         env = {"DEBIAN_FRONTEND": "noninteractive"}
         debroot.chroot_run(path, ["apt-get", "update", "-qq"], binds=binds, env=env)
+        # Java's keystore hook comes along: the hardened unit must still run it (see
+        # test_memory_deny_write_execute_would_break_the_java_hook).
         debroot.chroot_run(
             path,
-            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", f"/root/{deb.name}"],
+            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", f"/root/{deb.name}",
+             *JAVA],
             binds=binds,
             env=env,
-        )
+        )  # fmt: skip
         yield path
     finally:
         debroot.remove_tree(path)
@@ -104,6 +116,8 @@ def test_postinst_enabled_the_socket_and_started_nothing(root: Path) -> None:
     assert not list((root / "etc/systemd/system").glob("*.wants/trustinstaller.service"))
     assert not (root / "run/trustinstaller.sock").exists()
     assert not (root / "run/trustinstaller").exists()
+    # tmpfiles.d made the parent of root's NSS database, so that the unit can open it up.
+    assert (root / "root/.local/share/pki").is_dir()
 
 
 def test_package_runs_in_the_clean_root(root: Path) -> None:
@@ -159,6 +173,8 @@ def test_manifest_installs_into_the_roots_stores(
     assert (root / f"usr/local/share/ca-certificates/trustinstaller/{fp}.crt").is_file()
     listing = parse_listing(booted.run("certutil", "-L", "-d", NSS_DB).stdout)
     assert listing[f"trustinstaller-{fp}"] == "C,,"
+    # update-ca-certificates ran Java's hook under the hardening (dpkg trigger, then keytool).
+    assert in_java_keystore(booted, boot_ca)
     # The host's own store never saw it.
     assert boot_ca.der not in bundle_ders(Path("/etc/ssl/certs/ca-certificates.crt"))
     # The daemon mirrors its state into STATUS= (it looks about once a second).
@@ -223,6 +239,37 @@ def test_journal_has_the_audit_events_and_no_secret(booted: debroot.Booted) -> N
     assert '"event": "cert_installed"' in out
     assert '"event": "daemon_ready"' in out
     assert FAKE_ENV["AWS_SECRET_ACCESS_KEY"] not in out
+
+
+def test_memory_deny_write_execute_would_break_the_java_hook(
+    booted: debroot.Booted, root: Path, moto: MotoServer
+) -> None:
+    """Why the unit allows W+X memory: with MemoryDenyWriteExecute=yes, Java's hook fails, and a
+    failed hook fails the install, which is rolled back. (The unit as shipped put the CA into
+    Java's keystore in test_manifest_installs_into_the_roots_stores.)"""
+    ca = make_ca("trustinstaller java hook CA")
+    arn = moto.put_secret("java-hook-ca", ca.pem)
+    (root / "root/java.json").write_text(manifest(arn))
+    bundle = root / "etc/ssl/certs/ca-certificates.crt"
+    dropin = root / "etc/systemd/system/trustinstaller.service.d/mdwe.conf"
+    dropin.write_text("[Service]\nMemoryDenyWriteExecute=yes\n")
+    booted.systemctl("daemon-reload")
+    # A new session: what a reboot would do to /run.
+    booted.systemctl("stop", "trustinstaller.service")
+    booted.run("sh", "-c", "rm -rf /run/trustinstaller/* /run/trustinstaller-env/*")
+    before = bundle.read_bytes()
+    try:
+        done = booted.run("trustinstaller", "submit", "/root/java.json", check=False)
+        assert done.returncode == 1, done.stderr  # a host error
+        assert "update.d/jks-keystore exited with code" in done.stderr
+        assert bundle.read_bytes() == before
+        assert not in_java_keystore(booted, ca)
+    finally:
+        dropin.unlink()
+        booted.systemctl("daemon-reload")
+        # The failed trigger left ca-certificates-java half-configured: until this, dpkg skips
+        # its trigger and later hook runs "succeed" without touching Java's keystore.
+        booted.run("dpkg", "--configure", "-a")
 
 
 def test_apply_runs_in_the_clean_root_without_the_daemon(
