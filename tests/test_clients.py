@@ -27,14 +27,13 @@ from tests.support.moto import MotoServer
 from tests.support.ns import PrivateNamespace
 from tests.support.tls import https_server
 from tests.test_install import manifest, unique
-from trustinstaller.stores.runtime_env import BUNDLE_KEYS, CUSTOM_KEY
+from trustinstaller.stores.runtime_env import BUNDLE_KEYS, CUSTOM_KEY, pem_ders
 
 pytestmark = pytest.mark.root
 
 CLIENTS = ("chromium", "curl", "node", "keytool", "tstclnt", "certutil", "setpriv", "nsenter")
-RUNTIME_DIR = (
-    "/run/trustinstaller-env"  # the default: beside the state directory /run/trustinstaller
-)
+# The default runtime_dir: beside the state directory /run/trustinstaller, in the namespace's /run.
+RUNTIME_DIR = "/run/trustinstaller-env"
 ENV_FILE = f"{RUNTIME_DIR}/env"
 PAGE_TEXT = "trusted by trustinstaller"
 
@@ -288,7 +287,8 @@ def test_the_host_is_untouched(sandbox: Sandbox) -> None:
 
     assert sandbox.ca.der not in bundle_ders(Path("/etc/ssl/certs/ca-certificates.crt"))
     assert "ti-browser" not in Path("/etc/passwd").read_text()
-    assert not Path(RUNTIME_DIR).exists()
+    host_custom = Path(RUNTIME_DIR, "custom-cas.pem")
+    assert not host_custom.exists() or sandbox.ca.der not in pem_ders(host_custom.read_bytes())
     host = subprocess.run(
         ["keytool", "-list", "-cacerts", "-storepass", "changeit"],
         capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120, check=True,

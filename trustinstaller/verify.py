@@ -22,6 +22,7 @@ from typing import Any
 
 from trustinstaller._run import Runner
 from trustinstaller.errors import HostError, Outcome, TrustInstallerError
+from trustinstaller.stores.nss import as_owner
 
 UNKNOWN_CA = "unknown CA"
 EXPIRED = "expired"
@@ -134,7 +135,9 @@ def check_nss(host: str, port: int, db: str, runner: Runner, *, timeout: float) 
     directory = Path(db.removeprefix("sql:"))
     if not (directory / "cert9.db").is_file():
         return Verdict("nss", str(directory), False, MISSING, "no cert9.db; nothing installed?")
-    argv = ["tstclnt", "-Q", "-h", host, "-p", str(port), "-d", f"sql:{directory}"]
+    # As the database's owner, like the NSS store: root never opens a user's planted symlink.
+    argv = [*as_owner(directory), "tstclnt", "-Q", "-h", host, "-p", str(port),
+            "-d", f"sql:{directory}"]  # fmt: skip
     try:
         result = runner(argv, timeout=timeout, check=False)
     except HostError as exc:
