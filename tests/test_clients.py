@@ -9,6 +9,7 @@ these tests: ``make deps`` installs every one of them.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import shlex
 import shutil
@@ -36,6 +37,7 @@ CLIENTS = ("chromium", "curl", "node", "keytool", "tstclnt", "certutil", "setpri
 RUNTIME_DIR = "/run/trustinstaller-env"
 ENV_FILE = f"{RUNTIME_DIR}/env"
 PAGE_TEXT = "trusted by trustinstaller"
+NOW = dt.datetime.now(dt.UTC)
 
 CHROMIUM_FLAGS = (
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -294,3 +296,33 @@ def test_the_host_is_untouched(sandbox: Sandbox) -> None:
         capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120, check=True,
     )  # fmt: skip
     assert java_fingerprint(sandbox.ca) not in host.stdout
+
+
+def test_chromium_reads_only_the_legacy_database_when_it_exists(tmp_path: Path) -> None:
+    """With ~/.pki/nssdb present, a CA only in ~/.local/share/pki/nssdb is ignored: cover both."""
+    from trustinstaller import _run
+    from trustinstaller.stores.nss import NssStore
+    from trustinstaller.validate import validate
+
+    ca = make_ca("legacy path CA")
+    trusted = validate("t.pem", secret_string=ca.pem, secret_binary=None, now=NOW)
+    home = tmp_path / "home"
+    for db in (home / ".pki" / "nssdb", home / ".local" / "share" / "pki" / "nssdb"):
+        db.mkdir(parents=True)
+        store = NssStore(_run.run, f"sql:{db}")
+        store.install([trusted] if ".local" in db.parts else [], lambda action, **f: None)
+
+    def chromium(url: str, profile: str) -> Probe:
+        done = subprocess.run(
+            [*clean_env(HOME=str(home)), "chromium", *CHROMIUM_FLAGS,
+             f"--user-data-dir={home / profile}", "--dump-dom", url],
+            capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=180, check=False,
+        )  # fmt: skip
+        return Probe(done.returncode, done.stdout, done.stderr)
+
+    with https_server(ca) as url:
+        refused = chromium(url, "p1")
+        assert "ERR_CERT_AUTHORITY_INVALID" in refused.stderr, str(refused)
+        shutil.rmtree(home / ".pki")
+        reached = chromium(url, "p2")
+        assert reached.reached, str(reached)
