@@ -11,7 +11,8 @@ top=$(cd "$(dirname "$0")/../.." && pwd)
 here="$top/packaging/deb"
 cd "$top"
 
-"$top/packaging/install-deps.sh" debhelper dpkg-dev lintian python3-venv
+# dpkg-buildpackage insists on build-essential even for a package that compiles nothing.
+"$top/packaging/install-deps.sh" build-essential debhelper dpkg-dev lintian python3-venv
 
 version=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' trustinstaller/__init__.py)
 arch=$(dpkg --print-architecture)
