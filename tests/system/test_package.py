@@ -27,6 +27,7 @@ pytestmark = pytest.mark.system
 TOP = Path(__file__).resolve().parents[2]
 NSS_DB = "sql:/root/.local/share/pki/nssdb"  # root's default when neither database exists yet
 JAVA = ("ca-certificates-java", "openjdk-17-jre-headless")
+BROWSER_DIRS = ("/home/browser/.pki", "/home/browser/.local/share/pki")
 
 
 def in_java_keystore(booted: debroot.Booted, ca: Issued) -> bool:
@@ -97,7 +98,23 @@ def boot_ca() -> Issued:
 def booted(root: Path, moto: MotoServer) -> Iterator[debroot.Booted]:
     """The root booted under systemd, configured for the local moto server."""
     conf = root / "etc/trustinstaller/config.toml"
-    conf.write_text(conf.read_text() + f'\nendpoint_url = "{moto.endpoint}"\n')
+    conf.write_text(
+        conf.read_text() + f'\nendpoint_url = "{moto.endpoint}"\n'
+        f'nss_databases = ["{NSS_DB}"]\nbrowser_users = ["browser"]\n'
+    )
+    # A browser user, and the drop-in the README gives for NSS databases in a user's home.
+    debroot.chroot_run(root, ["useradd", "--create-home", "--shell", "/bin/sh", "browser"])
+    debroot.chroot_run(root, ["install", "-d", "-o", "browser", "-g", "browser", "-m", "0700",
+                              *BROWSER_DIRS])  # fmt: skip
+    dropin = root / "etc/systemd/system/trustinstaller.service.d/browser.conf"
+    dropin.parent.mkdir(parents=True, exist_ok=True)
+    dropin.write_text(
+        "[Service]\n"
+        f"ReadWritePaths={' '.join(BROWSER_DIRS)}\n"
+        "CapabilityBoundingSet=CAP_SETUID CAP_SETGID CAP_CHOWN CAP_DAC_OVERRIDE\n"
+        # setpriv also calls capset(2), which the unit's ~@privileged filter takes away.
+        "SystemCallFilter=@setuid capset\n"
+    )
     debroot.mask_consoles(root)
     system = debroot.Booted(root, root.parent / "systemd.log")
     try:
@@ -173,6 +190,12 @@ def test_manifest_installs_into_the_roots_stores(
     assert (root / f"usr/local/share/ca-certificates/trustinstaller/{fp}.crt").is_file()
     listing = parse_listing(booted.run("certutil", "-L", "-d", NSS_DB).stdout)
     assert listing[f"trustinstaller-{fp}"] == "C,,"
+    # The browser user's databases, through the drop-in: the CA, and files the user owns.
+    for d in BROWSER_DIRS:
+        listing = parse_listing(booted.run("certutil", "-L", "-d", f"sql:{d}/nssdb").stdout)
+        assert listing[f"trustinstaller-{fp}"] == "C,,"
+        owners = booted.run("stat", "-c", "%U", f"{d}/nssdb", f"{d}/nssdb/cert9.db").stdout
+        assert owners.split() == ["browser", "browser"]
     # update-ca-certificates ran Java's hook under the hardening (dpkg trigger, then keytool).
     assert in_java_keystore(booted, boot_ca)
     # The host's own store never saw it.
