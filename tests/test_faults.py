@@ -200,12 +200,38 @@ def _kill_during(
         fut = pool.submit(d.put, manifest(arns))
         wait_for(blocked_pid)
         assert d.proc is not None
+        # As systemd does with the unit's KillMode=mixed once the daemon is dead: the hung
+        # command is killed (at TimeoutStopSec), and every other command the daemon started, in
+        # whichever store thread (the OS store runs beside NSS), runs to its end before the
+        # restart. Stopped first, so that the daemon starts nothing after the listing.
+        d.proc.send_signal(signal.SIGSTOP)
+        stat = Path(f"/proc/{d.proc.pid}/stat")
+        while stat.read_text().rpartition(")")[2].split()[0] != "T":
+            time.sleep(0.001)
+        children = [int(c) for task in Path(f"/proc/{d.proc.pid}/task").iterdir()
+                    for c in (task / "children").read_text().split()]  # fmt: skip
         d.proc.send_signal(signal.SIGKILL)
         d.proc.wait()
         kill_group_of(blocked_pid)
+        for child in children:
+            _wait_gone(child)
         with pytest.raises(Exception):  # noqa: B017, PT011 (the connection just dies)
             fut.result(timeout=30)
     return d
+
+
+def _wait_gone(pid: int, timeout: float = 120) -> None:
+    """Wait until ``pid`` has exited (an orphan: reaped by init, or a zombie until then)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        except FileNotFoundError:
+            return
+        if state in {"Z", "X"}:
+            return
+        time.sleep(0.01)
+    raise TimeoutError(f"pid {pid} still running after {timeout} s")
 
 
 def _restart_clean(d: Daemon, shims: Path) -> None:

@@ -7,16 +7,21 @@ Exit codes: 0 ok, 1 internal or host error, 2 bad manifest or usage,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
+import importlib
 import json
 import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trustinstaller import __version__, config, log
 from trustinstaller.errors import ConfigError, Outcome, TrustInstallerError
+
+if TYPE_CHECKING:
+    from trustinstaller.installer import Installer
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -111,6 +116,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _serve(args: argparse.Namespace, cfg: config.Config) -> int:
     import os
+    import threading
 
     from trustinstaller.installer import Installer
     from trustinstaller.server import serve
@@ -125,8 +131,30 @@ def _serve(args: argparse.Namespace, cfg: config.Config) -> int:
         idle_exit = -1.0
     if idle_exit is not None and not 0 < idle_exit < float("inf"):
         raise ConfigError(f"TRUSTINSTALLER_IDLE_EXIT={raw!r}: must be a positive number of seconds")
-    serve(Installer(cfg), idle_exit=idle_exit)
+    installer = Installer(cfg)
+    # Started once everything the path to ready needs is imported, so that the two overlap
+    # only for the few milliseconds of recovery and bind.
+    threading.Thread(target=_warm_up, args=(installer,), name="warm-up", daemon=True).start()
+    serve(installer, idle_exit=idle_exit)
     return EXIT_OK
+
+
+def _warm_up(installer: Installer) -> None:
+    """Import boto3 and cryptography, and make one throwaway client, while the daemon idles.
+
+    They take about half a second to import: paid here, while the daemon waits for its
+    manifest, the first PUT does not wait for them. Making a client sends nothing.
+    """
+    # A warm-up that fails costs only the time it would have saved; the install reports errors.
+    with contextlib.suppress(Exception):
+        if installer.status().get("state") == "locked":
+            return  # restarted by socket activation after the lock: nothing left to install
+        importlib.import_module("trustinstaller.validate")  # for cryptography's imports
+        from trustinstaller import fetch
+        from trustinstaller.manifest import Credentials
+
+        credentials = Credentials("warm-up", "warm-up")
+        fetch.client_factory(credentials, endpoint_url=installer.config.endpoint_url)("us-east-1")
 
 
 def _apply(args: argparse.Namespace, cfg: config.Config) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trustinstaller import _run, fetch, log, manifest, state, transaction
 from trustinstaller.config import Config
@@ -26,7 +26,9 @@ from trustinstaller.stores import Store
 from trustinstaller.stores.debian import DebianStore
 from trustinstaller.stores.nss import NssStore
 from trustinstaller.stores.runtime_env import RuntimeEnvStore
-from trustinstaller.validate import TrustedCA, validate
+
+if TYPE_CHECKING:
+    from trustinstaller.validate import TrustedCA
 
 ClientFactoryMaker = Callable[[Credentials | None], fetch.ClientFactory]
 
@@ -148,6 +150,9 @@ class Installer:
     ) -> list[Planned]:
         if not refs:
             return []
+        # Imported here, not at the top: cryptography is not needed on the path to ready.
+        from trustinstaller.validate import validate
+
         maker = self.make_clients or self._default_clients
         values = fetch.fetch_all(refs, maker(credentials))
         failures: list[CertificateError] = []

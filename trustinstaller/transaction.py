@@ -8,7 +8,9 @@ means the install finished and only the lock remains to be confirmed.
 
 from __future__ import annotations
 
+import concurrent.futures
 import secrets
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -58,26 +60,62 @@ def apply(
     summary: dict[str, Any],
     store_named: Callable[[str], Store],
 ) -> None:
-    """Install ``certs`` into every store and verify; on any failure roll everything back."""
-    for store in stores:
-        store.preflight()
-    journal = Journal(state, summary)
-    try:
-        for store in stores:
-            store.install(certs, journal.recorder(store.name))
-        journal.set_phase(VERIFYING)
-        for store in stores:
-            store.verify(certs)
-    except BaseException as exc:
+    """Install ``certs`` into every store and verify; on any failure roll everything back.
+
+    An NSS database depends on no other store, so each one is installed and verified in a
+    thread of its own while the other stores run in order on this thread: certutil then
+    overlaps update-ca-certificates and its hooks, the slowest step. The journal records every
+    step before it is taken, whichever thread takes it, and every branch has finished before
+    a rollback starts, so the rollback never races a store command.
+    """
+    # In order: the runtime-env store copies the bundle that the OS store just regenerated.
+    serial = [s for s in stores if not s.name.startswith("nss:")]
+    parallel = [s for s in stores if s.name.startswith("nss:")]
+    journal_lock = threading.Lock()
+
+    def on_every_store(step: Callable[[Store], None]) -> None:
+        futures = [pool.submit(step, s) for s in parallel]
         try:
-            rollback(journal.data, store_named)
-        except TrustInstallerError as rb_exc:
-            # The journal stays, so the next start tries the rollback again.
-            exc.add_note(f"rollback failed too, and will be retried at the next start: {rb_exc}")
-            raise exc from rb_exc
-        state.clear_journal()
-        raise
-    journal.set_phase(COMMITTED)
+            for s in serial:
+                step(s)
+        finally:
+            # Both branches end before this returns or raises, so a rollback never races.
+            concurrent.futures.wait(futures)
+        for f in futures:
+            f.result()  # raises that branch's failure
+
+    def install(store: Store) -> None:
+        record = journal.recorder(store.name)
+
+        def record_in_turn(action: str, **fields: Any) -> None:
+            with journal_lock:
+                record(action, **fields)
+
+        store.install(certs, record_in_turn)
+
+    with concurrent.futures.ThreadPoolExecutor(
+        max_workers=max(1, len(parallel)), thread_name_prefix="store"
+    ) as pool:
+        on_every_store(lambda s: s.preflight())
+        journal = Journal(state, summary)
+        try:
+            on_every_store(install)
+            journal.set_phase(VERIFYING)
+            on_every_store(lambda s: s.verify(certs))
+        except BaseException as exc:
+            # Even when this thread was interrupted: no store command may still be running.
+            pool.shutdown(wait=True)
+            try:
+                rollback(journal.data, store_named)
+            except TrustInstallerError as rb_exc:
+                # The journal stays, so the next start tries the rollback again.
+                exc.add_note(
+                    f"rollback failed too, and will be retried at the next start: {rb_exc}"
+                )
+                raise exc from rb_exc
+            state.clear_journal()
+            raise
+        journal.set_phase(COMMITTED)
 
 
 def rollback(journal: dict[str, Any], store_named: Callable[[str], Store]) -> None:
