@@ -287,7 +287,6 @@ def serve(installer: Installer, *, idle_exit: float | None = None) -> None:
     # an install in flight must finish before the process exits.
     server.daemon_threads = False
     worker = threading.Thread(target=server.serve_forever, name="accept", daemon=True)
-    baseline = threading.active_count() + 1  # this thread, the accept thread, nothing else
     worker.start()
     text = sdnotify.describe(status)
     log.get().info("daemon_ready", socket=str(sock.getsockname()), state=status["state"],
@@ -304,7 +303,11 @@ def serve(installer: Installer, *, idle_exit: float | None = None) -> None:
                 text = new
                 sdnotify.notify(f"STATUS={text}")
                 log.get().info("state_changed", state=status.get("state"))
-            busy = threading.active_count() > baseline or status.get("state") != "locked"
+            # Busy while any connection is being served: request threads (and the pools an
+            # install starts from them) are the only non-daemon threads besides this one.
+            others = set(threading.enumerate()) - {threading.current_thread(),
+                                                   threading.main_thread()}  # fmt: skip
+            busy = status.get("state") != "locked" or any(not t.daemon for t in others)
             now = time.monotonic()
             if busy or inherited is None or idle_exit is None:
                 idle_since = now
