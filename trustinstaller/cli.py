@@ -13,6 +13,8 @@ import importlib
 import json
 import socket
 import sys
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -116,7 +118,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def _serve(args: argparse.Namespace, cfg: config.Config) -> int:
     import os
-    import threading
 
     from trustinstaller.installer import Installer
     from trustinstaller.server import serve
@@ -149,6 +150,13 @@ def _warm_up(installer: Installer) -> None:
     with contextlib.suppress(Exception):
         if installer.status().get("state") == "locked":
             return  # restarted by socket activation after the lock: nothing left to install
+        # Wait for serve()'s accept thread, so that recovery and bind, the last steps before
+        # ready, do not share the GIL with these imports.
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline and not any(
+            t.name == "accept" for t in threading.enumerate()
+        ):
+            time.sleep(0.005)
         importlib.import_module("trustinstaller.validate")  # for cryptography's imports
         from trustinstaller import fetch
         from trustinstaller.manifest import Credentials
