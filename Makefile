@@ -26,8 +26,10 @@ lint: venv
 	$(BIN)/ruff format --check trustinstaller tests
 	$(BIN)/mypy --strict trustinstaller
 
+# The boot tests under a real systemd run in test-system (packaging/deb.mk), after the suite.
 test: setup lint
 	$(BIN)/pytest
+	$(MAKE) test-system
 
 demo: setup
 	$(BIN)/python -m tests.demo
@@ -37,3 +39,4 @@ clean:
 
 # Fragments: packaging/deb.mk adds deb and test-system.
 include packaging/*.mk
+include tests/bench/bench.mk

@@ -1,0 +1,7 @@
+"""``python -m tests.bench``: the time-to-trust table."""
+
+import sys
+
+from tests.bench.ttt import main
+
+sys.exit(main())
