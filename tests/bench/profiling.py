@@ -129,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--agent-tree", metavar="DIR", help="profile the trustinstaller package in DIR")
     args = p.parse_args(argv)
     common.clean_environment()
-    raw = profile_install(Path(args.py_spy), args.count, args.agent_tree)
+    raw = profile_install(Path(args.py_spy).resolve(), args.count, args.agent_tree)
     if args.raw:
         Path(args.raw).write_text(raw)
     print(f"\nwall seconds under each function, thread serving PUT /v1/manifest ({args.count} "

@@ -111,7 +111,12 @@ def measure_idle_exit(
                     raise RuntimeError(f"systemd-socket-activate did not listen: {log.read_text()}")
                 time.sleep(0.005)
             t0 = time.perf_counter()
-            request(sock, "GET", "/v1/status")  # accepted at once, answered once ready
+            while True:  # the file appears at bind(), connections are taken from listen()
+                try:
+                    request(sock, "GET", "/v1/status")  # accepted at once, answered once ready
+                    break
+                except ConnectionRefusedError:
+                    time.sleep(0.001)
             activation = time.perf_counter() - t0
             time.sleep(settle)
             code, doc = request(sock, "PUT", "/v1/manifest", body)
@@ -131,7 +136,9 @@ def measure_idle_exit(
     return {"t_activation_s": activation, "t_exit_after_lock_s": exited, "rss_last_kb": rss}
 
 
-def script_text(ns: PrivateNamespace, endpoint: str, secrets: Sequence[Secret]) -> str:
+def script_text(
+    ns: PrivateNamespace, endpoint: str, secrets: Sequence[Secret], aws: str = "aws"
+) -> str:
     """What a user would write: one aws call per secret, update-ca-certificates, one certutil -A
     per certificate."""
     db = f"sql:{common.nss_dir(ns.scratch)}"
@@ -142,7 +149,7 @@ def script_text(ns: PrivateNamespace, endpoint: str, secrets: Sequence[Secret]) 
     ]
     for i, s in enumerate(secrets):
         lines.append(
-            f"aws secretsmanager get-secret-value --endpoint-url {endpoint} --region {s.region} "
+            f"{aws} secretsmanager get-secret-value --endpoint-url {endpoint} --region {s.region} "
             f"--secret-id {shlex.quote(s.arn)} --query SecretString --output text "
             f'> "$d/ca-{i:02d}.crt"'
         )
@@ -158,7 +165,9 @@ def measure_script(
     """Run the hand-written script in a fresh namespace; time it end to end."""
     with common.fresh_namespace(base, label) as ns:
         script = ns.scratch / "by-hand.sh"
-        script.write_text(script_text(ns, moto.endpoint, secrets))
+        # By absolute path: commands in the namespace start in its /, and another aws may be
+        # first on PATH.
+        script.write_text(script_text(ns, moto.endpoint, secrets, shlex.quote(str(aws))))
         env = {"PATH": f"{aws.parent}:{os.environ['PATH']}"}
         cpu0 = common.children_cpu_s()
         t0 = time.perf_counter()
@@ -206,7 +215,7 @@ Rows = list[dict[str, float]]
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Measure every path for every count, interleaved, ``args.runs`` times."""
-    aws = Path(args.aws)
+    aws = Path(args.aws).resolve()
     if not args.no_script and not aws.exists():
         raise SystemExit(f"bench: {aws} is missing; run `make bench` (it makes that venv)")
     variants: list[tuple[str, str | None]] = args.agent or [("agent", None)]
