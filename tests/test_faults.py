@@ -423,3 +423,19 @@ def test_daemon_start_waits_for_a_running_apply(
         assert d.status()["state"] == "open"
     finally:
         d.stop()
+
+
+def test_stale_bundle_from_a_killed_run_is_not_appended_to(
+    config: Config, three_cas: list[str]
+) -> None:
+    """A ca-certificates.crt.new left by a killed run never reaches the bundle."""
+    from trustinstaller.stores.debian import bundle_ders
+
+    stale_ca = make_ca("left behind")
+    stale = config.os_store.etc_certs_dir / "ca-certificates.crt.new"
+    stale.write_text(stale_ca.pem)
+    Installer(config).submit(manifest(three_cas))
+    assert not stale.exists()
+    assert stale_ca.der not in bundle_ders(config.os_store.bundle)
+    text = config.os_store.bundle.read_text()
+    assert text.count("-----BEGIN CERTIFICATE-----") == len(bundle_ders(config.os_store.bundle))

@@ -6,6 +6,7 @@ Quirks this module exists for, one per line:
 - A failing hook in ``update.d`` prints ``E: ...`` and the script still exits 0.
 - A plain run after files are removed leaves dangling hash links; ``--fresh`` rebuilds them.
 - Hooks (Java's keystore) learn about removals only from ``-path`` lines on stdin.
+- It builds the bundle by appending to ``ca-certificates.crt.new``, which a kill leaves behind.
 """
 
 from __future__ import annotations
@@ -158,6 +159,10 @@ class DebianStore:
         return max(2 * self.timeout, 120.0)
 
     def _update(self, *, fresh: bool = False, timeout: float | None = None) -> None:
+        # The script appends to <bundle>.new and removes it only on a normal exit: one killed
+        # mid-run leaves it behind, and the next run would append to it, doubling the bundle.
+        with _fs.opened_dir(self.paths.etc_certs_dir) as fd:
+            _fs.remove(fd, f"{BUNDLE}.new")
         argv = [self.command, *(["--fresh"] if fresh else []), *self._args()]
         result = self.runner(argv, timeout=timeout or self.timeout)
         check_update_output(argv, result.stdout, result.stderr)
