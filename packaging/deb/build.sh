@@ -2,7 +2,7 @@
 # Build dist/trustinstaller_<version>_<arch>.deb with Debian's own tooling (debhelper,
 # dpkg-buildpackage, lintian), on a fresh Debian 12 machine, as root.
 #
-# The package is a self-contained virtual environment (see README-section.md for why). Its wheels
+# The package is a self-contained virtual environment (README.md, "Why a virtual environment", says why). Its wheels
 # are downloaded here, before the package build, with hashes checked against requirements.txt;
 # debian/rules then installs them offline.
 set -euo pipefail
