@@ -12,12 +12,14 @@ import concurrent.futures
 import secrets
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trustinstaller.errors import TrustInstallerError
 from trustinstaller.state import StateDir, now_iso
 from trustinstaller.stores import Entry, Recorder, Store
-from trustinstaller.validate import TrustedCA
+
+if TYPE_CHECKING:  # annotations only: keeps cryptography off the path to ready
+    from trustinstaller.validate import TrustedCA
 
 APPLYING = "applying"
 VERIFYING = "verifying"

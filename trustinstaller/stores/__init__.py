@@ -8,9 +8,10 @@ rollback after a crash at any point knows everything that may have happened.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from trustinstaller.validate import TrustedCA
+if TYPE_CHECKING:  # annotations only: keeps cryptography off the path to ready
+    from trustinstaller.validate import TrustedCA
 
 Entry = dict[str, Any]
 

@@ -18,12 +18,15 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trustinstaller import _fs
 from trustinstaller._run import Runner
 from trustinstaller.errors import HostError, StoreError
 from trustinstaller.stores import Entry, Recorder
-from trustinstaller.validate import TrustedCA
+
+if TYPE_CHECKING:  # annotations only: keeps cryptography off the path to ready
+    from trustinstaller.validate import TrustedCA
 
 SUBDIR = "trustinstaller"
 BUNDLE = "ca-certificates.crt"

@@ -20,11 +20,14 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trustinstaller._run import Runner
 from trustinstaller.errors import StoreError
 from trustinstaller.stores import Entry, Recorder
-from trustinstaller.validate import TrustedCA
+
+if TYPE_CHECKING:  # annotations only: keeps cryptography off the path to ready
+    from trustinstaller.validate import TrustedCA
 
 TRUST = "C,,"
 DB_FILES = ("cert9.db", "key4.db", "pkcs11.txt")

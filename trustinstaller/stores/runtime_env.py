@@ -28,11 +28,14 @@ import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trustinstaller import _fs
 from trustinstaller.errors import ConfigError, StoreError
 from trustinstaller.stores import Entry, Recorder
-from trustinstaller.validate import TrustedCA
+
+if TYPE_CHECKING:  # annotations only: keeps cryptography off the path to ready
+    from trustinstaller.validate import TrustedCA
 
 BUNDLE = "ca-bundle.pem"
 CUSTOM = "custom-cas.pem"
