@@ -2,14 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import http.server
-import ssl
-import tempfile
-import threading
-from collections.abc import Iterator
-from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -17,18 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.support.certs import Issued
-from tests.support.tls import PAGE
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(PAGE)))
-        self.end_headers()
-        self.wfile.write(PAGE)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+from tests.support.tls import serve_leaf
 
 
 def make_leaf_at(
@@ -56,21 +38,4 @@ def make_leaf_at(
     return Issued(cert, k)
 
 
-@contextlib.contextmanager
-def serve_leaf(leaf: Issued) -> Iterator[str]:
-    """Serve PAGE over HTTPS with ``leaf`` on a free port of 127.0.0.1; yield the URL."""
-    with tempfile.TemporaryDirectory() as tmp:
-        Path(tmp, "leaf.pem").write_text(leaf.pem)
-        Path(tmp, "key.pem").write_text(leaf.key_pem)
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(Path(tmp, "leaf.pem"), Path(tmp, "key.pem"))
-        httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        httpd.daemon_threads = True
-        httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
-        t = threading.Thread(target=httpd.serve_forever, daemon=True)
-        t.start()
-        try:
-            yield f"https://127.0.0.1:{httpd.server_address[1]}/"
-        finally:
-            httpd.shutdown()
-            httpd.server_close()
+__all__ = ["make_leaf_at", "serve_leaf"]

@@ -28,9 +28,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def https_server(ca: Issued, host: str = "127.0.0.1") -> Iterator[str]:
-    """Serve PAGE over HTTPS on a free port of 127.0.0.1; yield the URL."""
-    leaf = make_leaf(ca, host)
+def serve_leaf(leaf: Issued, host: str = "127.0.0.1") -> Iterator[str]:
+    """Serve PAGE over HTTPS with ``leaf`` on a free port of 127.0.0.1; yield the URL."""
     with tempfile.TemporaryDirectory() as tmp:
         chain = Path(tmp, "chain.pem")
         chain.write_text(leaf.pem)
@@ -49,6 +48,13 @@ def https_server(ca: Issued, host: str = "127.0.0.1") -> Iterator[str]:
         finally:
             httpd.shutdown()
             httpd.server_close()
+
+
+@contextlib.contextmanager
+def https_server(ca: Issued, host: str = "127.0.0.1") -> Iterator[str]:
+    """Serve PAGE over HTTPS with a fresh leaf for ``host`` signed by ``ca``; yield the URL."""
+    with serve_leaf(make_leaf(ca, host), host) as url:
+        yield url
 
 
 def handshake(url: str, cafile: Path) -> str | None:
