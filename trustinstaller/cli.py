@@ -78,7 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--config",
         metavar="PATH",
-        help=f"TOML configuration (default: ${config.ENV_VAR}, else built-in defaults)",
+        help=f"TOML configuration (default: ${config.ENV_VAR}, else {config.DEFAULT_PATH} if it "
+        "exists, else built-in defaults)",
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
