@@ -41,10 +41,10 @@ def moto_server_bin() -> str:
 class MotoServer:
     """A moto server process and helpers to create secrets in it."""
 
-    def __init__(self, port: int, proc: subprocess.Popen[bytes]) -> None:
+    def __init__(self, port: int, proc: subprocess.Popen[bytes], scheme: str = "http") -> None:
         self.port = port
         self.proc = proc
-        self.endpoint = f"http://127.0.0.1:{port}"
+        self.endpoint = f"{scheme}://127.0.0.1:{port}"
 
     def client(self, service: str = "secretsmanager", region: str = "us-east-1", **kw: Any) -> Any:
         """A boto3 client pointed at this server (fake credentials unless given)."""
@@ -96,9 +96,7 @@ def moto_server(
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("moto server did not start") from None
                 time.sleep(0.1)
-        server = MotoServer(port, proc)
-        server.endpoint = f"{scheme}://127.0.0.1:{port}"
-        yield server
+        yield MotoServer(port, proc, scheme)
     finally:
         proc.terminate()
         try:
