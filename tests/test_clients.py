@@ -301,7 +301,7 @@ def test_the_host_is_untouched(sandbox: Sandbox) -> None:
 def test_chromium_reads_only_the_legacy_database_when_it_exists(tmp_path: Path) -> None:
     """With ~/.pki/nssdb present, a CA only in ~/.local/share/pki/nssdb is ignored: cover both."""
     from trustinstaller import _run
-    from trustinstaller.stores.nss import NssStore
+    from trustinstaller.stores.nss import NssDatabase, NssStore
     from trustinstaller.validate import validate
 
     ca = make_ca("legacy path CA")
@@ -309,7 +309,7 @@ def test_chromium_reads_only_the_legacy_database_when_it_exists(tmp_path: Path) 
     home = tmp_path / "home"
     for db in (home / ".pki" / "nssdb", home / ".local" / "share" / "pki" / "nssdb"):
         db.mkdir(parents=True)
-        store = NssStore(_run.run, f"sql:{db}")
+        store = NssStore(_run.run, NssDatabase(db))
         store.install([trusted] if ".local" in db.parts else [], lambda action, **f: None)
 
     def chromium(url: str, profile: str) -> Probe:

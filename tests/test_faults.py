@@ -41,7 +41,7 @@ fi"""
 
 
 def nss_dir(config: Config) -> Path:
-    return Path(config.nss_databases[0].removeprefix("sql:"))
+    return config.nss_databases[0].directory
 
 
 def store_state(config: Config) -> dict[str, Any]:

@@ -158,7 +158,7 @@ def test_no_credential_or_key_material_anywhere(
     ]:
         if p.is_file():
             texts[str(p)] = p.read_bytes().decode("latin-1")
-    for p in Path(config.nss_databases[0].removeprefix("sql:")).iterdir():
+    for p in config.nss_databases[0].directory.iterdir():
         texts[str(p)] = p.read_bytes().decode("latin-1")
     for where, text in texts.items():
         for s in secrets_:
@@ -222,7 +222,7 @@ def test_daemon_trusts_only_public_roots_for_its_own_tls(
         cfg = replace(config, endpoint_url=tls_moto.endpoint)
         with pytest.raises(CertificatesRefusedError, match="endpoint unreachable"):
             Installer(cfg).submit(manifest([arn]))
-    assert osroot.nss_listing(Path(cfg.nss_databases[0].removeprefix("sql:"))) == ""
+    assert osroot.nss_listing(cfg.nss_databases[0].directory) == ""
 
 
 def test_state_files_are_0600(daemon: Daemon, config: Config) -> None:

@@ -42,7 +42,7 @@ def unique(prefix: str = "ca") -> str:
 
 
 def nss_dir(config: Config) -> Path:
-    return Path(config.nss_databases[0].removeprefix("sql:"))
+    return config.nss_databases[0].directory
 
 
 def test_install_makes_tls_handshake_succeed(config: Config, moto: MotoServer) -> None:

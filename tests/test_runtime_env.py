@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -23,9 +24,10 @@ from tests.support.daemon import cli
 from tests.support.leafserver import make_leaf_at, serve_leaf
 from tests.support.tls import handshake, https_server
 from trustinstaller import _run, config, verify
+from trustinstaller._run import Account
 from trustinstaller.errors import ConfigError, HostError, StoreError
 from trustinstaller.stores import runtime_env
-from trustinstaller.stores.nss import NssStore
+from trustinstaller.stores.nss import NssDatabase, NssStore
 from trustinstaller.stores.runtime_env import RuntimeEnvStore
 from trustinstaller.validate import TrustedCA, validate
 
@@ -249,34 +251,53 @@ def test_combined_bundle_passes_a_real_handshake(tmp_path: Path) -> None:
 
 
 def test_browser_users_cover_both_chromium_databases() -> None:
-    """A browser user adds ~/.pki/nssdb and ~/.local/share/pki/nssdb, and no root default."""
-    import pwd
-
-    home = pwd.getpwnam("root").pw_dir
-    cfg = config.from_mapping({"browser_users": ["root"]})
+    """A browser user adds ~/.pki/nssdb and ~/.local/share/pki/nssdb, owned by it; no root one."""
+    user = Account.lookup("nobody")
+    cfg = config.from_mapping({"browser_users": ["nobody"]})
     assert cfg.nss_databases == (
-        f"sql:{home}/.pki/nssdb",
-        f"sql:{home}/.local/share/pki/nssdb",
+        NssDatabase(user.home / ".pki/nssdb", user),
+        NssDatabase(user.home / ".local/share/pki/nssdb", user),
     )
-    assert cfg.browser_users == ("root",)
+    assert cfg.browser_users == ("nobody",)
 
 
 def test_explicit_databases_stay_beside_browser_users() -> None:
-    """Explicit nss_databases come first; a repeated one is listed once."""
-    import pwd
-
-    home = pwd.getpwnam("root").pw_dir
+    """Explicit nss_databases come first; one repeated with the same owner is listed once."""
+    user = Account.lookup("nobody")
     cfg = config.from_mapping(
         {
-            "nss_databases": ["sql:/srv/nssdb", f"sql:{home}/.pki/nssdb"],
-            "browser_users": ["root"],
+            "nss_databases": [
+                "sql:/srv/nssdb",
+                {"path": f"sql:{user.home}/.pki/nssdb", "owner": "nobody"},
+            ],
+            "browser_users": ["nobody"],
         }
     )
     assert cfg.nss_databases == (
-        "sql:/srv/nssdb",
-        f"sql:{home}/.pki/nssdb",
-        f"sql:{home}/.local/share/pki/nssdb",
+        NssDatabase(Path("/srv/nssdb")),
+        NssDatabase(user.home / ".pki/nssdb", user),
+        NssDatabase(user.home / ".local/share/pki/nssdb", user),
     )
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ([{"path": "sql:/srv/k"}], "tables"),
+        ([{"path": "sql:/srv/k", "owner": "nobody", "mode": 1}], "tables"),
+        ([{"path": "/srv/k", "owner": "nobody"}], "use 'sql:' and an absolute path"),
+        ([{"path": "sql:/srv/k", "owner": "no-such-user-trustinstaller"}], "no user"),
+        ([{"path": "sql:/srv/k", "owner": "root"}], "is root"),
+        (["sql:/srv/k", {"path": "sql:/srv/k", "owner": "nobody"}], "two different owners"),
+        (["sql:/srv/../root/k"], "no '..'"),
+        ([3], "must be a list"),
+        ("sql:/srv/k", "must be a list"),
+    ],
+)
+def test_bad_nss_databases_are_refused(value: object, message: str) -> None:
+    """A database entry of the wrong shape, owner or path is a configuration error."""
+    with pytest.raises(ConfigError, match=f"nss_databases: .*{re.escape(message)}"):
+        config.from_mapping({"nss_databases": value})
 
 
 def test_neither_key_keeps_roots_default() -> None:
@@ -309,7 +330,7 @@ def test_runtime_dir_defaults_beside_the_state_directory() -> None:
 # -- trustinstaller verify ----------------------------------------------------------
 
 
-def nss_db(tmp_path: Path, *cas: Issued) -> str:
+def nss_db(tmp_path: Path, *cas: Issued) -> NssDatabase:
     """A fresh NSS database trusting ``cas`` for TLS servers."""
     d = tmp_path / "nssdb"
     d.mkdir()
@@ -321,7 +342,7 @@ def nss_db(tmp_path: Path, *cas: Issued) -> str:
         der.write_bytes(ca.der)
         subprocess.run([*run, "-A", "-n", f"ca{i}", "-t", "C,,", "-i", str(der)], check=True,
                        timeout=30, stdin=subprocess.DEVNULL, capture_output=True)  # fmt: skip
-    return f"sql:{d}"
+    return NssDatabase(d)
 
 
 def verdicts_for(url: str, tmp_path: Path, trusted_ca: Issued | None) -> list[verify.Verdict]:
@@ -383,7 +404,7 @@ def test_verify_reports_missing_stores(tmp_path: Path) -> None:
             url,
             os_bundle=tmp_path / "none.pem",
             combined_bundle=tmp_path / "none2.pem",
-            nss_databases=[f"sql:{tmp_path / 'nodb'}"],
+            nss_databases=[NssDatabase(tmp_path / "nodb")],
             runner=_run.run,
         )
     assert [(x.accepted, x.reason) for x in v] == [(False, "missing")] * 3
@@ -448,7 +469,7 @@ def test_users_database_is_created_and_written_as_the_user(user_home: tuple[Path
     assert os.geteuid() == 0, "this test runs as root in CI"
     home, uid = user_home
     db = home / ".local" / "share" / "pki" / "nssdb"
-    store = NssStore(_run.run, f"sql:{db}")
+    store = NssStore(_run.run, NssDatabase(db, Account("ti-user", uid, uid, home)))
     ca = trusted(make_ca("user db"))
     store.install([ca], Journal())
     store.verify([ca])
@@ -473,8 +494,9 @@ def test_a_symlink_planted_in_a_users_database_is_not_followed_as_root(
     try:
         (db / "cert9.db").symlink_to(target / "cert9.db")
         os.lchown(db / "cert9.db", uid, uid)
+        store = NssStore(_run.run, NssDatabase(db, Account("ti-user", uid, uid, home)))
         with pytest.raises(HostError, match="certutil"):
-            NssStore(_run.run, f"sql:{db}").install([trusted(make_ca("trap"))], Journal())
+            store.install([trusted(make_ca("trap"))], Journal())
         assert list(target.iterdir()) == []
     finally:
         shutil.rmtree(target)

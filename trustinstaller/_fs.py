@@ -1,10 +1,17 @@
-"""Filesystem primitives that never follow a symlink at the name they act on.
+"""Filesystem primitives for root's own paths: walked from ``/``, never through another's hands.
 
-Parents of a configured path are trusted (they are root's system directories,
-and may legitimately be symlinks, like /var/run); the final component, and
-every file created or removed inside it, is reached through a directory file
-descriptor with O_NOFOLLOW, so a planted symlink cannot redirect a write or a
-delete.
+Every directory is reached by ``openat(parent, name, O_NOFOLLOW | O_DIRECTORY)`` from ``/``,
+one component at a time, and checked on the descriptor that is then used: it must belong to
+root (or to us) and be writable by no one else. Then no other user can swap any component
+between the check and the use, so a decision taken on the descriptor still holds when a file
+is written, read or removed through it.
+
+Quirks and rules this module exists for, one per line:
+- A directory writable by others is refused, unless it is sticky (/tmp): there only an entry's
+  owner may rename or remove it, and the next component must belong to root anyway.
+- fs.protected_symlinks may be 0, so a symlink in a sticky directory is followed for anyone:
+  a symlink is followed only when root owns it and it sits in a checked directory (/var/run).
+- The last component is never followed, whoever owns it: a planted link there is refused.
 """
 
 from __future__ import annotations
@@ -14,43 +21,157 @@ import errno
 import os
 import secrets
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+MkdirHook = Callable[[Path], None]
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_MAX_LINKS = 40
 
 
 class UnsafePathError(OSError):
-    """A path that should be a real directory or file is a symlink or the wrong type."""
+    """A path that should be a real, root-only directory or file is not."""
 
 
-def open_dir(path: Path, *, create: bool = False, mode: int = 0o755) -> int:
-    """Open directory ``path`` without following a symlink at its last component."""
-    parent = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+def trusted_uids() -> frozenset[int]:
+    """Who may own a directory on root's paths: root, and the user running us (tests, demos)."""
+    return frozenset({0, os.geteuid()})
+
+
+def check_dir(fd: int, where: str) -> None:
+    """Raise UnsafePathError unless the directory ``fd`` is ours and writable by no one else."""
+    st = os.fstat(fd)
+    if not stat.S_ISDIR(st.st_mode):
+        raise UnsafePathError(errno.ENOTDIR, "is not a directory", where)
+    if st.st_uid not in trusted_uids():
+        raise UnsafePathError(errno.EPERM, f"is owned by uid {st.st_uid}, not root", where)
+    if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+        raise UnsafePathError(
+            errno.EPERM,
+            f"is writable by group or others (mode {stat.S_IMODE(st.st_mode):o})",
+            where,
+        )
+
+
+def check_file(dir_fd: int, name: str, where: str) -> os.stat_result | None:
+    """Stat ``name`` without following it: a regular file of ours that only we may write."""
     try:
-        if create:
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(path.name, mode, dir_fd=parent)
-        try:
-            return os.open(path.name, _DIR_FLAGS, dir_fd=parent)
-        except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise UnsafePathError(
-                    exc.errno, "is a symlink or not a directory", str(path)
-                ) from exc
-            raise
-    finally:
-        os.close(parent)
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        raise UnsafePathError(errno.EINVAL, "is a symlink or not a regular file", where)
+    if st.st_uid not in trusted_uids():
+        raise UnsafePathError(errno.EPERM, f"is owned by uid {st.st_uid}, not root", where)
+    if st.st_mode & 0o022:
+        raise UnsafePathError(errno.EPERM, "is writable by group or others", where)
+    return st
+
+
+def open_dir(
+    path: Path,
+    *,
+    create: bool = False,
+    parents: bool = False,
+    mode: int = 0o755,
+    before_mkdir: MkdirHook | None = None,
+) -> int:
+    """Open directory ``path`` by a checked walk from ``/``; return its descriptor.
+
+    ``create`` makes the last component when missing, ``parents`` every missing one, each with
+    ``mode``; ``before_mkdir`` is told each path first (a journal records it). Raises
+    FileNotFoundError for a missing component, and UnsafePathError naming the first component
+    that another user could change.
+    """
+    if not path.is_absolute():
+        raise UnsafePathError(errno.EINVAL, "is not an absolute path", str(path))
+    if ".." in path.parts:
+        raise UnsafePathError(errno.EINVAL, "has a '..' component", str(path))
+    fd = os.open("/", _DIR_FLAGS)
+    try:
+        check_dir(fd, "/")
+        todo = list(reversed(path.parts[1:]))
+        here = Path("/")
+        links = 0
+        while todo:
+            name = todo.pop()
+            last = not todo
+            if name in (".", ""):
+                continue
+            if name == "..":
+                # Only from a root-owned link's target (/var/run -> ../run): ``here`` is a real
+                # path reached through checked directories, so walk again to its parent.
+                todo.extend(reversed(here.parent.parts[1:]))
+                os.close(fd)
+                fd = os.open("/", _DIR_FLAGS)
+                here = Path("/")
+                continue
+            where = str(here / name)
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                if not (create and last) and not parents:
+                    raise
+                if before_mkdir is not None:
+                    before_mkdir(here / name)
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(name, mode, dir_fd=fd)
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            if stat.S_ISLNK(st.st_mode) and not last:
+                # The directory holding it is checked, so only root could have put it there or
+                # change it; one owned by anyone else is refused below like a directory would be.
+                if st.st_uid not in trusted_uids():
+                    raise UnsafePathError(
+                        errno.EPERM, f"is a symlink owned by uid {st.st_uid}, not root", where
+                    )
+                links += 1
+                if links > _MAX_LINKS:
+                    raise UnsafePathError(errno.ELOOP, "has too many symlinks", str(path))
+                target = Path(os.readlink(name, dir_fd=fd))
+                todo.extend(reversed(target.parts[1:] if target.is_absolute() else target.parts))
+                if target.is_absolute():
+                    os.close(fd)
+                    fd = os.open("/", _DIR_FLAGS)
+                    here = Path("/")
+                continue
+            try:
+                child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise UnsafePathError(
+                        exc.errno, "is a symlink or not a directory", where
+                    ) from exc
+                raise
+            os.close(fd)
+            fd = child
+            check_dir(fd, where)
+            here = here / name
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 @contextlib.contextmanager
-def opened_dir(path: Path, *, create: bool = False, mode: int = 0o755) -> Iterator[int]:
+def opened_dir(
+    path: Path,
+    *,
+    create: bool = False,
+    parents: bool = False,
+    mode: int = 0o755,
+    before_mkdir: MkdirHook | None = None,
+) -> Iterator[int]:
     """Context-managed ``open_dir``."""
-    fd = open_dir(path, create=create, mode=mode)
+    fd = open_dir(path, create=create, parents=parents, mode=mode, before_mkdir=before_mkdir)
     try:
         yield fd
     finally:
         os.close(fd)
+
+
+def fd_path(fd: int) -> str:
+    """A path that names the directory ``fd`` itself, for a child given the descriptor."""
+    return f"/proc/self/fd/{fd}"
 
 
 def atomic_write(dir_fd: int, name: str, data: bytes, mode: int) -> None:
@@ -117,3 +238,17 @@ def remove(dir_fd: int, name: str) -> bool:
 def sync_dir(dir_fd: int) -> None:
     """fsync a directory so that renames and unlinks in it are durable."""
     os.fsync(dir_fd)
+
+
+def rmdir(path: Path) -> bool:
+    """Remove the empty directory ``path`` through its checked parent; False if it stays.
+
+    It stays when it is not empty (something else lives there), is gone, or its parent is no
+    longer root's alone.
+    """
+    try:
+        with opened_dir(path.parent) as parent:
+            os.rmdir(path.name, dir_fd=parent)
+    except OSError:
+        return False
+    return True

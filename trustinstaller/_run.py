@@ -3,22 +3,67 @@
 Every command runs with stdin closed (certutil prompts for a password forever
 when stdin is not a TTY), a timeout that kills its whole process group, and a
 PATH that includes /usr/sbin, where update-ca-certificates lives.
+
+A command run for a user (``user=``) drops to that user in the child before it execs:
+supplementary groups, then gid, then uid, all three of each (Popen's ``extra_groups``,
+``group`` and ``user``, done in C between fork and exec, so safe beside threads). It starts
+in ``/``, not in a directory the user controls, and gets a minimal environment of its own:
+nothing of the daemon's (which may hold AWS credentials) reaches a process the user may
+read. Its output is read up to a cap and treated as untrusted.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import selectors
 import signal
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from trustinstaller.errors import HostError
 
 DEFAULT_TIMEOUT = 120.0
 _SBIN = ("/usr/local/sbin", "/usr/sbin", "/sbin")
+# Each of stdout and stderr is kept up to this many bytes; a command never needs more.
+OUTPUT_CAP = 1024 * 1024
+_PIPE_CHUNK = 65536
+# How long output may still be read after the child exited.
+_DRAIN = 1.0
+# A user's process gets this PATH, not ours: only root's system directories.
+USER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass(frozen=True)
+class Account:
+    """A user that work is done for, from the password database (never from a file's owner)."""
+
+    name: str
+    uid: int
+    gid: int
+    home: Path
+
+    @classmethod
+    def lookup(cls, name: str) -> Account:
+        """The account named ``name``; KeyError when there is none."""
+        import pwd
+
+        pw = pwd.getpwnam(name)
+        return cls(pw.pw_name, pw.pw_uid, pw.pw_gid, Path(pw.pw_dir))
+
+    def env(self) -> dict[str, str]:
+        """The whole environment a process run for this user gets."""
+        return {
+            "PATH": USER_PATH,
+            "HOME": str(self.home),
+            "USER": self.name,
+            "LOGNAME": self.name,
+            "LC_ALL": "C",
+        }
 
 
 @dataclass(frozen=True)
@@ -42,6 +87,8 @@ class Runner(Protocol):
         check: bool = True,
         env: Mapping[str, str] | None = None,
         input: bytes | None = None,  # noqa: A002 (the subprocess name)
+        user: Account | None = None,
+        pass_fds: Sequence[int] = (),
     ) -> Result: ...
 
 
@@ -67,43 +114,127 @@ def run(
     check: bool = True,
     env: Mapping[str, str] | None = None,
     input: bytes | None = None,  # noqa: A002 (the subprocess name)
+    user: Account | None = None,
+    pass_fds: Sequence[int] = (),
 ) -> Result:
-    """Run ``argv`` with stdin closed (or fed ``input``) and a timeout.
+    """Run ``argv`` with stdin closed (or fed ``input``) and a timeout; as ``user`` if given.
 
     Raise HostError if it cannot start, times out, or (with ``check``) exits non-zero.
     """
     args = tuple(argv)
+    child_env = command_env(env)
+    uid: int | None = None
+    gid: int | None = None
+    groups: list[int] | None = None
+    cwd: str | None = None
+    if user is not None:
+        child_env = {**user.env(), **(env or {})}
+        if user.uid != os.geteuid():
+            if os.geteuid() != 0:
+                raise HostError(args, f"cannot run as user {user.name}: not running as root")
+            # Dropped in the child, groups first, then gid, then uid; and out of any directory
+            # of ours or the user's before it execs.
+            uid, gid, groups, cwd = user.uid, user.gid, [], "/"
     try:
         proc = subprocess.Popen(
             args,
             stdin=subprocess.DEVNULL if input is None else subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env=command_env(env),
+            env=child_env,
             start_new_session=True,  # so a timeout can kill the children too
+            pass_fds=tuple(pass_fds),
+            user=uid,
+            group=gid,
+            extra_groups=groups,
+            cwd=cwd,
         )
     except OSError as exc:
         raise HostError(args, f"cannot run: {exc.strerror or exc}") from exc
     try:
-        out, err = proc.communicate(input=input, timeout=timeout)
-    except subprocess.TimeoutExpired as exc:
-        _kill_group(proc)
-        out, err = proc.communicate()
-        raise HostError(
-            args,
-            f"timed out after {timeout:g} s and was killed",
-            output=_text(err) or _text(out),
-        ) from exc
+        out, err, finished = _collect(proc, input, timeout)
     except BaseException:
         _kill_group(proc)
         proc.wait()
         raise
+    if not finished:
+        _kill_group(proc)
+        proc.wait()
+        raise HostError(
+            args,
+            f"timed out after {timeout:g} s and was killed",
+            output=_text(err) or _text(out),
+        )
     result = Result(args, proc.returncode, _text(out), _text(err))
     if check and proc.returncode != 0:
         raise HostError(
             args, "failed", returncode=proc.returncode, output=result.stderr or result.stdout
         )
     return result
+
+
+def _collect(
+    proc: subprocess.Popen[bytes], data: bytes | None, timeout: float
+) -> tuple[bytes, bytes, bool]:
+    """Feed stdin, read stdout and stderr up to OUTPUT_CAP each, until the child has exited.
+
+    Unlike ``communicate()``, this does not wait for the pipes to close once the child has
+    exited: a grandchild that left the process group (a user's own, say) could hold them open
+    forever. Returns (stdout, stderr, whether the child exited before the timeout).
+    """
+    deadline = time.monotonic() + timeout
+    bufs: dict[int, bytearray] = {}
+    if proc.stdout is None or proc.stderr is None:
+        raise ValueError("_collect needs both output pipes")
+    out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
+    sel = selectors.DefaultSelector()
+    pending = memoryview(data or b"")
+    try:
+        for fd in (out_fd, err_fd):
+            os.set_blocking(fd, False)
+            bufs[fd] = bytearray()
+            sel.register(fd, selectors.EVENT_READ)
+        if proc.stdin is not None:
+            os.set_blocking(proc.stdin.fileno(), False)
+            sel.register(proc.stdin.fileno(), selectors.EVENT_WRITE)
+        while sel.get_map():
+            if proc.poll() is not None:
+                # Exited: take what is already buffered in the pipes, then stop.
+                deadline = min(deadline, time.monotonic() + _DRAIN)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            for key, _ in sel.select(min(left, 0.2)):
+                fd = key.fd
+                if fd not in bufs:  # stdin
+                    try:
+                        pending = pending[os.write(fd, pending[:_PIPE_CHUNK]) :]
+                    except BrokenPipeError:
+                        pending = pending[:0]
+                    if not pending and proc.stdin is not None:
+                        sel.unregister(fd)
+                        proc.stdin.close()
+                    continue
+                try:
+                    chunk = os.read(fd, _PIPE_CHUNK)
+                except BlockingIOError:
+                    continue
+                if not chunk:
+                    sel.unregister(fd)
+                    continue
+                buf = bufs[fd]
+                buf += chunk[: max(0, OUTPUT_CAP - len(buf))]  # past the cap: read and dropped
+    finally:
+        sel.close()
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
+    try:
+        proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        return b"", b"", False
+    return bytes(bufs[out_fd]), bytes(bufs[err_fd]), True
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:

@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trustinstaller._run import Account
 from trustinstaller.errors import ConfigError
 from trustinstaller.stores.debian import DebianPaths
+from trustinstaller.stores.nss import NssDatabase
 
 ENV_VAR = "TRUSTINSTALLER_CONFIG"
 DEFAULT_PATH = Path("/etc/trustinstaller/config.toml")
@@ -20,24 +22,29 @@ DEFAULT_STATE_DIR = Path("/run/trustinstaller")
 _SAFE_PATH = re.compile(r"[A-Za-z0-9/._+@-]+")
 
 
-def default_nss_databases() -> tuple[str, ...]:
+def default_nss_databases() -> tuple[NssDatabase, ...]:
     """Root's NSS database, where Chromium run as root would look for it."""
     try:
         home = Path(pwd.getpwuid(0).pw_dir)
     except KeyError:
         home = Path("/root")
     # Chromium M146+ uses ~/.pki/nssdb only if it already exists, else ~/.local/share/pki/nssdb.
+    # Root's own home: no other user can change the answer.
     legacy = home / ".pki" / "nssdb"
     if legacy.is_dir():
-        return (f"sql:{legacy}",)
-    return (f"sql:{home / '.local' / 'share' / 'pki' / 'nssdb'}",)
+        return (NssDatabase(legacy),)
+    return (NssDatabase(home / ".local" / "share" / "pki" / "nssdb"),)
 
 
-def user_nss_databases(home: Path) -> tuple[str, ...]:
-    """Both NSS databases Chromium may read for a user whose home is ``home``."""
+def user_nss_databases(user: Account) -> tuple[NssDatabase, ...]:
+    """Both NSS databases Chromium may read for ``user``; the user's own, worked on as the user."""
     # Chromium M146+ reads ~/.pki/nssdb if it exists, else ~/.local/share/pki/nssdb; a profile
-    # may be created before or after us, so both get the CAs.
-    return (f"sql:{home / '.pki' / 'nssdb'}", f"sql:{home / '.local' / 'share' / 'pki' / 'nssdb'}")
+    # may be created before or after us, so both get the CAs. The paths are only strings here:
+    # root never looks them up.
+    return (
+        NssDatabase(user.home / ".pki" / "nssdb", user),
+        NssDatabase(user.home / ".local" / "share" / "pki" / "nssdb", user),
+    )
 
 
 @dataclass(frozen=True)
@@ -46,7 +53,7 @@ class Config:
 
     socket: Path = DEFAULT_STATE_DIR / "trustinstaller.sock"
     state_dir: Path = DEFAULT_STATE_DIR
-    nss_databases: tuple[str, ...] = field(default_factory=default_nss_databases)
+    nss_databases: tuple[NssDatabase, ...] = field(default_factory=default_nss_databases)
     allowed_uids: tuple[int, ...] = (0,)
     socket_group: str | None = None
     endpoint_url: str | None = None
@@ -56,6 +63,11 @@ class Config:
     request_timeout: float = 10.0
     browser_users: tuple[str, ...] = ()
     runtime_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        # ``sql:DIR`` strings are accepted for root's databases (tests, older callers).
+        dbs = tuple(NssDatabase.parse(d) if isinstance(d, str) else d for d in self.nss_databases)
+        object.__setattr__(self, "nss_databases", dbs)
 
     @property
     def runtime_env_dir(self) -> Path:
@@ -121,26 +133,21 @@ def from_mapping(data: Mapping[str, Any], *, source: str = "config") -> Config:
             kw[key] = float(v)
     if "nss_databases" in data:
         dbs = data["nss_databases"]
-        if not isinstance(dbs, list) or not all(isinstance(d, str) for d in dbs):
-            raise fail("nss_databases", "must be a list of strings like 'sql:/root/.pki/nssdb'")
-        for d in dbs:
-            if not d.startswith("sql:") or not d[4:].startswith("/"):
-                raise fail("nss_databases", f"{d!r}: use 'sql:' and an absolute path")
-        kw["nss_databases"] = tuple(dbs)
+        if not isinstance(dbs, list):
+            raise fail("nss_databases", _NSS_SHAPE)
+        kw["nss_databases"] = tuple(_nss_database(d, fail) for d in dbs)
     if "browser_users" in data:
         users = data["browser_users"]
         if not isinstance(users, list) or not all(isinstance(u, str) and u for u in users):
             raise fail("browser_users", "must be a list of user names like 'browser'")
         kw["browser_users"] = tuple(users)
         # Explicit databases stay; with only browser_users, root's default is not added.
-        user_dbs: list[str] = []
+        user_dbs: list[NssDatabase] = []
         for u in users:
-            try:
-                home = Path(pwd.getpwnam(u).pw_dir)
-            except KeyError:
-                raise fail("browser_users", f"no user {u!r} on this host") from None
-            user_dbs += user_nss_databases(home)
-        kw["nss_databases"] = tuple(dict.fromkeys([*kw.get("nss_databases", ()), *user_dbs]))
+            user_dbs += user_nss_databases(_account(u, "browser_users", fail))
+        kw["nss_databases"] = _unique_databases([*kw.get("nss_databases", ()), *user_dbs], fail)
+    elif "nss_databases" in kw:
+        kw["nss_databases"] = _unique_databases(kw["nss_databases"], fail)
     if "allowed_uids" in data:
         uids = data["allowed_uids"]
         if not isinstance(uids, list) or not all(
@@ -168,6 +175,55 @@ def from_mapping(data: Mapping[str, Any], *, source: str = "config") -> Config:
             **{k: _abs_path(v, f"os_store.{k}", fail) for k, v in table.items()}
         )
     return Config(**kw)
+
+
+_NSS_SHAPE = (
+    "must be a list of 'sql:/absolute/dir' strings (root's databases) or "
+    "{path = 'sql:/absolute/dir', owner = 'user'} tables (a user's)"
+)
+
+
+def _nss_database(entry: object, fail: Any) -> NssDatabase:
+    """One ``nss_databases`` entry: a string (root's), or a table with ``path`` and ``owner``."""
+    owner: Account | None = None
+    if isinstance(entry, dict):
+        bad = sorted(set(entry) - {"path", "owner"})
+        if bad or not isinstance(entry.get("path"), str) or not isinstance(entry.get("owner"), str):
+            raise fail("nss_databases", f"{entry!r}: {_NSS_SHAPE}")
+        owner = _account(entry["owner"], "nss_databases", fail)
+        spec = entry["path"]
+    elif isinstance(entry, str):
+        spec = entry
+    else:
+        raise fail("nss_databases", _NSS_SHAPE)
+    if not spec.startswith("sql:/"):
+        raise fail("nss_databases", f"{spec!r}: use 'sql:' and an absolute path")
+    db = NssDatabase.parse(spec, owner)
+    if ".." in db.directory.parts:
+        raise fail("nss_databases", f"{spec!r}: no '..' components")
+    return db
+
+
+def _unique_databases(
+    dbs: list[NssDatabase] | tuple[NssDatabase, ...], fail: Any
+) -> tuple[NssDatabase, ...]:
+    """Each directory once; the same directory with two owners is a contradiction."""
+    seen: dict[Path, NssDatabase] = {}
+    for db in dbs:
+        other = seen.setdefault(db.directory, db)
+        if other.owner != db.owner:
+            raise fail("nss_databases", f"{db.directory} is listed with two different owners")
+    return tuple(seen.values())
+
+
+def _account(name: str, key: str, fail: Any) -> Account:
+    try:
+        user = Account.lookup(name)
+    except KeyError:
+        raise fail(key, f"no user {name!r} on this host") from None
+    if user.uid == 0:
+        raise fail(key, f"{name!r} is root: list root's databases as plain 'sql:' paths")
+    return user
 
 
 def _abs_path(value: object, key: str, fail: Any) -> Path:

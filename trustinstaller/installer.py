@@ -24,7 +24,7 @@ from trustinstaller.errors import (
 from trustinstaller.manifest import CertificateRef, Credentials
 from trustinstaller.stores import Store
 from trustinstaller.stores.debian import DebianStore
-from trustinstaller.stores.nss import NssStore
+from trustinstaller.stores.nss import NssDatabase, NssStore
 from trustinstaller.stores.runtime_env import RuntimeEnvStore
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ class Installer:
 
     def stores(self) -> list[Store]:
         """The configured stores, OS store first."""
-        return [self.store_named("os"), *(self.store_named(f"nss:{db}")
+        return [self.store_named("os"), *(self.store_named(f"nss:{db.directory}")
                                           for db in self.config.nss_databases),
                 self.store_named("env")]  # fmt: skip
 
@@ -73,9 +73,12 @@ class Installer:
             return DebianStore(self.runner, self.config.os_store,
                                timeout=self.config.update_timeout)  # fmt: skip
         if name.startswith("nss:"):
-            db = name.removeprefix("nss:")
-            return NssStore(self.runner, db if db.startswith("sql:") else f"sql:{db}",
-                            timeout=self.config.certutil_timeout)  # fmt: skip
+            # The owner comes from the configuration, never from the journal or the disk. A
+            # database no longer configured is handled as root's: the checked walk then
+            # refuses anything another user could change.
+            db = NssDatabase.parse(name.removeprefix("nss:"))
+            db = next((d for d in self.config.nss_databases if d.directory == db.directory), db)
+            return NssStore(self.runner, db, timeout=self.config.certutil_timeout)
         if name == "env":  # last: its combined bundle copies the OS bundle just regenerated
             return RuntimeEnvStore(self.config.runtime_env_dir, self.config.os_store.bundle)
         raise ValueError(f"unknown store {name!r} in the journal")

@@ -24,7 +24,7 @@ from typing import Any
 
 import structlog
 
-from trustinstaller import log, sdnotify
+from trustinstaller import _fs, log, sdnotify
 from trustinstaller.errors import ConfigError, Outcome, TrustInstallerError
 from trustinstaller.installer import Installer
 
@@ -228,11 +228,20 @@ def inherited_socket() -> socket.socket | None:
 
 
 def bind_socket(path: Path, *, group: str | None = None) -> socket.socket:
-    """Bind a fresh listening socket at ``path`` (0600, or 0660 with ``group``)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-    with contextlib.suppress(FileNotFoundError):
-        if stat.S_ISSOCK(os.lstat(path).st_mode):
-            path.unlink()  # stale, from an earlier run
+    """Bind a fresh listening socket at ``path`` (0600, or 0660 with ``group``).
+
+    Its directory is reached by a checked walk, so no other user can swap it between the
+    removal of a stale socket, the bind and the chmod that follow by path.
+    """
+    try:
+        with (
+            _fs.opened_dir(path.parent, parents=True, mode=0o755) as parent,
+            contextlib.suppress(FileNotFoundError),
+        ):
+            if stat.S_ISSOCK(os.stat(path.name, dir_fd=parent, follow_symlinks=False).st_mode):
+                os.unlink(path.name, dir_fd=parent)  # stale, from an earlier run
+    except _fs.UnsafePathError as exc:
+        raise ConfigError(f"socket {path}: {exc.filename} {exc.strerror}") from exc
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o177)
     try:
@@ -242,7 +251,7 @@ def bind_socket(path: Path, *, group: str | None = None) -> socket.socket:
     if group is not None:
         import grp
 
-        os.chown(path, -1, grp.getgrnam(group).gr_gid)
+        os.chown(path, -1, grp.getgrnam(group).gr_gid, follow_symlinks=False)
         os.chmod(path, 0o660)
     else:
         os.chmod(path, 0o600)

@@ -45,7 +45,9 @@ class StateDir:
     def ensure(self) -> None:
         """Create the directory (0700) if missing and check it is a real directory of ours."""
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Parents are made 0755: the runtime directory beside this one must stay reachable.
+            with _fs.opened_dir(self.path.parent, parents=True, mode=0o755):
+                pass
             with _fs.opened_dir(self.path, create=True, mode=0o700) as fd:
                 st = os.fstat(fd)
                 if st.st_uid != os.geteuid():

@@ -12,6 +12,7 @@ Quirks this module exists for, one per line:
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 import urllib.parse
@@ -20,9 +21,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from trustinstaller import _fs
 from trustinstaller._run import Runner
-from trustinstaller.errors import HostError, Outcome, TrustInstallerError
-from trustinstaller.stores.nss import as_owner
+from trustinstaller.errors import HostError, Outcome, StoreError, TrustInstallerError
+from trustinstaller.stores.nss import NssDatabase, NssStore
 
 UNKNOWN_CA = "unknown CA"
 EXPIRED = "expired"
@@ -130,25 +132,61 @@ def check_bundle(trust_path: str, host: str, port: int, bundle: Path, *, timeout
     return Verdict(trust_path, str(bundle), True)
 
 
-def check_nss(host: str, port: int, db: str, runner: Runner, *, timeout: float) -> Verdict:
-    """A handshake by NSS's own tstclnt with database ``db`` (``sql:DIR``)."""
-    directory = Path(db.removeprefix("sql:"))
-    if not (directory / "cert9.db").is_file():
-        return Verdict("nss", str(directory), False, MISSING, "no cert9.db; nothing installed?")
-    # As the database's owner, like the NSS store: root never opens a user's planted symlink.
-    argv = [*as_owner(directory), "tstclnt", "-Q", "-h", host, "-p", str(port),
-            "-d", f"sql:{directory}"]  # fmt: skip
+def check_nss(host: str, port: int, db: NssDatabase, runner: Runner, *, timeout: float) -> Verdict:
+    """A handshake by NSS's own tstclnt with database ``db``.
+
+    As the NSS store does: a user's database only by a tstclnt run as that user, root's only
+    through the descriptor of a checked walk.
+    """
+    where = str(db.directory)
+    if db.owner is not None:
+        return _tstclnt(host, port, db, db.spec, runner, timeout=timeout)
+    store = NssStore(runner, db)
     try:
-        result = runner(argv, timeout=timeout, check=False)
+        fd = _fs.open_dir(db.directory)
+    except FileNotFoundError:
+        return Verdict("nss", where, False, MISSING, "no such directory; nothing installed?")
+    except OSError as exc:
+        return Verdict("nss", where, False, "unsafe path", f"{exc.filename} {exc.strerror}")
+    try:
+        try:
+            store.check_root_files(fd)
+        except StoreError as exc:
+            return Verdict("nss", where, False, "unsafe database", str(exc))
+        if _fs.check_file(fd, "cert9.db", where) is None:
+            return Verdict("nss", where, False, MISSING, "no cert9.db; nothing installed?")
+        return _tstclnt(host, port, db, f"sql:{_fs.fd_path(fd)}", runner, timeout=timeout,
+                        fds=(fd,))  # fmt: skip
+    finally:
+        os.close(fd)
+
+
+def _tstclnt(
+    host: str,
+    port: int,
+    db: NssDatabase,
+    spec: str,
+    runner: Runner,
+    *,
+    timeout: float,
+    fds: tuple[int, ...] = (),
+) -> Verdict:
+    """Run tstclnt against ``spec`` as the database's owner; its verdict."""
+    where = str(db.directory)
+    argv = ["tstclnt", "-Q", "-h", host, "-p", str(port), "-d", spec]
+    try:
+        result = runner(argv, timeout=timeout, check=False, user=db.owner, pass_fds=fds)
     except HostError as exc:
-        return Verdict("nss", str(directory), False, "tstclnt failed", exc.reason)
+        return Verdict("nss", where, False, "tstclnt failed", exc.reason)
     if result.returncode == 0:
-        return Verdict("nss", str(directory), True)
+        return Verdict("nss", where, True)
     output = f"{result.stderr}\n{result.stdout}"
     if any(word in output for word in _NSS_UNREACHABLE):
         raise VerifyError(f"{host}:{port}: cannot connect (tstclnt: {output.strip()[:200]})")
+    if "SEC_ERROR_BAD_DATABASE" in output:
+        return Verdict("nss", where, False, MISSING, "no database there; nothing installed?")
     reason, detail = classify_nss(output)
-    return Verdict("nss", str(directory), False, reason, detail)
+    return Verdict("nss", where, False, reason, detail)
 
 
 def verify_url(
@@ -156,7 +194,7 @@ def verify_url(
     *,
     os_bundle: Path,
     combined_bundle: Path,
-    nss_databases: Sequence[str],
+    nss_databases: Sequence[NssDatabase],
     runner: Runner,
     timeout: float = 15.0,
 ) -> list[Verdict]:

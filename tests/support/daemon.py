@@ -16,18 +16,27 @@ from types import TracebackType
 from typing import Any
 
 from trustinstaller.config import Config
+from trustinstaller.stores.nss import NssDatabase
 
 
 def write_config(config: Config, path: Path) -> Path:
     """Write ``config`` as the TOML file the CLI reads."""
 
     def q(v: object) -> str:
+        if isinstance(v, NssDatabase):
+            if v.owner is None:
+                return json.dumps(v.spec)
+            return f"{{path = {json.dumps(v.spec)}, owner = {json.dumps(v.owner.name)}}}"
         return json.dumps(str(v))
 
     lines = []
     for f in fields(config):
         v = getattr(config, f.name)
-        if v is None or f.name == "os_store":
+        if (
+            v is None
+            or f.name == "os_store"
+            or (f.name == "nss_databases" and config.browser_users)
+        ):
             continue
         if isinstance(v, tuple):
             items = ", ".join(str(x) if isinstance(x, int) else q(x) for x in v)

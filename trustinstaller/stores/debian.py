@@ -70,12 +70,18 @@ class DebianStore:
     name: str = "os"
 
     def preflight(self) -> None:
-        """The local directory and the bundle directory must exist."""
+        """The local directory and the bundle directory must exist, reached through root's own."""
         for p in (self.paths.local_certs_dir, self.paths.etc_certs_dir):
-            if not p.is_dir():
+            try:
+                with _fs.opened_dir(p):
+                    pass
+            except _fs.UnsafePathError as exc:
+                raise StoreError(self.name, f"{exc.filename} {exc.strerror}; refusing to write "
+                                 "below it: fix that component") from exc  # fmt: skip
+            except OSError as exc:
                 raise StoreError(
                     self.name, f"{p} is not a directory; is ca-certificates installed?"
-                )
+                ) from exc
 
     def install(self, certs: Sequence[TrustedCA], record: Recorder) -> None:
         """Write one ``.crt`` per certificate, then run update-ca-certificates."""
@@ -137,11 +143,8 @@ class DebianStore:
                     _fs.sync_dir(fd)
         for e in entries:
             if e["action"] == "mkdir":
-                # Not empty (something else put a file there), or a symlink now: leave it.
-                path = Path(e["path"])
-                if not path.is_symlink():
-                    with contextlib.suppress(OSError):
-                        path.rmdir()
+                # Not empty (something else put a file there), or a symlink now: it stays.
+                _fs.rmdir(Path(e["path"]))
         if any(e["action"] == "update" for e in entries):
             self._update(fresh=True, timeout=self.rollback_timeout)
             self._tell_hooks_removed(removed)
@@ -195,10 +198,13 @@ def check_update_output(argv: Sequence[str], stdout: str, stderr: str) -> None:
 
 
 def bundle_ders(bundle: Path) -> set[bytes]:
-    """The DER encodings of every certificate in a PEM bundle."""
+    """The DER encodings of every certificate in a PEM bundle (read through a checked walk)."""
     try:
-        raw = bundle.read_bytes()
+        with _fs.opened_dir(bundle.parent) as fd:
+            raw = _fs.read_file(fd, bundle.name, limit=64 * 1024 * 1024)
     except FileNotFoundError:
+        return set()
+    if raw is None:
         return set()
     out: set[bytes] = set()
     for m in _PEM.finditer(raw):

@@ -1,46 +1,78 @@
 """NSS databases (what Chromium on Debian reads; it ignores /etc/ssl/certs).
 
+A database belongs either to root or to a named user (``browser_users``, or an
+``nss_databases`` entry with an ``owner``); its owner comes from the configuration and
+the password database, never from a file's owner.
+
+- **A user's database** is worked on only by children that have dropped to that user
+  before they look at any path: ``certutil`` itself, and ``nss_user.py`` for mkdir, probe
+  and the rollback's removals. Root never stats, opens, creates, chowns or removes anything
+  there, so a symlink or a swap in the user's home gains the user nothing it lacked.
+- **Root's database** is reached by a checked walk from ``/`` (``_fs.open_dir``): every
+  directory root's, writable by no one else. certutil then gets that very descriptor
+  (``sql:/proc/self/fd/N``), its files must be root's, and ``pkcs11.txt`` may name only
+  libraries in the system's library directories, since certutil loads every one it names.
+
 Quirks this module exists for, one per line:
 - certutil prompts for a password forever when stdin is not a TTY: stdin is closed, there is a
   timeout, and ``-f`` names an empty password file so a password-protected database fails fast.
 - ``certutil -N`` on an existing database asks to change its password: create only when missing.
 - Nicknames must not contain colons (NSS reads ``token:nickname``).
 - Trust ``C,,`` marks a CA trusted for TLS server authentication only.
-- A database created by root in a user's home must stay owned by that user, or Chromium
-  (running as the user) cannot open it.
-- certutil runs as the owner of the database directory (setpriv), so root never writes through
-  a symlink a user planted in their own home; the certificate goes in on stdin, which that user
-  can read, instead of from a root-only temporary file.
+- NSS ignores the ``configdir`` that pkcs11.txt records, so a database made through
+  /proc/self/fd/N opens later by its real path.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
+import json
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
-from trustinstaller._run import Runner
-from trustinstaller.errors import StoreError
-from trustinstaller.stores import Entry, Recorder
+from trustinstaller import _fs, log
+from trustinstaller._run import Account, Runner
+from trustinstaller.errors import HostError, StoreError
+from trustinstaller.stores import Entry, Recorder, nss_user
 
 if TYPE_CHECKING:  # annotations only: keeps cryptography off the path to ready
     from trustinstaller.validate import TrustedCA
 
 TRUST = "C,,"
-DB_FILES = ("cert9.db", "key4.db", "pkcs11.txt")
+DB_FILES = nss_user.DB_FILES
+# Where a library named in root's pkcs11.txt may live. A bare file name is looked up by the
+# dynamic loader in these same directories.
+SYSTEM_LIBRARY_DIRS = ("/lib", "/lib64", "/usr/lib", "/usr/lib64", "/usr/local/lib")
+# The user-side helper's whole output is one small JSON line.
+_USER_OUTPUT_LIMIT = 64 * 1024
+
+
+@dataclass(frozen=True)
+class NssDatabase:
+    """One NSS database: its directory, and the user it belongs to (None: root)."""
+
+    directory: Path
+    owner: Account | None = None
+
+    @classmethod
+    def parse(cls, spec: str, owner: Account | None = None) -> NssDatabase:
+        """From ``sql:DIR`` (a bare absolute path means the same)."""
+        return cls(Path(spec.removeprefix("sql:")), owner)
+
+    @property
+    def spec(self) -> str:
+        """The ``sql:DIR`` form certutil takes."""
+        return f"sql:{self.directory}"
 
 
 def nickname(ca: TrustedCA) -> str:
     """A colon-free nickname that carries the full fingerprint."""
     return f"trustinstaller-{ca.fingerprint_sha256}"
-
-
-def db_dir(spec: str) -> Path:
-    """The directory of an ``sql:DIR`` database spec (a bare path means the same)."""
-    return Path(spec.removeprefix("sql:"))
 
 
 def parse_listing(text: str) -> dict[str, str]:
@@ -56,51 +88,91 @@ def parse_listing(text: str) -> dict[str, str]:
     return out
 
 
+def foreign_modules(pkcs11_txt: str) -> list[str]:
+    """The libraries that pkcs11.txt names outside the system's library directories."""
+    bad: list[str] = []
+    for line in pkcs11_txt.splitlines():
+        key, sep, value = line.strip().partition("=")
+        if not sep or key.strip().lower() != "library":
+            continue
+        lib = value.strip()
+        if not lib:
+            continue  # the internal module
+        if "/" not in lib:
+            continue  # a bare name: the loader searches only the system's directories
+        path = PurePosixPath(lib)
+        if (
+            not path.is_absolute()
+            or ".." in path.parts
+            or not any(path.is_relative_to(d) for d in SYSTEM_LIBRARY_DIRS)
+        ):
+            bad.append(lib)
+    return bad
+
+
+class _Access:
+    """How certutil reaches one database: who runs it, which path it is given, which fds."""
+
+    user: Account | None = None
+    spec: str = ""
+    fds: tuple[int, ...] = ()
+
+
 @dataclass
 class NssStore:
     """Adds certificates to one NSS database with trust ``C,,``."""
 
     runner: Runner
-    database: str
+    database: NssDatabase
     command: str = "certutil"
     timeout: float = 30.0
+    python: str = field(default_factory=lambda: user_python())
 
     @property
     def name(self) -> str:
         """The store's name in status answers."""
-        return f"nss:{db_dir(self.database)}"
+        return f"nss:{self.database.directory}"
 
     @property
-    def _db(self) -> str:
-        return f"sql:{db_dir(self.database)}"
+    def directory(self) -> Path:
+        """The database's directory."""
+        return self.database.directory
 
     def preflight(self) -> None:
-        """certutil must be installed."""
+        """certutil must be installed, and a root database's existing path must be safe."""
         self.runner([self.command, "-H"], check=False, timeout=self.timeout)
+        if self.database.owner is None:
+            # The part of the path that exists already: a bad component fails before any write.
+            d = self.directory
+            while True:
+                try:
+                    with self._root_dir(d):
+                        break
+                except FileNotFoundError:
+                    if d == d.parent:
+                        break
+                    d = d.parent
 
     def install(self, certs: Sequence[TrustedCA], record: Recorder) -> None:
         """Create the database if missing, then add each certificate not already there."""
-        directory = db_dir(self.database)
-        if not (directory / "cert9.db").exists():
-            self._create(directory, record)
-        present = self.list()
-        for ca in certs:
-            nick = nickname(ca)
-            if present.get(nick) == TRUST:
-                continue
-            record("add", db=self._db, nickname=nick)
-            # -f /dev/null: an empty password file, so a protected database fails fast.
-            self.runner(
-                [*as_owner(directory), self.command, "-A", "-d", self._db, "-f", "/dev/null",
-                 "-n", nick, "-t", TRUST],
-                input=ca.der,
-                timeout=self.timeout,
-            )  # fmt: skip
-        _chown_db_files(directory)
+        with self._access(record) as access:
+            present = self._list(access)
+            for ca in certs:
+                nick = nickname(ca)
+                if present.get(nick) == TRUST:
+                    continue
+                record("add", db=self.database.spec, nickname=nick)
+                # -f /dev/null: an empty password file, so a protected database fails fast.
+                self._certutil(access, ["-A", "-f", "/dev/null", "-n", nick, "-t", TRUST],
+                               input=ca.der)  # fmt: skip
 
     def verify(self, certs: Sequence[TrustedCA]) -> None:
         """``certutil -L`` must list every nickname with trust ``C,,``."""
-        present = self.list()
+        try:
+            with self._access(None) as access:
+                present = self._list(access)
+        except FileNotFoundError as exc:
+            raise StoreError(self.name, f"{exc.filename}: no such directory") from exc
         wrong = [nickname(ca) for ca in certs if present.get(nickname(ca)) != TRUST]
         if wrong:
             raise StoreError(
@@ -108,67 +180,210 @@ class NssStore:
             )
 
     def rollback(self, entries: Sequence[Entry]) -> None:
-        """Delete the nicknames we added, then any database files and directories we created."""
-        present: dict[str, str] | None = None
-        for e in reversed(entries):
-            if e["action"] == "add":
-                if present is None:
-                    present = self.list() if (db_dir(e["db"]) / "cert9.db").exists() else {}
-                if e["nickname"] in present:
-                    self.runner([*as_owner(db_dir(e["db"])), self.command, "-D", "-d", e["db"],
-                                 "-n", e["nickname"]], timeout=self.timeout)  # fmt: skip
-            elif e["action"] == "createdb":
-                directory = Path(e["dir"])
-                for f in DB_FILES:
-                    (directory / f).unlink(missing_ok=True)
-                for d in reversed([Path(p) for p in e["created_dirs"]]):
-                    # Not empty: something else lives there; leave it.
-                    with contextlib.suppress(OSError):
-                        d.rmdir()
-
-    def list(self) -> dict[str, str]:
-        """The database's nicknames and trust flags."""
-        result = self.runner([*as_owner(db_dir(self._db)), self.command, "-L", "-d", self._db],
-                             timeout=self.timeout)  # fmt: skip
-        return parse_listing(result.stdout)
-
-    def _create(self, directory: Path, record: Recorder) -> None:
-        missing: list[Path] = []
-        d = directory
-        while not d.exists():
-            missing.append(d)
-            d = d.parent
-        owner = d.stat()
-        created = [str(p) for p in reversed(missing)]
-        record("createdb", db=self._db, dir=str(directory), created_dirs=created)
-        for p in reversed(missing):
-            p.mkdir(mode=0o700)
-            os.chown(p, owner.st_uid, owner.st_gid, follow_symlinks=False)
-        self.runner([*as_owner(directory), self.command, "-N", "-d", self._db,
-                     "--empty-password"], timeout=self.timeout)  # fmt: skip
-
-
-def as_owner(directory: Path) -> list[str]:
-    """A ``setpriv`` prefix to run as the owner of ``directory`` (itself, not a link's target).
-
-    Empty when we are not root or already the owner.
-    """
-    try:
-        st = os.lstat(directory)
-    except FileNotFoundError:
-        return []
-    if os.geteuid() != 0 or st.st_uid == os.geteuid():
-        return []
-    return ["setpriv", f"--reuid={st.st_uid}", f"--regid={st.st_gid}", "--clear-groups", "--"]
-
-
-def _chown_db_files(directory: Path) -> None:
-    """Give the database files to the owner of their directory (root's stay root's)."""
-    st = directory.stat()
-    for f in DB_FILES:
-        p = directory / f
+        """Delete the nicknames we added, then the database and directories we created."""
+        if self.database.owner is None:
+            self._rollback(entries)
+            return
+        # A user's own database: the user can add, delete or break anything in it at will, so
+        # a failure there (the user killed its certutil, say) must not hold the daemon's
+        # recovery hostage. It is logged, and the rollback of the other stores goes on.
         try:
-            if p.lstat().st_uid != st.st_uid or p.lstat().st_gid != st.st_gid:
-                os.chown(p, st.st_uid, st.st_gid, follow_symlinks=False)
+            self._rollback(entries)
+        except (StoreError, HostError) as exc:
+            log.get().warning("user_rollback_incomplete", store=self.name,
+                              owner=self.database.owner.name, error=str(exc)[:500])  # fmt: skip
+
+    def _rollback(self, entries: Sequence[Entry]) -> None:
+        adds = [e["nickname"] for e in entries if e["action"] == "add"]
+        created_db = any(e["action"] == "createdb" for e in entries)
+        made = [Path(e["path"]) for e in entries if e["action"] == "mkdir"]
+        if adds and not created_db:
+            # A database we created goes whole below; in one that was there, delete ours only.
+            try:
+                with self._access(None) as access:
+                    present = self._list(access)
+                    for nick in reversed(adds):
+                        if nick in present:
+                            self._certutil(access, ["-D", "-n", nick])
+            except FileNotFoundError:
+                pass  # the database is gone: nothing of ours is left in it
+        if created_db or made:
+            if self.database.owner is None:
+                self._remove_root_db(created_db, made)
+            else:
+                self._as_owner("remove", str(self.directory), *map(str, made))
+
+    # -- access --------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _access(self, record: Recorder | None) -> Iterator[_Access]:
+        """Reach the database (creating it with ``record``), as its owner or through a fd."""
+        access = _Access()
+        owner = self.database.owner
+        if owner is not None:
+            access.user, access.spec = owner, self.database.spec
+            if record is not None:
+                self._create_as_owner(access, record)
+            yield access
+            return
+
+        with self._root_dir(self.directory, create=record is not None,
+                            before_mkdir=_mkdir_recorder(record)) as fd:  # fmt: skip
+            access.spec, access.fds = f"sql:{_fs.fd_path(fd)}", (fd,)
+            if record is not None and _fs.check_file(fd, "cert9.db", self._where("cert9.db")) \
+                    is None:  # fmt: skip
+                record("createdb", db=self.database.spec)
+                self._certutil(access, ["-N", "--empty-password"])
+                self.check_root_files(fd)
+            yield access
+
+    @contextlib.contextmanager
+    def _root_dir(
+        self, path: Path, *, create: bool = False, before_mkdir: _fs.MkdirHook | None = None
+    ) -> Iterator[int]:
+        """A checked descriptor for ``path`` on root's side, with its database files checked."""
+        try:
+            fd = _fs.open_dir(path, parents=create, mode=0o700, before_mkdir=before_mkdir)
+        except _fs.UnsafePathError as exc:
+            raise StoreError(self.name, _unsafe(exc)) from exc
         except FileNotFoundError:
-            continue
+            raise
+        except OSError as exc:
+            raise StoreError(self.name, f"{exc.filename or path}: {exc.strerror}") from exc
+        try:
+            if path == self.directory:
+                self.check_root_files(fd)
+            yield fd
+        finally:
+            os.close(fd)
+
+    def check_root_files(self, fd: int) -> None:
+        """Root's database files: root's own, and pkcs11.txt naming only system libraries."""
+        try:
+            for f in DB_FILES:
+                _fs.check_file(fd, f, self._where(f))
+            text = _fs.read_file(fd, "pkcs11.txt", limit=1024 * 1024)
+        except _fs.UnsafePathError as exc:
+            raise StoreError(self.name, _unsafe(exc)) from exc
+        bad = foreign_modules((text or b"").decode("utf-8", "replace"))
+        if bad:
+            raise StoreError(
+                self.name,
+                f"{self._where('pkcs11.txt')} names a library outside the system's library "
+                f"directories ({', '.join(repr(b[:200]) for b in bad)}); certutil would load it "
+                "as root: remove that module from the database",
+            )
+
+    def _where(self, name: str) -> str:
+        return str(self.directory / name)
+
+    def _create_as_owner(self, access: _Access, record: Recorder) -> None:
+        """As the owner: make the missing directories and the database, recording each first."""
+        found = self._as_owner("probe", str(self.directory))
+        missing = found.get("missing")
+        ancestors = {str(p) for p in (self.directory, *self.directory.parents)}
+        if not isinstance(missing, list) or not all(
+            isinstance(m, str) and m in ancestors for m in missing
+        ):
+            raise StoreError(self.name, "the owner's probe answered nonsense; nothing created")
+        for m in missing:
+            record("mkdir", path=m)
+        if missing:
+            self._as_owner("mkdirs", *missing)
+        if found.get("db") is not True:
+            record("createdb", db=self.database.spec)
+            self._certutil(access, ["-N", "--empty-password"])
+
+    def _as_owner(self, op: str, *args: str) -> dict[str, object]:
+        """Run one ``nss_user`` operation as the database's owner; its checked JSON answer."""
+        owner = self.database.owner
+        if owner is None:
+            raise ValueError(f"{self.name}: root's database has no owner to run as")
+        # The program comes on stdin, so that the command line stays short and readable.
+        argv = [self.python, "-I", "-S", "-", op, *args]
+        result = self.runner(argv, input=_user_source(), timeout=self.timeout, user=owner)
+        try:
+            answer = json.loads(result.stdout[:_USER_OUTPUT_LIMIT])
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
+            raise StoreError(self.name, f"{op} as user {owner.name} gave no answer")
+        return answer
+
+    def _remove_root_db(self, created_db: bool, made: Sequence[Path]) -> None:
+        """Remove root's database files (if we made it), then the directories we made."""
+        if created_db:
+            with (
+                contextlib.suppress(FileNotFoundError),
+                self._root_dir_unchecked(self.directory) as fd,
+            ):
+                for f in DB_FILES:
+                    _fs.remove(fd, f)
+        for d in reversed(made):
+            # Not empty (something else lives there), or gone: leave it.
+            with contextlib.suppress(OSError), self._root_dir_unchecked(d.parent) as fd:
+                os.rmdir(d.name, dir_fd=fd)
+
+    @contextlib.contextmanager
+    def _root_dir_unchecked(self, path: Path) -> Iterator[int]:
+        """The walk's descriptor without the database-file checks: removal needs no trust."""
+        try:
+            fd = _fs.open_dir(path)
+        except _fs.UnsafePathError as exc:
+            raise StoreError(self.name, _unsafe(exc)) from exc
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+
+    def _list(self, access: _Access) -> dict[str, str]:
+        return parse_listing(self._certutil(access, ["-L"]))
+
+    def _certutil(self, access: _Access, args: Sequence[str], input: bytes | None = None) -> str:  # noqa: A002
+        argv = [self.command, args[0], "-d", access.spec, *args[1:]]
+        try:
+            result = self.runner(argv, input=input, timeout=self.timeout, user=access.user,
+                                 pass_fds=access.fds)  # fmt: skip
+        except HostError as exc:
+            # The fd path means nothing to a reader: name the database instead.
+            named = [a.replace(access.spec, self.database.spec) for a in exc.argv]
+            raise HostError(named, exc.reason, returncode=exc.returncode,
+                            output=exc.output) from exc  # fmt: skip
+        return result.stdout
+
+
+def _mkdir_recorder(record: Recorder | None) -> _fs.MkdirHook | None:
+    """A hook that records each directory in the journal before the walk makes it."""
+    if record is None:
+        return None
+    return lambda path: record("mkdir", path=str(path))
+
+
+def _unsafe(exc: _fs.UnsafePathError) -> str:
+    return (
+        f"{exc.filename} {exc.strerror}: a database certutil opens as root must be reached "
+        "through root's own directories; fix the path, or name its owner in nss_databases "
+        "({path = ..., owner = ...})"
+    )
+
+
+_SOURCE: list[bytes] = []
+
+
+def _user_source() -> bytes:
+    """The text of ``nss_user``, which the owner's Python runs; read once from the package."""
+    if not _SOURCE:
+        _SOURCE.append(inspect.getsource(nss_user).encode())
+    return _SOURCE[0]
+
+
+def user_python() -> str:
+    """The interpreter for the owner's side: the system's, which every user may run.
+
+    Our own may live where the user cannot reach it (a virtual environment under /root, say);
+    ``nss_user`` needs the standard library only.
+    """
+    for candidate in ("/usr/bin/python3", sys.executable):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return sys.executable

@@ -126,14 +126,17 @@ class RuntimeEnvStore:
     name: str = "env"
 
     def preflight(self) -> None:
-        """The parent must exist; an existing directory must be ours and readable by all."""
+        """The parent must be root's own; an existing directory must be ours and readable by all."""
         quote(str(self.directory))
-        if not self.directory.parent.is_dir():
-            raise StoreError(self.name, f"{self.directory.parent} is not a directory")
         try:
-            st = self.directory.lstat()
-        except FileNotFoundError:
-            return
+            with _fs.opened_dir(self.directory.parent) as parent:
+                st = os.stat(self.directory.name, dir_fd=parent, follow_symlinks=False)
+        except FileNotFoundError as exc:
+            if exc.filename == self.directory.name:
+                return  # made at install, through the parent's descriptor
+            raise StoreError(self.name, f"{self.directory.parent} is not a directory") from exc
+        except _fs.UnsafePathError as exc:
+            raise StoreError(self.name, _unsafe(exc)) from exc
         if not stat.S_ISDIR(st.st_mode):
             raise StoreError(self.name, f"{self.directory} is a symlink or not a directory")
         if st.st_uid != os.geteuid():
@@ -166,6 +169,8 @@ class RuntimeEnvStore:
                     _fs.atomic_write(fd, name, data, 0o644)
             finally:
                 os.close(fd)
+        except _fs.UnsafePathError as exc:
+            raise StoreError(self.name, _unsafe(exc)) from exc
         except OSError as exc:
             raise StoreError(self.name, f"{self.directory}: {exc.strerror or exc}") from exc
 
@@ -198,9 +203,14 @@ class RuntimeEnvStore:
                     pass
         for e in entries:
             if e["action"] == "mkdir":
-                # Not empty: something else put a file there; leave it.
-                with contextlib.suppress(OSError):
-                    os.rmdir(e["path"])
+                _fs.rmdir(Path(e["path"]))
+
+
+def _unsafe(exc: _fs.UnsafePathError) -> str:
+    return (
+        f"{exc.filename} {exc.strerror}: runtime_dir must be reached through directories only "
+        "root may change; choose another runtime_dir, or fix that component"
+    )
 
 
 def installed(directory: Path) -> bool:
