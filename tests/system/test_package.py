@@ -111,9 +111,8 @@ def booted(root: Path, moto: MotoServer) -> Iterator[debroot.Booted]:
     dropin.write_text(
         "[Service]\n"
         f"ReadWritePaths={' '.join(BROWSER_DIRS)}\n"
-        "CapabilityBoundingSet=CAP_SETUID CAP_SETGID CAP_CHOWN CAP_DAC_OVERRIDE\n"
-        # setpriv also calls capset(2), which the unit's ~@privileged filter takes away.
-        "SystemCallFilter=@setuid capset\n"
+        "CapabilityBoundingSet=CAP_SETUID CAP_SETGID\n"
+        "SystemCallFilter=@setuid\n"
     )
     debroot.mask_consoles(root)
     system = debroot.Booted(root, root.parent / "systemd.log")
