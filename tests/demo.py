@@ -4,8 +4,9 @@
 2. Start an HTTPS server on 127.0.0.1 whose certificate that CA signed.
 3. Make a private mount namespace with throwaway copies of /etc/ssl,
    /usr/local/share/ca-certificates and /etc/ca-certificates, and a tmpfs on /run.
-4. In there, run the daemon, show curl refusing the site, submit the manifest, show curl
-   trusting it, and show a second manifest refused as locked, also after a restart.
+4. In there, add a browser user (only in there), run the daemon with ``browser_users``, show
+   curl and headless Chromium (as the browser user) refusing the site, submit the manifest,
+   show both trusting it, and show a second manifest refused as locked, also after a restart.
 """
 
 from __future__ import annotations
@@ -20,12 +21,18 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.support.browseruser import add_browser_user
 from tests.support.certs import make_ca
 from tests.support.moto import FAKE_ENV, moto_server
 from tests.support.ns import PrivateNamespace
 from tests.support.tls import https_server
 
 SOCKET = "/run/trustinstaller/trustinstaller.sock"
+CHROMIUM = (
+    "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+)  # fmt: skip
+PAGE_TEXT = "trusted by trustinstaller"
 HOST_FILES = ("/etc/ssl/certs/ca-certificates.crt",)
 
 
@@ -72,11 +79,8 @@ def main() -> int:
 
             with https_server(ca) as url:
                 say(f"HTTPS server on {url}, signed by that CA")
-                nssdb = scratch / "browser-home" / ".local/share/pki/nssdb"
                 config = scratch / "config.toml"
-                config.write_text(
-                    f'endpoint_url = "{moto.endpoint}"\nnss_databases = ["sql:{nssdb}"]\n'
-                )
+                config.write_text(f'endpoint_url = "{moto.endpoint}"\n')
                 manifest = scratch / "manifest.json"
                 manifest.write_text(
                     json.dumps(
@@ -114,6 +118,17 @@ def run_in_namespace(
     ok = True
     with PrivateNamespace(scratch / "ns") as ns:
         say("Private mount namespace ready: /etc/ssl etc. are throwaway copies, /run is a tmpfs")
+        user = add_browser_user(ns)
+        with config.open("a") as f:
+            f.write(f'browser_users = ["{user.name}"]\n')
+        print(f"   browser user {user.name} (uid {user.uid}, home {user.home}), only in there")
+        print(f"   config {config}:\n{config.read_text()}")
+        profiles = iter(range(100))
+
+        def chromium() -> subprocess.CompletedProcess[str]:
+            profile = user.home / f"profile-{next(profiles)}"
+            argv = user.argv([*CHROMIUM, f"--user-data-dir={profile}", "--dump-dom", url])
+            return ns.run(argv, timeout=180)
 
         def start_daemon() -> subprocess.Popen[bytes]:
             log = (scratch / "daemon.log").open("ab")
@@ -136,6 +151,12 @@ def run_in_namespace(
         show(done)
         ok &= done.returncode == 60
 
+        say(f"Before: headless Chromium, as {user.name}, refuses it too")
+        done = chromium()
+        refused = "ERR_CERT_AUTHORITY_INVALID" in done.stderr and PAGE_TEXT not in done.stdout
+        print(f"   {'ERR_CERT_AUTHORITY_INVALID' if refused else 'UNEXPECTED: ' + done.stderr}")
+        ok &= refused
+
         say("trustinstaller submit manifest.json")
         done = ns.run([*ti, "submit", str(manifest)], env=env)
         show(done)
@@ -146,9 +167,16 @@ def run_in_namespace(
         show(done)
         ok &= done.returncode == 0 and "HTTP 200" in done.stdout
 
-        say("The NSS database Chromium reads lists the CA with trust C,,")
-        nssdb = next(scratch.glob("browser-home/.local/share/pki/nssdb"))
-        show(ns.run(["certutil", "-L", "-d", f"sql:{nssdb}"]))
+        say(f"After: headless Chromium, as {user.name}, shows the page")
+        done = chromium()
+        reached = done.returncode == 0 and PAGE_TEXT in done.stdout
+        print(f"   {'page: ' + PAGE_TEXT if reached else 'UNEXPECTED: ' + done.stderr}")
+        ok &= reached
+
+        say(f"The NSS database Chromium reads, owned by {user.name}, lists the CA with trust C,,")
+        nssdb = user.home / ".local/share/pki/nssdb"
+        show(ns.run(user.argv(["certutil", "-L", "-d", f"sql:{nssdb}"])))
+        show(ns.run(["ls", "-ln", str(nssdb)]))
 
         say("A second manifest is refused: the configuration is locked (exit 4)")
         done = ns.run([*ti, "submit", str(manifest)], env=env)
@@ -165,6 +193,7 @@ def run_in_namespace(
         show(ns.run([*ti, "status"], env=env))
         daemon.terminate()
         daemon.wait(timeout=30)
+        user.remove_home()
     return ok
 
 
