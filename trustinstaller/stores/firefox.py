@@ -87,7 +87,7 @@ def _parse(data: bytes) -> dict[str, Any]:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PolicyError(f"not valid JSON ({exc})") from exc
     if not isinstance(doc, dict):
-        raise PolicyError(f"the document is a JSON {type(doc).__name__}, not an object")
+        raise PolicyError(f"the document is a JSON {_kind(doc)}, not an object")
     return doc
 
 

@@ -213,7 +213,9 @@ class RuntimeEnvStore:
                     with _fs.opened_dir(Path(e["dir"])) as fd:
                         _fs.remove(fd, e["name"])
                         _fs.sync_dir(fd)
-                except FileNotFoundError:
+                # A directory at the name was never ours (a rename cannot replace one): leave it,
+                # or the rollback would fail at every start.
+                except (FileNotFoundError, IsADirectoryError):
                     pass
         for e in entries:
             if e["action"] == "mkdir":
