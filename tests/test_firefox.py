@@ -434,13 +434,16 @@ def test_verify_firefox_accepts_only_with_the_policys_ca(tmp_path: Path) -> None
         host, port = verify.parse_url(url)
         missing = verify.check_firefox(host, port, policies, timeout=10)
         assert (missing.accepted, missing.reason) == (False, verify.MISSING)
+        os.mkfifo(tmp_path / "fifo.crt")  # must neither hang the check nor count
         policies.write_bytes(firefox.policies_document(
-            [str(tmp_path / "other.der"), str(tmp_path / "gone.crt"), "rel.crt"]))  # fmt: skip
+            [str(tmp_path / "other.der"), str(tmp_path / "gone.crt"), "rel.crt",
+             str(tmp_path / "fifo.crt")]))  # fmt: skip
         refused = verify.check_firefox(host, port, policies, timeout=10)
         assert (refused.accepted, refused.reason) == (False, verify.UNKNOWN_CA)
         assert "no CA that the policy installs" in refused.detail
         assert f"{tmp_path / 'gone.crt'}: No such file" in refused.detail
         assert "rel.crt: not an absolute path" in refused.detail
+        assert f"{tmp_path / 'fifo.crt'}: not a regular file" in refused.detail
         policies.write_bytes(firefox.policies_document(
             [str(tmp_path / "other.der"), str(tmp_path / "ca.crt")]))  # fmt: skip
         accepted = verify.check_firefox(host, port, policies, timeout=10)

@@ -15,8 +15,11 @@ Quirks this module exists for, one per line:
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 import ssl
+import stat
 import urllib.parse
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -189,8 +192,7 @@ def firefox_context(policies: Path) -> tuple[ssl.SSLContext | None, str, list[st
             notes.append(f"{entry}: not an absolute path; not checked here")
             continue
         try:
-            with open(entry, "rb") as f:
-                raw = f.read(_MAX_CERT_FILE)
+            raw = _read_regular(entry)
             if b"-----BEGIN CERTIFICATE-----" in raw:
                 ctx.load_verify_locations(cadata=raw.decode("ascii"))
             else:
@@ -200,6 +202,15 @@ def firefox_context(policies: Path) -> tuple[ssl.SSLContext | None, str, list[st
         except (ssl.SSLError, ValueError) as exc:
             notes.append(f"{entry}: not a certificate ({exc}); Firefox skips it too")
     return ctx, "", notes
+
+
+def _read_regular(path: str) -> bytes:
+    """The start of a regular file; a FIFO or device an entry names must not hang or feed us."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        return f.read(_MAX_CERT_FILE)
 
 
 def check_firefox(host: str, port: int, policies: Path, *, timeout: float) -> Verdict:
