@@ -6,9 +6,9 @@ BIN := $(VENV)/bin
 # update-ca-certificates lives in /usr/sbin.
 export PATH := $(CURDIR)/$(BIN):/usr/local/sbin:/usr/sbin:/sbin:$(PATH)
 
-.PHONY: setup deps venv lint test demo clean
+.PHONY: setup deps venv js lint test demo clean
 
-setup: deps venv
+setup: deps venv js
 
 deps:
 	packaging/install-deps.sh
@@ -20,6 +20,14 @@ $(BIN)/.installed: pyproject.toml packaging/requirements-test.txt
 	touch $@
 
 venv: $(BIN)/.installed
+
+# puppeteer-core for the Firefox test, exactly as pinned in the lock file; it downloads no browser.
+JS := tests/js
+$(JS)/node_modules/.installed: $(JS)/package.json $(JS)/package-lock.json
+	cd $(JS) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+js: deps $(JS)/node_modules/.installed
 
 lint: venv
 	$(BIN)/ruff check trustinstaller tests
@@ -35,7 +43,7 @@ demo: setup
 	$(BIN)/python -m tests.demo
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis $(JS)/node_modules
 
 # Fragments: packaging/deb.mk adds deb and test-system.
 include packaging/*.mk

@@ -7,6 +7,14 @@ packages="ca-certificates libnss3-tools openssl curl util-linux python3 python3-
 # The clients the end-to-end tests prove (tests/test_clients.py): Chromium reads NSS, Node reads
 # NODE_EXTRA_CA_CERTS, and ca-certificates-java's update hook feeds the JVM's keystore.
 packages="$packages chromium nodejs default-jre-headless ca-certificates-java"
+# Firefox reads only its policies file (tests/test_firefox_browser.py drives it with npm's
+# puppeteer-core, which the Makefile installs from tests/js/package-lock.json).
+packages="$packages firefox-esr"
+# Debian's nodejs comes without npm; NodeSource's nodejs carries it and conflicts with the
+# package, so ask for npm only when no npm is on PATH.
+if ! command -v npm >/dev/null 2>&1; then
+    packages="$packages npm"
+fi
 if [ "$#" -gt 0 ]; then
     packages="$packages $*"
 fi

@@ -57,6 +57,8 @@ def config(tmp_path: Path, os_root: DebianPaths, moto: MotoServer) -> Config:
         endpoint_url=moto.endpoint,
         os_store=os_root,
         request_timeout=5.0,
+        # Never the host's /etc/firefox: tests that want the Firefox store name a file here.
+        firefox_policies=(),
     )
 
 

@@ -59,13 +59,14 @@ class Journal:
 
 
 def test_env_pairs_name_the_bundle_four_times_and_our_cas_once() -> None:
-    """SSL_CERT_FILE, REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE, AWS_CA_BUNDLE and NODE_EXTRA_CA_CERTS."""
+    """The four bundle variables, NODE_EXTRA_CA_CERTS, and Playwright's Firefox policies file."""
     assert runtime_env.env_pairs(Path("/run/ti-env")) == [
         ("SSL_CERT_FILE", "/run/ti-env/ca-bundle.pem"),
         ("REQUESTS_CA_BUNDLE", "/run/ti-env/ca-bundle.pem"),
         ("CURL_CA_BUNDLE", "/run/ti-env/ca-bundle.pem"),
         ("AWS_CA_BUNDLE", "/run/ti-env/ca-bundle.pem"),
         ("NODE_EXTRA_CA_CERTS", "/run/ti-env/custom-cas.pem"),
+        ("PLAYWRIGHT_FIREFOX_POLICIES_JSON", "/run/ti-env/firefox-policies.json"),
     ]
 
 
@@ -169,11 +170,12 @@ def test_store_writes_readable_files_journalled_first(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert [(e["action"], e.get("name")) for e in journal.entries] == [
-        ("mkdir", None), ("write", "ca-bundle.pem"), ("write", "custom-cas.pem"), ("write", "env"),
+        ("mkdir", None), ("write", "ca-bundle.pem"), ("write", "custom-cas.pem"),
+        ("write", "firefox-policies.json"), ("write", "env"),
     ]  # fmt: skip
-    assert journal.existed == [False, False, False, False]
+    assert journal.existed == [False, False, False, False, False]
     assert stat.S_IMODE(store.directory.stat().st_mode) == 0o755
-    for name in ("ca-bundle.pem", "custom-cas.pem", "env"):
+    for name in ("ca-bundle.pem", "custom-cas.pem", "firefox-policies.json", "env"):
         assert stat.S_IMODE((store.directory / name).stat().st_mode) == 0o644
     store.verify(cas)
     bundle = runtime_env.pem_ders((store.directory / "ca-bundle.pem").read_bytes())
@@ -423,6 +425,7 @@ def test_verify_cli_exit_codes(tmp_path: Path) -> None:
     cfg = tmp_path / "config.toml"
     cfg.write_text(
         f'state_dir = "{tmp_path / "state"}"\nnss_databases = ["sql:{tmp_path / "nodb"}"]\n'
+        "firefox_policies = []\n"
     )
     with https_server(ca) as url:
         done = cli("--config", str(cfg), "verify", url, "--json")

@@ -269,6 +269,7 @@ def _verify(args: argparse.Namespace, cfg: config.Config) -> int:
         nss_databases=cfg.nss_databases,
         runner=_run.run,
         timeout=args.timeout,
+        firefox_policies=cfg.firefox_policies,
     )
     if args.json:
         print(json.dumps([v.as_dict() for v in verdicts], indent=2))

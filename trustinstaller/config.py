@@ -14,6 +14,7 @@ from typing import Any
 from trustinstaller._run import Account
 from trustinstaller.errors import ConfigError
 from trustinstaller.stores.debian import DebianPaths
+from trustinstaller.stores.firefox import default_policies
 from trustinstaller.stores.nss import NssDatabase
 
 ENV_VAR = "TRUSTINSTALLER_CONFIG"
@@ -63,6 +64,8 @@ class Config:
     request_timeout: float = 10.0
     browser_users: tuple[str, ...] = ()
     runtime_dir: Path | None = None
+    # Firefox's policies.json files; default: /etc/firefox/policies/policies.json if installed.
+    firefox_policies: tuple[Path, ...] = field(default_factory=default_policies)
 
     def __post_init__(self) -> None:
         # ``sql:DIR`` strings are accepted for root's databases (tests, older callers).
@@ -88,6 +91,7 @@ _KEYS = (
         "socket_group",
         "endpoint_url",
         "os_store",
+        "firefox_policies",
     }
 )
 
@@ -174,6 +178,16 @@ def from_mapping(data: Mapping[str, Any], *, source: str = "config") -> Config:
         kw["os_store"] = DebianPaths(
             **{k: _abs_path(v, f"os_store.{k}", fail) for k, v in table.items()}
         )
+    if "firefox_policies" in data:
+        files = data["firefox_policies"]
+        if not isinstance(files, list):
+            raise fail("firefox_policies", "must be a list of paths like "
+                       "'/etc/firefox/policies/policies.json', or [] for none")  # fmt: skip
+        paths = [_abs_path(f, "firefox_policies", fail) for f in files]
+        for f in paths:
+            if f == Path("/") or ".." in f.parts:
+                raise fail("firefox_policies", f"{str(f)!r}: name a file, without '..'")
+        kw["firefox_policies"] = tuple(dict.fromkeys(paths))
     return Config(**kw)
 
 

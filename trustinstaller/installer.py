@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trustinstaller import _run, fetch, log, manifest, state, transaction
@@ -22,7 +23,7 @@ from trustinstaller.errors import (
     TrustInstallerError,
 )
 from trustinstaller.manifest import CertificateRef, Credentials
-from trustinstaller.stores import Store
+from trustinstaller.stores import Store, firefox
 from trustinstaller.stores.debian import DebianStore
 from trustinstaller.stores.nss import NssDatabase, NssStore
 from trustinstaller.stores.runtime_env import RuntimeEnvStore
@@ -65,6 +66,8 @@ class Installer:
         """The configured stores, OS store first."""
         return [self.store_named("os"), *(self.store_named(f"nss:{db.directory}")
                                           for db in self.config.nss_databases),
+                # After the OS store: the policies name the .crt files it writes.
+                *(self.store_named(f"{firefox.PREFIX}{p}") for p in self.config.firefox_policies),
                 self.store_named("env")]  # fmt: skip
 
     def store_named(self, name: str) -> Store:
@@ -79,8 +82,12 @@ class Installer:
             db = NssDatabase.parse(name.removeprefix("nss:"))
             db = next((d for d in self.config.nss_databases if d.directory == db.directory), db)
             return NssStore(self.runner, db, timeout=self.config.certutil_timeout)
+        if name.startswith(firefox.PREFIX):
+            policies = Path(name.removeprefix(firefox.PREFIX))
+            return firefox.FirefoxStore(policies, self.config.os_store)
         if name == "env":  # last: its combined bundle copies the OS bundle just regenerated
-            return RuntimeEnvStore(self.config.runtime_env_dir, self.config.os_store.bundle)
+            return RuntimeEnvStore(self.config.runtime_env_dir, self.config.os_store.bundle,
+                                   certs_dir=self.config.os_store.our_dir)  # fmt: skip
         raise ValueError(f"unknown store {name!r} in the journal")
 
     # -- lifecycle -----------------------------------------------------------

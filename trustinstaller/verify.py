@@ -1,20 +1,25 @@
 """``trustinstaller verify URL``: which trust path accepts a server, and why the others refuse.
 
 Each trust path does its own real TLS handshake against the URL: Python's ``ssl`` with only the
-OS bundle, then with only the combined bundle, then NSS's ``tstclnt`` with each NSS database.
+OS bundle, then with only the combined bundle, then NSS's ``tstclnt`` with each NSS database,
+then Python's ``ssl`` with what each Firefox policy installs plus Mozilla's roots (certifi).
 
 Quirks this module exists for, one per line:
 - ``ssl.create_default_context(cafile=...)`` trusts that file alone: the defaults are not added.
 - OpenSSL reports a root it does not know as code 20 (or 19/18 when the server sends it).
 - tstclnt exits 254 on a refused certificate and names the NSS error on stderr.
 - tstclnt reads stdin for data to send; closed stdin and ``-Q`` end it right after the handshake.
+- Firefox trusts its built-in Mozilla roots plus the files ``Certificates.Install`` names, PEM or
+  DER; a file it cannot read is skipped, not fatal. certifi is the same Mozilla root list.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import ssl
+import stat
 import urllib.parse
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -24,6 +29,7 @@ from typing import Any
 from trustinstaller import _fs
 from trustinstaller._run import Runner
 from trustinstaller.errors import HostError, Outcome, StoreError, TrustInstallerError
+from trustinstaller.stores.firefox import PolicyError, installed_paths
 from trustinstaller.stores.nss import NssDatabase, NssStore
 
 UNKNOWN_CA = "unknown CA"
@@ -189,6 +195,86 @@ def _tstclnt(
     return Verdict("nss", where, False, reason, detail)
 
 
+FIREFOX = "firefox"
+_MAX_CERT_FILE = 1024 * 1024
+
+
+def firefox_context(policies: Path) -> tuple[ssl.SSLContext | None, str, list[str]]:
+    """A context trusting certifi's roots plus the policy's CAs; or None and why; and notes.
+
+    The notes name each ``Certificates.Install`` entry that Firefox would skip too.
+    """
+    try:
+        with _fs.opened_dir(policies.parent) as fd:
+            data = _fs.read_file(fd, policies.name)
+    except FileNotFoundError:
+        data = None
+    except OSError as exc:
+        return None, f"cannot read it: {exc.strerror or exc}", []
+    if data is None:
+        return None, MISSING, []
+    try:
+        entries = installed_paths(data)
+    except PolicyError as exc:
+        return None, f"not a policies file Firefox can use: {exc}", []
+    import certifi
+
+    ctx = ssl.create_default_context(cafile=certifi.where())
+    # NSS does not apply OpenSSL's strict RFC 5280 checks, which Python 3.13 turns on.
+    ctx.verify_flags &= ~getattr(ssl, "VERIFY_X509_STRICT", 0)
+    notes: list[str] = []
+    for entry in entries:
+        if not entry.startswith("/"):
+            notes.append(f"{entry}: not an absolute path; not checked here")
+            continue
+        try:
+            raw = _read_regular(entry)
+            if b"-----BEGIN CERTIFICATE-----" in raw:
+                ctx.load_verify_locations(cadata=raw.decode("ascii"))
+            else:
+                ctx.load_verify_locations(cadata=raw)
+        except OSError as exc:
+            notes.append(f"{entry}: {exc.strerror or exc}; Firefox skips it too")
+        except (ssl.SSLError, ValueError) as exc:
+            notes.append(f"{entry}: not a certificate ({exc}); Firefox skips it too")
+    return ctx, "", notes
+
+
+def _read_regular(path: str) -> bytes:
+    """The start of a regular file; a FIFO or device an entry names must not hang or feed us."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        return f.read(_MAX_CERT_FILE)
+
+
+def check_firefox(host: str, port: int, policies: Path, *, timeout: float) -> Verdict:
+    """A handshake that trusts what Firefox with the ``policies`` file would: a fair model."""
+    ctx, why, notes = firefox_context(policies)
+    if ctx is None:
+        detail = "no such file; nothing installed?" if why == MISSING else why
+        return Verdict(FIREFOX, str(policies), False, why if why == MISSING else "bad policy",
+                       detail)  # fmt: skip
+    try:
+        with (
+            socket.create_connection((host, port), timeout=timeout) as raw,
+            ctx.wrap_socket(raw, server_hostname=host),
+        ):
+            pass
+    except ssl.SSLCertVerificationError as exc:
+        msg = exc.verify_message or str(exc)
+        reason = classify_openssl(exc.verify_code, msg)
+        if reason == UNKNOWN_CA:
+            msg = "the chain ends in no CA that the policy installs, nor in Mozilla's roots"
+        return Verdict(FIREFOX, str(policies), False, reason, "; ".join([msg, *notes]))
+    except ssl.SSLError as exc:
+        return Verdict(FIREFOX, str(policies), False, f"TLS error: {exc.reason}", str(exc))
+    except OSError as exc:
+        raise VerifyError(f"{host}:{port}: cannot connect: {exc.strerror or exc}") from exc
+    return Verdict(FIREFOX, str(policies), True)
+
+
 def verify_url(
     url: str,
     *,
@@ -197,6 +283,7 @@ def verify_url(
     nss_databases: Sequence[NssDatabase],
     runner: Runner,
     timeout: float = 15.0,
+    firefox_policies: Sequence[Path] = (),
 ) -> list[Verdict]:
     """Every trust path's verdict on the server at ``url``."""
     host, port = parse_url(url)
@@ -205,6 +292,7 @@ def verify_url(
         check_bundle("combined bundle", host, port, combined_bundle, timeout=timeout),
     ]
     verdicts += [check_nss(host, port, db, runner, timeout=timeout) for db in nss_databases]
+    verdicts += [check_firefox(host, port, p, timeout=timeout) for p in firefox_policies]
     return verdicts
 
 

@@ -76,6 +76,7 @@ def agents(base: Path, count: int, endpoint: str, tree: str | None) -> Iterator[
                 nss_databases=(),
                 endpoint_url=endpoint,
                 os_store=paths,
+                firefox_policies=(),  # never the host's /etc/firefox
             )
             cfg_path = write_config(replace(cfg), home / "config.toml")
             log = (home / "agent.log").open("wb")

@@ -2,9 +2,9 @@
 
 Inside it, the real default paths (/etc/ssl, /usr/local/share/ca-certificates,
 /etc/ca-certificates, and the Java hook's dpkg state) are bind mounts of copies
-under a scratch directory, and /run is a tmpfs. Nothing done inside reaches the
-host's own trust store. A holder process (``sleep infinity``) keeps the
-namespace alive; commands enter it with ``nsenter``.
+under a scratch directory, and /run and /etc/firefox (Firefox's policies) are
+tmpfs. Nothing done inside reaches the host's own trust store. A holder process
+(``sleep infinity``) keeps the namespace alive; commands enter it with ``nsenter``.
 """
 
 from __future__ import annotations
@@ -41,6 +41,11 @@ for d in "$@"; do
     mountpoint -q "$d"
 done
 mount -t tmpfs -o mode=0755 tmpfs /run
+# Firefox's system policies, which the Firefox store writes: an empty tmpfs. The host gains at
+# most the empty mountpoint, which Firefox reads nothing from.
+[ -d /etc/firefox ] || mkdir -m 0755 /etc/firefox
+mount -t tmpfs -o mode=0755 tmpfs /etc/firefox
+mountpoint -q /etc/firefox
 : > "$scratch/ready"
 exec sleep infinity
 """

@@ -28,6 +28,7 @@ TOP = Path(__file__).resolve().parents[2]
 NSS_DB = "sql:/root/.local/share/pki/nssdb"  # root's default when neither database exists yet
 JAVA = ("ca-certificates-java", "openjdk-17-jre-headless")
 BROWSER_DIRS = ("/home/browser/.pki", "/home/browser/.local/share/pki")
+FIREFOX_POLICIES = "/etc/firefox/policies/policies.json"
 
 
 def in_java_keystore(booted: debroot.Booted, ca: Issued) -> bool:
@@ -101,6 +102,8 @@ def booted(root: Path, moto: MotoServer) -> Iterator[debroot.Booted]:
     conf.write_text(
         conf.read_text() + f'\nendpoint_url = "{moto.endpoint}"\n'
         f'nss_databases = ["{NSS_DB}"]\nbrowser_users = ["browser"]\n'
+        # Explicit: the root has no Firefox, so the default would be none.
+        f'firefox_policies = ["{FIREFOX_POLICIES}"]\n'
     )
     # A browser user, and the drop-in the README gives for NSS databases in a user's home.
     debroot.chroot_run(root, ["useradd", "--create-home", "--shell", "/bin/sh", "browser"])
@@ -204,6 +207,20 @@ def test_manifest_installs_into_the_roots_stores(
         lambda: booted.show("trustinstaller.service", "StatusText")["StatusText"].split(":")[0],
         {"locked"},
     )
+
+
+def test_packaged_unit_writes_the_firefox_policy(
+    booted: debroot.Booted, root: Path, boot_ca: Issued
+) -> None:
+    """Under the hardened unit (ReadWritePaths=-/etc/firefox), the policy names the CA's file."""
+    fp = boot_ca.cert.fingerprint(hashes.SHA256()).hex()
+    crt = f"/usr/local/share/ca-certificates/trustinstaller/{fp}.crt"
+    doc = json.loads((root / FIREFOX_POLICIES.lstrip("/")).read_text())
+    assert doc == {"policies": {"Certificates": {"Install": [crt]}}}
+    modes = booted.run("stat", "-c", "%a %U", "/etc/firefox/policies", FIREFOX_POLICIES).stdout
+    assert modes.split() == ["755", "root", "644", "root"]
+    status = json.loads(booted.run("trustinstaller", "status", "--json").stdout)
+    assert f"firefox:{FIREFOX_POLICIES}" in status["certificates"][0]["stores"]
 
 
 def test_second_manifest_is_refused_as_locked(booted: debroot.Booted, root: Path) -> None:

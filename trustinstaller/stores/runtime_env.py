@@ -14,6 +14,8 @@ Quirks this module exists for, one per line:
 - The state directory is 0700 (lock, journal): the browser user could not read a file in it, so
   this directory sits beside it, 0755 with 0644 files.
 - A minimal container may have no OS bundle at all: certifi's roots stand in for it.
+- Playwright builds its Firefox with system policies turned off and reads the policies file named
+  by PLAYWRIGHT_FIREFOX_POLICIES_JSON instead: ours holds only Certificates.Install.
 - systemd's EnvironmentFile= and sh agree on single quotes only when the value holds no quote,
   backslash or newline, so such a path is refused instead of escaped.
 """
@@ -26,13 +28,15 @@ import os
 import re
 import stat
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from trustinstaller import _fs
 from trustinstaller.errors import ConfigError, StoreError
 from trustinstaller.stores import Entry, Recorder
+from trustinstaller.stores.debian import DebianPaths, cert_filename
+from trustinstaller.stores.firefox import policies_document
 
 if TYPE_CHECKING:  # annotations only: keeps cryptography off the path to ready
     from trustinstaller.validate import TrustedCA
@@ -42,6 +46,8 @@ CUSTOM = "custom-cas.pem"
 ENV_FILE = "env"
 BUNDLE_KEYS = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "AWS_CA_BUNDLE")
 CUSTOM_KEY = "NODE_EXTRA_CA_CERTS"
+FIREFOX_POLICIES = "firefox-policies.json"
+FIREFOX_KEY = "PLAYWRIGHT_FIREFOX_POLICIES_JSON"
 
 _PEM = re.compile(rb"-----BEGIN CERTIFICATE-----\s+(.*?)-----END CERTIFICATE-----", re.DOTALL)
 _SAFE_VALUE = re.compile(r"[A-Za-z0-9/._+@-]+")
@@ -50,7 +56,8 @@ _SAFE_VALUE = re.compile(r"[A-Za-z0-9/._+@-]+")
 def env_pairs(directory: Path) -> list[tuple[str, str]]:
     """The variables that point clients at the files in ``directory``."""
     bundle = str(directory / BUNDLE)
-    return [*((k, bundle) for k in BUNDLE_KEYS), (CUSTOM_KEY, str(directory / CUSTOM))]
+    return [*((k, bundle) for k in BUNDLE_KEYS), (CUSTOM_KEY, str(directory / CUSTOM)),
+            (FIREFOX_KEY, str(directory / FIREFOX_POLICIES))]  # fmt: skip
 
 
 def quote(value: str) -> str:
@@ -124,6 +131,12 @@ class RuntimeEnvStore:
     directory: Path
     os_bundle: Path
     name: str = "env"
+    # Where the OS store writes our .crt files, which the Firefox policy names.
+    certs_dir: Path = field(default_factory=lambda: DebianPaths().our_dir)
+
+    def firefox_policies(self, certs: Sequence[TrustedCA]) -> bytes:
+        """The policies document for Playwright's Firefox: our certificate files only."""
+        return policies_document([str(self.certs_dir / cert_filename(ca)) for ca in certs])
 
     def preflight(self) -> None:
         """The parent must be root's own; an existing directory must be ours and readable by all."""
@@ -154,6 +167,7 @@ class RuntimeEnvStore:
         files = (
             (BUNDLE, combined_pem(base, certs)),
             (CUSTOM, custom_pem(certs)),
+            (FIREFOX_POLICIES, self.firefox_policies(certs)),
             (ENV_FILE, env_file_text(self.directory).encode("ascii")),
         )
         try:
@@ -180,6 +194,7 @@ class RuntimeEnvStore:
             with _fs.opened_dir(self.directory) as fd:
                 bundle = _fs.read_file(fd, BUNDLE) or b""
                 custom = _fs.read_file(fd, CUSTOM) or b""
+                policies = _fs.read_file(fd, FIREFOX_POLICIES) or b""
                 env = _fs.read_file(fd, ENV_FILE) or b""
         except OSError as exc:
             raise StoreError(self.name, f"{self.directory}: {exc.strerror or exc}") from exc
@@ -188,6 +203,10 @@ class RuntimeEnvStore:
             missing = [ca.fingerprint_sha256 for ca in certs if ca.der not in held]
             if missing:
                 raise StoreError(self.name, f"{self.directory / label} lacks {', '.join(missing)}")
+        if policies != self.firefox_policies(certs):
+            raise StoreError(
+                self.name, f"{self.directory / FIREFOX_POLICIES} is not what was written"
+            )
         if env.decode("ascii", "replace") != env_file_text(self.directory):
             raise StoreError(self.name, f"{self.directory / ENV_FILE} is not what was written")
 
@@ -199,7 +218,9 @@ class RuntimeEnvStore:
                     with _fs.opened_dir(Path(e["dir"])) as fd:
                         _fs.remove(fd, e["name"])
                         _fs.sync_dir(fd)
-                except FileNotFoundError:
+                # A directory at the name was never ours (a rename cannot replace one): leave it,
+                # or the rollback would fail at every start.
+                except (FileNotFoundError, IsADirectoryError):
                     pass
         for e in entries:
             if e["action"] == "mkdir":
