@@ -13,6 +13,7 @@ import pytest
 from tests.support.certs import make_ca
 from tests.support.daemon import cli, write_config
 from tests.support.moto import MotoServer
+from tests.support.tls import https_server
 from tests.test_install import manifest, unique
 from trustinstaller.config import Config
 from trustinstaller.terminal import FIELD_LIMIT, escape
@@ -177,3 +178,19 @@ def test_apply_prints_an_installed_hostile_subject_escaped(
     assert_inert(done.stdout + done.stderr, real=1)  # the one real line, from the real lock
     assert done.stdout.splitlines()[1] == "state: locked"
     assert "CN=evil\\nstate: locked\\x1b[2J" in done.stdout
+
+
+def test_verify_text_escapes_the_url_and_paths(config: Config, tmp_path: Path) -> None:
+    """``verify`` prints a URL and an NSS path holding a forged line escaped; ``--json`` raw."""
+    nss = f"{tmp_path}/nss{FORGED}\u202e"
+    cfg = write_config(replace(config, socket=tmp_path / "no.sock", nss_databases=(f"sql:{nss}",)),
+                       tmp_path / "c.toml")  # fmt: skip
+    with https_server(make_ca("verify root")) as url:
+        hostile_url = f"{url}x{FORGED}\x1b[2J"
+        done = cli("--config", str(cfg), "verify", hostile_url)
+        shown = cli("--config", str(cfg), "verify", "--json", hostile_url)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert_inert(done.stdout + done.stderr)
+    assert "x\\nstate: locked\\x1b[2J:" in done.stdout
+    assert "nss\\nstate: locked\\u202e: missing" in done.stdout
+    assert json.loads(shown.stdout)[-1]["location"] == nss
