@@ -21,6 +21,8 @@ MESSAGE_LIMIT = 1024
 # separators, which some terminals and pagers break lines at.
 _ESCAPED = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 _SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+# A backslash is left as it is: RFC 4514 subjects are full of them ("CN=Acme\, Inc."), and a
+# literal "\x1b" in a subject is only text that looks like an escape, never a control.
 
 
 def escape(text: object, *, limit: int = FIELD_LIMIT) -> str:
