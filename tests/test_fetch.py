@@ -321,8 +321,9 @@ MOTO_403_XML = (
         ),
         pytest.param(
             client_error("InvalidRequestException", "You provided a parameter value\n  that is"),
-            "fetch failed (InvalidRequestException): You provided a parameter value that is",
-            id="other-invalid-request-keeps-aws-message-on-one-line",
+            "request refused (InvalidRequestException); check the ARN, and that the secret is "
+            "enabled and has a current value",
+            id="other-invalid-request-has-our-own-message",
         ),
         pytest.param(
             client_error("DecryptionFailure", "KMS could not decrypt"),
@@ -352,12 +353,13 @@ MOTO_403_XML = (
         ),
         pytest.param(
             client_error("SomethingNew", "x" * 500),
-            "fetch failed (SomethingNew): " + "x" * 200,
-            id="unknown-code-message-cut-to-200",
+            "fetch failed (SomethingNew, HTTP 400): an error this tool does not know; check the "
+            "ARN, the manifest's credentials and the endpoint",
+            id="unknown-code-gives-code-and-status-only",
         ),
         pytest.param(
             client_error("SomethingNew", ""),
-            "fetch failed (SomethingNew)",
+            "fetch failed (SomethingNew, HTTP 400)",
             id="unknown-code-no-message",
         ),
         pytest.param(

@@ -21,9 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 from trustinstaller import __version__, config, log
 from trustinstaller.errors import ConfigError, Outcome, TrustInstallerError
+from trustinstaller.terminal import MESSAGE_LIMIT, escape
 
 if TYPE_CHECKING:
     from trustinstaller.installer import Installer
+    from trustinstaller.verify import Verdict
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -62,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result: int = args.func(args, cfg)
         return result
     except TrustInstallerError as exc:
-        print(f"trustinstaller: {exc.diagnostics()}", file=sys.stderr)
+        print(f"trustinstaller: {escape(exc.diagnostics(), limit=MESSAGE_LIMIT)}", file=sys.stderr)
         return exc.outcome.exit_code
     except KeyboardInterrupt:
         return 130
@@ -191,7 +193,7 @@ def _submit(args: argparse.Namespace, cfg: config.Config) -> int:
     if "state" in doc:
         _print_status(doc, args.json, outcome, message)
     else:
-        print(json.dumps(doc, indent=2) if args.json else message,
+        print(json.dumps(doc, indent=2) if args.json else escape(message, limit=MESSAGE_LIMIT),
               file=sys.stdout if args.json else sys.stderr)  # fmt: skip
     return outcome.exit_code
 
@@ -208,7 +210,7 @@ def _status(args: argparse.Namespace, cfg: config.Config) -> int:
     if args.json:
         print(json.dumps(doc, indent=2, sort_keys=True))
     else:
-        print(f"source: {source}")
+        print(f"source: {escape(source)}")
         _print_human(doc)
     return EXIT_OK
 
@@ -231,17 +233,17 @@ def _check(args: argparse.Namespace, cfg: config.Config) -> int:
             else:
                 ca = validate(name, secret_string=text, secret_binary=None, now=now)
         except OSError as exc:
-            print(f"{name}: cannot read: {exc.strerror}", file=sys.stderr)
+            print(f"{escape(name)}: cannot read: {escape(exc.strerror)}", file=sys.stderr)
             worst = max(worst, EXIT_USAGE)
             continue
         except RefusedError as exc:
-            print(f"REFUSED {exc}")
+            print(f"REFUSED {escape(exc, limit=MESSAGE_LIMIT)}")
             worst = max(worst, Outcome.REFUSED.exit_code)
             continue
-        print(f"OK {name}: {ca.subject} sha256={ca.fingerprint_sha256} "
+        print(f"OK {escape(name)}: {escape(ca.subject)} sha256={ca.fingerprint_sha256} "
               f"notAfter={ca.not_after:%Y-%m-%dT%H:%M:%SZ}")  # fmt: skip
         for w in ca.warnings:
-            print(f"  warning: {w}")
+            print(f"  warning: {escape(w)}")
     return worst
 
 
@@ -251,7 +253,7 @@ def _env(args: argparse.Namespace, cfg: config.Config) -> int:
     directory = cfg.runtime_env_dir
     if not runtime_env.installed(directory):
         # Not an error: an empty manifest installs nothing, and clients keep their defaults.
-        print(f"trustinstaller: no trust environment in {directory}: no CA installed yet; "
+        print(f"trustinstaller: no trust environment in {escape(directory)}: no CA installed yet; "
               "nothing to set", file=sys.stderr)  # fmt: skip
         return EXIT_OK
     sys.stdout.write(runtime_env.render_env(runtime_env.env_pairs(directory), export=args.export))
@@ -274,8 +276,18 @@ def _verify(args: argparse.Namespace, cfg: config.Config) -> int:
     if args.json:
         print(json.dumps([v.as_dict() for v in verdicts], indent=2))
     else:
-        sys.stdout.write(verify.render(args.url, verdicts))
+        sys.stdout.write(verify.render(escape(args.url), [_escaped_verdict(v) for v in verdicts]))
     return EXIT_OK if all(v.accepted for v in verdicts) else Outcome.REFUSED.exit_code
+
+
+def _escaped_verdict(v: Verdict) -> Verdict:
+    """A verdict whose text fields are escaped for the terminal; tstclnt's stderr is in them."""
+    from dataclasses import replace
+
+    # One limit for reason and detail, so that render() still sees them equal when they are.
+    return replace(v, trust_path=escape(v.trust_path), location=escape(v.location),
+                   reason=escape(v.reason, limit=MESSAGE_LIMIT),
+                   detail=escape(v.detail, limit=MESSAGE_LIMIT))  # fmt: skip
 
 
 def _read_manifest(name: str) -> bytes:
@@ -324,21 +336,24 @@ def _print_status(doc: dict[str, Any], as_json: bool, outcome: Outcome, message:
                          indent=2, sort_keys=True))  # fmt: skip
         return
     stream = sys.stdout if outcome is Outcome.INSTALLED else sys.stderr
-    print(f"{outcome.label}: {message}", file=stream)
+    print(f"{outcome.label}: {escape(message, limit=MESSAGE_LIMIT)}", file=stream)
     _print_human(doc, stream)
 
 
 def _print_human(doc: dict[str, Any], stream: Any = None) -> None:
     out = stream or sys.stdout
-    print(f"state: {doc.get('state')}", file=out)
+    # The document may come from the daemon or a file: every field is escaped, even those
+    # we wrote ourselves.
+    print(f"state: {escape(doc.get('state'))}", file=out)
     for c in doc.get("certificates", []):
-        print(f"  {c['subject']}  sha256={c['fingerprint_sha256']}  notAfter={c['not_after']}",
-              file=out)  # fmt: skip
-        print(f"    from {c['source']['arn']} -> {', '.join(c['stores'])}", file=out)
+        print(f"  {escape(c['subject'])}  sha256={escape(c['fingerprint_sha256'])}  "
+              f"notAfter={escape(c['not_after'])}", file=out)  # fmt: skip
+        stores = ", ".join(escape(s) for s in c["stores"])
+        print(f"    from {escape(c['source']['arn'])} -> {stores}", file=out)
         for w in c.get("warnings", []):
-            print(f"    warning: {w}", file=out)
+            print(f"    warning: {escape(w)}", file=out)
     for e in doc.get("errors", []):
-        print(f"  error: {e.get('message')}", file=out)
+        print(f"  error: {escape(e.get('message'), limit=MESSAGE_LIMIT)}", file=out)
 
 
 __all__ = ["ConfigError", "main"]

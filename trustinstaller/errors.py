@@ -7,7 +7,7 @@ material or credentials: only ARNs, fingerprints, paths and tool output.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 
@@ -203,6 +203,42 @@ class BusyError(TrustInstallerError):
             f"state directory {state_dir}: another install is in progress; "
             "wait for it and check 'trustinstaller status'"
         )
+
+
+REDACTED = "[redacted]"
+
+
+def redact(exc: TrustInstallerError, values: Iterable[str]) -> None:
+    """Replace each of ``values`` in ``exc``'s message, its fields and its nested errors.
+
+    The second line of defence for credentials: an error built from an endpoint's answer
+    must not carry the caller's access key id, secret key or session token into an answer,
+    the status file or a log, even if a message quoting them slipped through.
+    """
+    # Longest first, so that a value holding another is replaced whole.
+    secrets = sorted({v for v in values if v}, key=len, reverse=True)
+    if secrets:
+        _redact(exc, secrets)
+
+
+def _redact(exc: TrustInstallerError, secrets: Sequence[str]) -> None:
+    exc.args = tuple(_scrub(a, secrets) for a in exc.args)
+    # Every attribute: reason, output, failures, and __notes__ alike.
+    for name, value in list(vars(exc).items()):
+        setattr(exc, name, _scrub(value, secrets))
+
+
+def _scrub(value: object, secrets: Sequence[str]) -> object:
+    if isinstance(value, str):
+        for s in secrets:
+            value = value.replace(s, REDACTED)
+        return value
+    if isinstance(value, TrustInstallerError):
+        _redact(value, secrets)
+        return value
+    if isinstance(value, list | tuple):
+        return type(value)(_scrub(v, secrets) for v in value)
+    return value
 
 
 def _last_lines(text: str, n: int = 8) -> str:

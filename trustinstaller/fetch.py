@@ -9,6 +9,7 @@ for the sandbox's clients.
 from __future__ import annotations
 
 import concurrent.futures
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -134,18 +135,40 @@ def _fetch_one(client: SecretsClient, arn: str) -> SecretValue | FetchError:
     )
 
 
-# Error codes as botocore reports them. moto's server answers access-denied for
-# Secrets Manager as an HTTP 403 with an XML body, which botocore reports as '403'.
+# Error codes as botocore reports them, each mapped to our own message. The endpoint's
+# own message is never shown: AWS's messages for signature errors quote parts of the
+# Authorization header, and an endpoint that echoes the request would hand back the
+# access key id and the session token.
+# moto's server answers access-denied for Secrets Manager as an HTTP 403 with an XML
+# body, which botocore reports as '403'.
 _ACCESS_DENIED = {
     "AccessDeniedException",
     "AccessDenied",
     "403",
+    "NotAuthorized",
     "UnrecognizedClientException",
     "InvalidClientTokenId",
-    "InvalidSignatureException",
-    "SignatureDoesNotMatch",
     "ExpiredTokenException",
     "ExpiredToken",
+}
+_BAD_SIGNATURE = {
+    "IncompleteSignature",
+    "IncompleteSignatureException",
+    "InvalidSignatureException",
+    "SignatureDoesNotMatch",
+    "MissingAuthenticationToken",
+    "MissingAuthenticationTokenException",
+    "RequestExpired",
+    "RequestTimeTooSkewed",
+}
+_INVALID_REQUEST = {
+    "InvalidRequestException",
+    "InvalidParameterException",
+    "InvalidParameterValue",
+    "InvalidParameterCombination",
+    "MissingParameter",
+    "ValidationException",
+    "ValidationError",
 }
 _THROTTLED = {
     "ThrottlingException",
@@ -155,6 +178,47 @@ _THROTTLED = {
     "LimitExceededException",
     "429",
 }
+_SERVICE_FAILED = {
+    "InternalServiceError",
+    "InternalFailure",
+    "InternalServerError",
+    "ServiceUnavailable",
+    "ServiceUnavailableException",
+    "500",
+    "502",
+    "503",
+    "504",
+}
+_MESSAGES: dict[str, str] = {
+    "ResourceNotFoundException": "not found ({code}); check the ARN and its region",
+    "DecryptionFailure": "decryption failed ({code}); the caller needs kms:Decrypt on its KMS key",
+    "OptInRequired": "region not enabled ({code}); the account must opt in to the ARN's region",
+    **dict.fromkeys(
+        _ACCESS_DENIED,
+        "access denied ({code}); the caller's credentials need "
+        "secretsmanager:GetSecretValue on this secret, and kms:Decrypt on its key",
+    ),
+    **dict.fromkeys(
+        _BAD_SIGNATURE,
+        "request signature refused ({code}); check that the manifest's credentials are "
+        "complete and current (accessKeyId, secretAccessKey and sessionToken together), "
+        "and this host's clock",
+    ),
+    **dict.fromkeys(
+        _INVALID_REQUEST,
+        "request refused ({code}); check the ARN, and that the secret is enabled and has "
+        "a current value",
+    ),
+    **dict.fromkeys(
+        _THROTTLED, f"throttled after {MAX_ATTEMPTS} attempts ({{code}}); retry the session later"
+    ),
+    **dict.fromkeys(
+        _SERVICE_FAILED, f"Secrets Manager failed after {MAX_ATTEMPTS} attempts ({{code}})"
+    ),
+}
+# A code is the endpoint's text too: shown only when it looks like one. AWS codes are
+# identifiers; botocore has already cut a JSON "__type" at its '#'.
+_CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 # botocore's classes by name, matched along the MRO so that subclasses count too, and
@@ -167,10 +231,10 @@ _NO_CREDENTIALS = {"NoCredentialsError", "PartialCredentialsError", "NoRegionErr
 
 
 def describe_failure(exc: BaseException) -> str:
-    """Turn a boto3/botocore exception into a message that says what to do."""
-    code, message = _client_error(exc)
+    """Turn a boto3/botocore exception into our own message that says what to do."""
+    code, message, status = _client_error(exc)
     if code is not None:
-        return _describe_code(code, message)
+        return _describe_code(code, message, status)
     name = type(exc).__name__
     botocore_bases = {c.__name__ for c in type(exc).__mro__ if c.__module__.startswith("botocore")}
     if botocore_bases & _UNREACHABLE:
@@ -180,46 +244,34 @@ def describe_failure(exc: BaseException) -> str:
     return f"fetch failed ({name})"
 
 
-def _describe_code(code: str, message: str) -> str:
-    if code == "ResourceNotFoundException":
-        return "not found (ResourceNotFoundException); check the ARN and its region"
-    if code in _ACCESS_DENIED:
-        return (
-            f"access denied ({code}); the caller's credentials need "
-            "secretsmanager:GetSecretValue on this secret, and kms:Decrypt on its key"
-        )
+def _describe_code(code: str, message: str, status: int | None) -> str:
+    """Our message for an AWS error code; ``message`` is only tested, never shown."""
     # AWS says "...because it was marked for deletion."; moto says "...currently marked
     # deleted."
     if code == "InvalidRequestException" and "delet" in message.lower():
         return "marked for deletion (InvalidRequestException); restore the secret or use another"
-    if code == "DecryptionFailure":
-        return "decryption failed (DecryptionFailure); the caller needs kms:Decrypt on its KMS key"
-    if code in _THROTTLED:
-        return f"throttled after {MAX_ATTEMPTS} attempts ({code}); retry the session later"
-    if code in {
-        "InternalServiceError",
-        "InternalFailure",
-        "ServiceUnavailable",
-        "500",
-        "502",
-        "503",
-        "504",
-    }:
-        return f"Secrets Manager failed after {MAX_ATTEMPTS} attempts ({code})"
-    short = " ".join(message.split())[:200]
-    return f"fetch failed ({code}): {short}" if short else f"fetch failed ({code})"
+    if code in _MESSAGES:
+        return _MESSAGES[code].format(code=code)
+    shown = code if _CODE.fullmatch(code) else "an unrecognised error code"
+    http = f", HTTP {status}" if status is not None else ""
+    return (
+        f"fetch failed ({shown}{http}): an error this tool does not know; check the ARN, "
+        "the manifest's credentials and the endpoint"
+    )
 
 
-def _client_error(exc: BaseException) -> tuple[str | None, str]:
+def _client_error(exc: BaseException) -> tuple[str | None, str, int | None]:
+    """(code, message, HTTP status) of a botocore ClientError, or (None, "", None)."""
     response = getattr(exc, "response", None)
     if not isinstance(response, dict):
-        return None, ""
+        return None, "", None
     error = response.get("Error")
     error = error if isinstance(error, dict) else {}
     code = str(error.get("Code") or "")
     message = str(error.get("Message") or "")
-    if not code:
-        meta = response.get("ResponseMetadata")
-        status = meta.get("HTTPStatusCode") if isinstance(meta, dict) else None
-        code = str(status) if status else ""
-    return (code or None), message
+    meta = response.get("ResponseMetadata")
+    raw_status = meta.get("HTTPStatusCode") if isinstance(meta, dict) else None
+    status = raw_status if isinstance(raw_status, int) and 100 <= raw_status <= 599 else None
+    if not code and status is not None:
+        code = str(status)
+    return (code or None), message, status

@@ -21,6 +21,7 @@ from trustinstaller.errors import (
     LockedError,
     Problem,
     TrustInstallerError,
+    redact,
 )
 from trustinstaller.manifest import CertificateRef, Credentials
 from trustinstaller.stores import Store, firefox
@@ -37,6 +38,13 @@ ClientFactoryMaker = Callable[[Credentials | None], fetch.ClientFactory]
 def utc_now() -> dt.datetime:
     """The current time, timezone-aware UTC."""
     return dt.datetime.now(dt.UTC)
+
+
+def _credential_values(credentials: Credentials | None) -> list[str]:
+    if credentials is None:
+        return []
+    values = [credentials.access_key_id, credentials.secret_access_key]
+    return values + ([credentials.session_token] if credentials.session_token else [])
 
 
 @dataclass(frozen=True)
@@ -165,16 +173,21 @@ class Installer:
 
         maker = self.make_clients or self._default_clients
         values = fetch.fetch_all(refs, maker(credentials))
+        # Both kinds of failure are made from what the endpoint sent: scrubbed of the
+        # credentials here, the one place that holds both, before anything logs or records them.
+        secrets = _credential_values(credentials)
         failures: list[CertificateError] = []
         by_fp: dict[str, Planned] = {}
         for ref, value in zip(refs, values, strict=True):
             if isinstance(value, CertificateError):
+                redact(value, secrets)
                 failures.append(value)
                 continue
             try:
                 ca = validate(ref.arn, secret_string=value.secret_string,
                               secret_binary=value.secret_binary, now=now)  # fmt: skip
             except CertificateError as exc:
+                redact(exc, secrets)
                 failures.append(exc)
                 continue
             if ca.fingerprint_sha256 in by_fp:

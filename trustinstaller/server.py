@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import io
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -32,12 +34,53 @@ MAX_BODY = 1024 * 1024
 # Connections served at once; more are answered 503 at once, so a flood of stalled clients
 # cannot pin an unbounded number of threads.
 MAX_CONNECTIONS = 32
+# Of those, slots that only root and the uids in allowed_uids may take: other peers who may
+# connect (the socket's group) cannot hold every slot, so an allowed uid is still served.
+RESERVED_SLOTS = 8
+# Slots one uid outside allowed_uids may hold at once, so that one such peer cannot take
+# the shared slots from the others.
+MAX_PER_OTHER_UID = 8
+# RFC 9110's Content-Length is 1*DIGIT: Python's int() would also take "+2", "0_2", "-0".
+_CONTENT_LENGTH = re.compile(r"[0-9]{1,16}")
 _TOO_MANY = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
     b"Connection: close\r\nContent-Length: 45\r\n\r\n"
     b'{"error": "too many connections; try again"}\n'
 )
 SD_LISTEN_FDS_START = sdnotify.SD_LISTEN_FDS_START
+
+
+class DeadlineReader(io.RawIOBase):
+    """A socket's bytes, each read given only the time left before the request's deadline.
+
+    A socket timeout alone bounds each read, not the request: a body dripped one byte per
+    second against a 10 s timeout would hold its thread for as long as the body is long.
+    """
+
+    def __init__(self, sock: socket.socket, timeout: float) -> None:
+        self._sock = sock
+        self._timeout = timeout
+        self.deadline = time.monotonic() + timeout
+
+    def start(self) -> None:
+        """A new request begins: its request line, headers and body get ``timeout`` in all."""
+        self.deadline = time.monotonic() + self._timeout
+
+    def readable(self) -> bool:
+        """Yes: this is the read side of the connection."""
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        """Receive into ``buffer``; TimeoutError once the request's deadline has passed."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("request not received within request_timeout")
+        self._sock.settimeout(left)
+        try:
+            return self._sock.recv_into(buffer)
+        finally:
+            # The answer is written with the whole timeout, not what the reads left of it.
+            self._sock.settimeout(self._timeout)
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -49,13 +92,38 @@ class Handler(http.server.BaseHTTPRequestHandler):
     sys_version = ""
 
     def setup(self) -> None:
-        """Apply the per-connection timeout, so a stalled client cannot hold a thread forever."""
+        """Read through a DeadlineReader, so a slow client cannot hold a thread past the timeout."""
         self.request.settimeout(self.server.request_timeout)
         super().setup()
+        self.rfile.close()  # the socket's own reader: its reference would keep the socket open
+        self.reader = DeadlineReader(self.request, self.server.request_timeout)
+        self.rfile = io.BufferedReader(self.reader)
+
+    def handle_one_request(self) -> None:
+        """Serve one request; only reading it is bounded by the deadline, never the install."""
+        self.reader.start()
+        super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        """Parse the request line and headers; refuse a Content-Length that is not plain digits."""
+        if not super().parse_request():
+            return False
+        lengths = self.headers.get_all("Content-Length") or []
+        if len(lengths) > 1:
+            self.send_error(400, "more than one Content-Length header")
+            return False
+        if lengths and not _CONTENT_LENGTH.fullmatch(lengths[0]):
+            self.send_error(400, "Content-Length must be 1 to 16 digits")
+            return False
+        return True
 
     def do_GET(self) -> None:
         """``GET /v1/status``."""
         with self._context():
+            # Not read and not ignored: left unread, a body would be parsed as the next request.
+            if "Transfer-Encoding" in self.headers or int(self.headers.get("Content-Length", 0)):
+                self._send(400, {"error": "a GET request may not have a body"})
+                return
             if self.path.split("?", 1)[0] != "/v1/status":
                 self._send(404, {"error": f"no such resource {self._path()}; try /v1/status"})
                 return
@@ -189,14 +257,14 @@ class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         self.installer = installer
         self.allowed_uids = frozenset(installer.config.allowed_uids)
         self.request_timeout = installer.config.request_timeout
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.slots = Slots(self.allowed_uids | {0})
         super().__init__(str(sock.getsockname()), Handler, bind_and_activate=False)
         self.socket.close()
         self.socket = sock
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        """Serve in a thread, unless MAX_CONNECTIONS are already being served."""
-        if not self._slots.acquire(blocking=False):
+        """Serve in a thread, unless the peer's uid may not take another slot now."""
+        if not self.slots.take(client_address[1]):
             with contextlib.suppress(OSError):
                 request.sendall(_TOO_MANY)
             self.shutdown_request(request)
@@ -208,12 +276,48 @@ class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._slots.release()
+            self.slots.give_back(client_address[1])
 
     def get_request(self) -> tuple[socket.socket, Any]:
-        """Accept, with the peer's address replaced by something printable."""
+        """Accept; the address is ("unix", the peer's uid from SO_PEERCRED)."""
         conn, _ = self.socket.accept()
-        return conn, "unix"
+        try:
+            creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            uid = struct.unpack("3i", creds)[1]
+        except OSError:
+            uid = -1  # counted as a peer outside allowed_uids
+        return conn, ("unix", uid)
+
+
+class Slots:
+    """Who may take one of the MAX_CONNECTIONS slots: some are kept for the privileged uids."""
+
+    def __init__(self, privileged: frozenset[int]) -> None:
+        self.privileged = privileged
+        self._lock = threading.Lock()
+        self._by_uid: dict[int, int] = {}
+
+    def take(self, uid: int) -> bool:
+        """Take a slot for a connection from ``uid``; False if it may not have one now."""
+        with self._lock:
+            total = sum(self._by_uid.values())
+            if total >= MAX_CONNECTIONS:
+                return False
+            if uid not in self.privileged:
+                others = sum(n for u, n in self._by_uid.items() if u not in self.privileged)
+                if others >= MAX_CONNECTIONS - RESERVED_SLOTS:
+                    return False
+                if self._by_uid.get(uid, 0) >= MAX_PER_OTHER_UID:
+                    return False
+            self._by_uid[uid] = self._by_uid.get(uid, 0) + 1
+            return True
+
+    def give_back(self, uid: int) -> None:
+        """Return the slot a connection from ``uid`` held."""
+        with self._lock:
+            self._by_uid[uid] -= 1
+            if not self._by_uid[uid]:
+                del self._by_uid[uid]
 
 
 def inherited_socket() -> socket.socket | None:
