@@ -118,6 +118,7 @@ def hostile(tmp_path_factory: pytest.TempPathFactory, moto: MotoServer) -> Itera
     ca = make_ca("trustinstaller review CA")
     arn = moto.put_secret(unique("review"), ca.pem)
     (base / "manifest.json").write_bytes(manifest(session=[arn]))
+    (base / "ca.pem").write_text(ca.pem)
     (base / "config.toml").write_text(
         'state_dir = "/run/trustinstaller"\n'
         'socket = "/run/trustinstaller/trustinstaller.sock"\n'
@@ -185,4 +186,26 @@ def test_a_user_tracing_its_own_certutil_cannot_hang_the_install(hostile: Hostil
     assert took < INSTALL_BOUND, (
         f"apply took {took:.0f} s with certutil_timeout={CERTUTIL_TIMEOUT} ({outcome}); "
         f"tracer: {out.decode(errors='replace').strip()}"
+    )
+
+
+def test_a_browser_user_cannot_veto_the_install_for_the_other_stores(hostile: Hostile) -> None:
+    """A browser user who breaks its own home does not keep the session's CA from the OS store.
+
+    ``touch ~/.local`` (a file where a directory is expected) makes the user-side mkdir of
+    ~/.local/share/pki fail; that one store failing rolls back every store, so the OS store,
+    root's database and the runtime environment never get the CA and the session never locks,
+    at every retry, for as long as the file stays. The user's own databases are its business;
+    the other stores are not.
+    """
+    home = hostile.user.home
+    assert hostile.as_user(f"touch {home}/.local").returncode == 0
+    done = hostile.agent("apply", str(hostile.manifest), timeout=INSTALL_BOUND)
+    status = hostile.agent("status", "--json", timeout=60)
+    bundle = hostile.ns.run(["cat", "/etc/ssl/certs/ca-certificates.crt"])
+    ca_pem_line = Path(hostile.manifest.with_name("ca.pem")).read_text().splitlines()[1]
+    in_os_bundle = ca_pem_line in bundle.stdout
+    assert in_os_bundle, (
+        f"the OS bundle lacks the CA after apply (exit {done.returncode}): "
+        f"{done.stderr[-600:]}\nstatus: {status.stdout[-600:]}"
     )
