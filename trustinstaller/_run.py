@@ -34,6 +34,8 @@ OUTPUT_CAP = 1024 * 1024
 _PIPE_CHUNK = 65536
 # How long output may still be read after the child exited.
 _DRAIN = 1.0
+# How long a killed child may take to be reaped before we stop waiting for it.
+_REAP = 2.0
 # A user's process gets this PATH, not ours: only root's system directories.
 USER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -154,15 +156,14 @@ def run(
     try:
         out, err, finished = _collect(proc, input, timeout)
     except BaseException:
-        _kill_group(proc)
-        proc.wait()
+        _kill(proc)
         raise
     if not finished:
-        _kill_group(proc)
-        proc.wait()
+        reaped = _kill(proc)
         raise HostError(
             args,
-            f"timed out after {timeout:g} s and was killed",
+            f"timed out after {timeout:g} s and was killed"
+            + ("" if reaped else f"; it could not be reaped within {_REAP:g} s (traced?)"),
             output=_text(err) or _text(out),
         )
     result = Result(args, proc.returncode, _text(out), _text(err))
@@ -237,9 +238,21 @@ def _collect(
     return bytes(bufs[out_fd]), bytes(bufs[err_fd]), True
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+def _kill(proc: subprocess.Popen[bytes]) -> bool:
+    """SIGKILL the child's process group; wait for it, but never without end. True if reaped.
+
+    A child traced by another process (a user may trace its own) is reported to its tracer
+    first: until the tracer lets go, waitpid cannot see it, however dead it is. Waiting for it
+    without a bound would hand that user the daemon. An unreaped child stays a zombie, and
+    subprocess reaps it later.
+    """
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
+    try:
+        proc.wait(timeout=_REAP)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
 
 
 def _text(data: bytes | None) -> str:

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from trustinstaller import log
 from trustinstaller.errors import TrustInstallerError
 from trustinstaller.state import StateDir, now_iso
 from trustinstaller.stores import Entry, Recorder, Store
@@ -61,19 +62,40 @@ def apply(
     state: StateDir,
     summary: dict[str, Any],
     store_named: Callable[[str], Store],
-) -> None:
+) -> dict[str, str]:
     """Install ``certs`` into every store and verify; on any failure roll everything back.
 
-    An NSS database depends on no other store, so each one is installed and verified in a
-    thread of its own while the other stores run in order on this thread: certutil then
-    overlaps update-ca-certificates and its hooks, the slowest step. The journal records every
-    step before it is taken, whichever thread takes it, and every branch has finished before
-    a rollback starts, so the rollback never races a store command.
+    A store that depends on no other (an NSS database) is installed and verified in a thread of
+    its own while the other stores run in order on this thread: certutil then overlaps
+    update-ca-certificates and its hooks, the slowest step. The journal records every step
+    before it is taken, whichever thread takes it, and every branch has finished before a
+    rollback starts, so the rollback never races a store command.
+
+    An optional store (a user's own NSS database) that fails is rolled back alone, and the
+    install goes on without it: that user controls the store and could otherwise veto the
+    install for everyone. Returns {store name: reason} for those; the summary's certificates
+    lose the store and gain a warning.
     """
     # In order: the runtime-env store copies the bundle that the OS store just regenerated.
-    serial = [s for s in stores if not s.name.startswith("nss:")]
-    parallel = [s for s in stores if s.name.startswith("nss:")]
+    serial = [s for s in stores if not s.parallel]
+    parallel = [s for s in stores if s.parallel]
     journal_lock = threading.Lock()
+    skipped: dict[str, str] = {}
+
+    def tolerant(step: Callable[[Store], None]) -> Callable[[Store], None]:
+        def run(store: Store) -> None:
+            if store.name in skipped:
+                return
+            try:
+                step(store)
+            except TrustInstallerError as exc:
+                if not store.optional:
+                    raise
+                with journal_lock:
+                    skipped[store.name] = " ".join(str(exc).split())[:500]
+                log.get().warning("store_skipped", store=store.name, error=skipped[store.name])
+
+        return run
 
     def on_every_store(step: Callable[[Store], None]) -> None:
         futures = [pool.submit(step, s) for s in parallel]
@@ -98,12 +120,16 @@ def apply(
     with concurrent.futures.ThreadPoolExecutor(
         max_workers=max(1, len(parallel)), thread_name_prefix="store"
     ) as pool:
-        on_every_store(lambda s: s.preflight())
+        on_every_store(tolerant(lambda s: s.preflight()))
         journal = Journal(state, summary)
         try:
-            on_every_store(install)
+            on_every_store(tolerant(install))
             journal.set_phase(VERIFYING)
-            on_every_store(lambda s: s.verify(certs))
+            on_every_store(tolerant(lambda s: s.verify(certs)))
+            by_store = _entries_by_store(journal.data)
+            for s in stores:
+                if s.name in skipped:
+                    s.rollback(by_store.get(s.name, []))
         except BaseException as exc:
             # Even when this thread was interrupted: no store command may still be running.
             pool.shutdown(wait=True)
@@ -117,13 +143,26 @@ def apply(
                 raise exc from rb_exc
             state.clear_journal()
             raise
+        for cert in summary.get("certificates", []):
+            cert["stores"] = [n for n in cert["stores"] if n not in skipped]
+            cert["warnings"] += [
+                f"not installed in {name}, which failed and was rolled back alone: {why}"
+                for name, why in skipped.items()
+            ]
+        journal.data["summary"] = summary
         journal.set_phase(COMMITTED)
+    return skipped
+
+
+def _entries_by_store(journal: dict[str, Any]) -> dict[str, list[Entry]]:
+    by_store: dict[str, list[Entry]] = {}
+    for entry in journal.get("entries", []):
+        by_store.setdefault(entry["store"], []).append(entry)
+    return by_store
 
 
 def rollback(journal: dict[str, Any], store_named: Callable[[str], Store]) -> None:
     """Undo a journal's entries, stores in reverse order of first appearance."""
-    by_store: dict[str, list[Entry]] = {}
-    for entry in journal.get("entries", []):
-        by_store.setdefault(entry["store"], []).append(entry)
+    by_store = _entries_by_store(journal)
     for name in reversed(list(by_store)):
         store_named(name).rollback(by_store[name])

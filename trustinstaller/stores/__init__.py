@@ -29,6 +29,14 @@ class Store(Protocol):
     def name(self) -> str:
         """The store's name in journal entries and status answers."""
 
+    @property
+    def parallel(self) -> bool:
+        """Whether it depends on no other store, so may run in a thread beside them."""
+
+    @property
+    def optional(self) -> bool:
+        """Whether its failure is a warning rather than the install's (a user's own database)."""
+
     def preflight(self) -> None:
         """Check the tools and paths are usable, before anything is written."""
 

@@ -68,6 +68,8 @@ class DebianStore:
     command: str = "update-ca-certificates"
     timeout: float = 300.0
     name: str = "os"
+    parallel: bool = False
+    optional: bool = False
 
     def preflight(self) -> None:
         """The local directory and the bundle directory must exist, reached through root's own."""

@@ -123,6 +123,8 @@ class FirefoxStore:
 
     policies: Path
     os_paths: DebianPaths = field(default_factory=DebianPaths)
+    parallel: bool = False  # its policy names the OS store's .crt files: after that store
+    optional: bool = False
 
     @property
     def name(self) -> str:

@@ -127,6 +127,12 @@ class NssStore:
     command: str = "certutil"
     timeout: float = 30.0
     python: str = field(default_factory=lambda: user_python())
+    parallel: bool = True  # depends on no other store
+
+    @property
+    def optional(self) -> bool:
+        """A user's own database: the user could make it fail at will (see transaction.apply)."""
+        return self.database.owner is not None
 
     @property
     def name(self) -> str:

@@ -131,6 +131,8 @@ class RuntimeEnvStore:
     directory: Path
     os_bundle: Path
     name: str = "env"
+    parallel: bool = False
+    optional: bool = False
     # Where the OS store writes our .crt files, which the Firefox policy names.
     certs_dir: Path = field(default_factory=lambda: DebianPaths().our_dir)
 
