@@ -7,6 +7,9 @@ packages="ca-certificates libnss3-tools openssl curl util-linux python3 python3-
 # The clients the end-to-end tests prove (tests/test_clients.py): Chromium reads NSS, Node reads
 # NODE_EXTRA_CA_CERTS, and ca-certificates-java's update hook feeds the JVM's keystore.
 packages="$packages chromium nodejs default-jre-headless ca-certificates-java"
+# The privilege-separation attacks (tests/test_privsep.py): gcc builds the hostile user's
+# renameat2 swapper and its shared library; strace records which uid touched which path.
+packages="$packages gcc strace"
 if [ "$#" -gt 0 ]; then
     packages="$packages $*"
 fi
