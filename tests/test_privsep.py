@@ -22,13 +22,18 @@ from pathlib import Path
 import pytest
 
 from tests.support import attack, strace_uids
-from tests.support.attack import ROOT_PKI, Arena
+from tests.support.attack import ROOT_DB, ROOT_PKI, Arena
 from tests.support.moto import MotoServer
 from tests.support.shims import write_shim
 
 pytestmark = pytest.mark.root
 
 RACE_TRIES = 20
+# The chown race is the narrowest (a stat, then a chown by path): more tries.
+CHOWN_TRIES = 30
+# Between two exchanges: the loop flips ~10,000 times a second, fast against certutil's startup,
+# yet leaves root's install a core of its own on a 2-core machine.
+SWAP_PAUSE_US = 20
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +57,11 @@ def fresh(arena: Arena, tmp_path: Path) -> Iterator[Arena]:
     yield arena
     arena.shims = None
     arena.restore_root()
+
+
+# update-ca-certificates fails after 2 s (the NSS work is done by then); the rollback's own
+# run (--fresh) passes through to the real one.
+FAIL_LATE = 'case "$1" in --fresh) ;; *) sleep 2; exit 1;; esac'
 
 
 def slow_update(arena: Arena, tmp_path: Path, body: str = "sleep 2") -> None:
@@ -87,22 +97,26 @@ class RaceTally:
         )
 
 
-def race(arena: Arena, layout: str, tries: int = RACE_TRIES) -> RaceTally:
-    """Flip ~/.pki between a symlink to root's pki directory and a directory of the user's own
-    (``layout``: 'evil-db', 'plain-db' or 'empty') in a loop, while root runs ``tries`` installs.
+def race(arena: Arena, layouts: list[tuple[str, str]], tries: int = RACE_TRIES) -> RaceTally:
+    """Exchange ~/.pki with ~/.swap in a loop while root runs ``tries`` installs, each in a fresh
+    session. Try n takes layout n modulo their number, (what the user's ~/.swap holds, the root
+    path ~/.pki starts linked to): 'evil-db' is a database whose pkcs11.txt names evil.so,
+    'plain-db' one without, 'empty' nothing.
     """
     tally = RaceTally()
     home = arena.home
     for n in range(tries):
+        layout, target = layouts[n % len(layouts)]
         arena.reset()
-        if layout != "empty" and not (layout == "mixed" and n % 2):
-            arena.user_db(f"{home}/.swap/nssdb", evil=layout == "evil-db")
-        else:
+        if layout == "empty":
             arena.user_run(f'mkdir "{home}/.swap"')
-        arena.user_run(f'ln -s {ROOT_PKI} "{home}/.pki"')
+        else:
+            arena.user_db(f"{home}/.swap/nssdb", evil=layout == "evil-db")
+        arena.user_run(f'ln -s {target} "{home}/.pki"')
         before = arena.root_state()
-        swapper = arena.user_popen([str(arena.tools / "swap"), f"{home}/.pki", f"{home}/.swap",
-                                    "120"])  # fmt: skip
+        argv = [str(arena.tools / "swap"), f"{home}/.pki", f"{home}/.swap", "120",
+                str(SWAP_PAUSE_US)]  # fmt: skip
+        swapper = arena.user_popen(argv)
         try:
             time.sleep(0.05)  # the loop is running before root starts
             done = arena.apply()
@@ -120,8 +134,9 @@ def race(arena: Arena, layout: str, tries: int = RACE_TRIES) -> RaceTally:
         if changes:
             tally.root_changed.append(n + 1)
             tally.details.append(f"try {n + 1}: root's home changed: {changes}")
-        stolen = [k for k, v in before.items() if v[1] == 0 and k in after
-                  and after[k][1] == arena.user.uid]  # fmt: skip
+        # Anything under root's home that is now the user's: handed over, whether it was there
+        # before (root's database files) or root made it during the install.
+        stolen = [k for k, v in after.items() if v[1] == arena.user.uid]
         if stolen:
             tally.given_to_user.append(n + 1)
             tally.details.append(f"try {n + 1}: now the user's: {stolen}")
@@ -133,16 +148,20 @@ def test_swapping_pki_never_makes_root_load_the_users_pkcs11_module(fresh: Arena
     """With ~/.pki flipped in a loop between root's pki directory and the user's database whose
     pkcs11.txt names the user's library, that library never runs as root and root's database
     never changes, in any of 20 installs."""
-    tally = race(fresh, "evil-db")
+    tally = race(fresh, [("evil-db", ROOT_PKI)])
     assert not tally.ran_as_root, tally.summary()
     assert not tally.root_changed, tally.summary()
 
 
-def test_swapping_pki_never_hands_root_owned_files_to_the_user(fresh: Arena) -> None:
-    """With ~/.pki flipped in a loop between root's pki directory and a directory of the user's
-    (holding a database on even tries, empty on odd ones, so both the create and the existing
-    paths run), nothing root owned is owned by the user after any of 20 installs."""
-    tally = race(fresh, "mixed")
+def test_swapping_pki_never_hands_anything_in_roots_home_to_the_user(fresh: Arena) -> None:
+    """With ~/.pki flipped in a loop between a directory of the user's and a symlink into root's
+    pki directory, nothing under root's home is owned by the user after any of 30 installs.
+
+    Even tries: the user's database against root's pki directory (root stats the database
+    directory, then lstats and chowns each file by path). Odd tries: an empty directory against
+    root's database directory (root stats the parent, makes nssdb, then chowns it by path).
+    """
+    tally = race(fresh, [("plain-db", ROOT_PKI), ("empty", ROOT_DB)], tries=CHOWN_TRIES)
     assert not tally.given_to_user, tally.summary()
 
 
@@ -194,7 +213,7 @@ def test_a_dangling_pki_given_a_target_in_roots_home_never_lets_the_rollback_del
 ) -> None:
     """~/.pki is a dangling link; while the install runs, the user gives it a target in root's
     home (before the rollback): root's database is still there, byte for byte."""
-    slow_update(fresh, tmp_path, "sleep 2; exit 1")  # the install fails late and rolls back
+    slow_update(fresh, tmp_path, FAIL_LATE)  # the install fails late and rolls back
     home = fresh.home
     damaged: list[str] = []
     staged = 0
@@ -351,7 +370,8 @@ STRACE_SNIPPET = """\
 102 --- SIGSTOP {si_signo=SIGSTOP, si_code=SI_USER, si_pid=7, si_uid=64100} ---
 101 unlinkat(4</home/b/.pki/nssdb>, "key4.db", 0) = 0
 100 fork()                            = 103
-103 setreuid(-1, 64100)               = 0
+103 setreuid(-1, 64100 <unfinished ...>
+103 <... setreuid resumed>)           = 0
 103 mkdir("/home/b/.local", 0700)     = 0
 103 setuid(0)                         = -1 EPERM (Operation not permitted)
 103 rmdir("/home/b/.local")           = 0
@@ -409,9 +429,14 @@ def test_mentions_looks_at_the_arguments_only(line: str, path: str, expected: bo
     assert strace_uids.mentions(call, path) is expected
 
 
+# -s 4096: strace cuts strings at 32 characters by default, which would cut a path under the
+# home short of the home itself and hide it from the recorder.
+STRACE_FLAGS = ("-f", "-qq", "-y", "-s", "4096", "-e", "trace=%file,%creds,%process")
+
+
 def strace_apply(arena: Arena, out: Path) -> tuple[int, list[strace_uids.Call]]:
     """Run one ``trustinstaller apply`` under strace -f; its exit status and every call."""
-    prefix = ["strace", "-f", "-qq", "-y", "-e", "trace=%file,%creds,%process", "-o", str(out)]
+    prefix = ["strace", *STRACE_FLAGS, "-o", str(out)]
     proc, _ = arena.start_apply(prefix=prefix)
     proc.communicate(timeout=300)
     return proc.returncode, strace_uids.parse(out.read_text().splitlines())
@@ -423,7 +448,7 @@ def test_no_process_running_as_root_touches_the_home_during_an_install_or_a_roll
     """Under strace -f, during one rollback (update-ca-certificates fails after the NSS work)
     and one install, every syscall naming a path under the home is made by the user's uid."""
     home = str(fresh.home)
-    slow_update(fresh, tmp_path, "sleep 2; exit 1")
+    slow_update(fresh, tmp_path, FAIL_LATE)
     rc, rollback_calls = strace_apply(fresh, tmp_path / "rollback.strace")
     assert rc != 0, "the failing update-ca-certificates did not fail the install"
     fresh.shims = None
@@ -446,8 +471,7 @@ def test_the_uid_recorder_flags_a_deliberate_root_access_to_the_home(
     user = fresh.user
     script = (f'stat "{home}" >/dev/null; setpriv --reuid={user.uid} --regid={user.uid} '
               f'--clear-groups -- stat "{home}/evil.log" >/dev/null')  # fmt: skip
-    done = fresh.ns.run(["strace", "-f", "-qq", "-y", "-e", "trace=%file,%creds,%process",
-                         "-o", str(out), "sh", "-c", script])  # fmt: skip
+    done = fresh.ns.run(["strace", *STRACE_FLAGS, "-o", str(out), "sh", "-c", script])
     assert done.returncode == 0, done.stderr
     calls = strace_uids.parse(out.read_text().splitlines())
     flagged = strace_uids.root_calls_under(calls, home)

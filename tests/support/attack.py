@@ -46,9 +46,11 @@ SWAP_C = r"""
 static volatile sig_atomic_t stop;
 static void on_term(int sig) { (void)sig; stop = 1; }
 
-/* swap A B SECONDS: exchange A and B until SIGTERM or SECONDS pass; end as they began. */
+/* swap A B SECONDS PAUSE_US: exchange A and B until SIGTERM or SECONDS pass, pausing PAUSE_US
+   microseconds between exchanges (so root's install still gets a core); end as they began. */
 int main(int argc, char **argv) {
-    if (argc != 4) return 2;
+    if (argc != 5) return 2;
+    struct timespec pause = {0, atol(argv[4]) * 1000L};
     signal(SIGTERM, on_term);
     double limit = atof(argv[3]);
     struct timespec t0, t;
@@ -60,7 +62,8 @@ int main(int argc, char **argv) {
             return 1;
         }
         n++;
-        if ((n & 1023) == 0) {
+        if (pause.tv_nsec) nanosleep(&pause, NULL);
+        if ((n & 255) == 0) {
             clock_gettime(CLOCK_MONOTONIC, &t);
             if ((t.tv_sec - t0.tv_sec) + (t.tv_nsec - t0.tv_nsec) / 1e9 > limit) break;
         }

@@ -57,7 +57,7 @@ def parse(lines: Iterable[str], initial_uid: int = 0) -> list[Call]:
         resumed = _RESUMED.match(rest)
         if resumed:
             name, tail = resumed.group(1), resumed.group(2)
-            head, _, start = pending.pop(pid, (name, "", no))
+            _, head, start = pending.pop(pid, (name, "", no))
             text = head + tail
         else:
             call = _CALL.match(rest)
