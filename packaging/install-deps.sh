@@ -15,6 +15,9 @@ packages="$packages firefox-esr"
 if ! command -v npm >/dev/null 2>&1; then
     packages="$packages npm"
 fi
+# The privilege-separation attacks (tests/test_privsep.py): gcc builds the hostile user's
+# renameat2 swapper and its shared library; strace records which uid touched which path.
+packages="$packages gcc strace"
 if [ "$#" -gt 0 ]; then
     packages="$packages $*"
 fi
