@@ -23,7 +23,6 @@ from tests.test_install import manifest, unique
 from trustinstaller.config import Config
 from trustinstaller.errors import HostError, LockedError
 from trustinstaller.installer import Installer
-from trustinstaller.stores.debian import bundle_ders
 
 
 def nss_dir(config: Config) -> Path:
@@ -137,7 +136,7 @@ def test_failed_rollback_is_retried_at_the_next_start(
     broken = shims / "update-ca-certificates.state" / "broken"
     broken.touch()
     before = store_state(config)
-    before_bundle = bundle_ders(config.os_store.bundle)
+    before_bundle = config.os_store.bundle.read_bytes()
     with pytest.raises(HostError, match="update-ca-certificates"):
         Installer(config).submit(manifest(two_cas))
     status = Installer(config).status()
@@ -149,7 +148,7 @@ def test_failed_rollback_is_retried_at_the_next_start(
     journal = json.loads(journal_file(config).read_text())
     assert journal["phase"] == "applying"
     # The bundle still holds the refused install's CAs: only the retry can take them out.
-    assert bundle_ders(config.os_store.bundle) != before_bundle
+    assert config.os_store.bundle.read_bytes() != before_bundle
 
     # While the fault lasts, the next start tries again, fails, and keeps the journal.
     with pytest.raises(HostError):
