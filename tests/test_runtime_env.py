@@ -10,6 +10,7 @@ import re
 import shutil
 import stat
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -243,7 +244,8 @@ def test_combined_bundle_passes_a_real_handshake(tmp_path: Path) -> None:
     store = make_store(tmp_path)
     ca = make_ca("handshake")
     with https_server(ca) as url:
-        assert handshake(url, store.os_bundle) is not None
+        # Refused for the right reason: the CA is unknown (a refused connection would not do).
+        assert "CERTIFICATE_VERIFY_FAILED" in (handshake(url, store.os_bundle) or "")
         store.install([trusted(ca)], Journal())
         assert handshake(url, store.directory / "ca-bundle.pem") is None
         assert handshake(url, store.directory / "custom-cas.pem") is None
@@ -302,9 +304,36 @@ def test_bad_nss_databases_are_refused(value: object, message: str) -> None:
         config.from_mapping({"nss_databases": value})
 
 
-def test_neither_key_keeps_roots_default() -> None:
-    """With neither key, the databases are root's default, as before."""
-    assert config.from_mapping({}).nss_databases == config.default_nss_databases()
+# In a new mount namespace, root's home gets a throwaway overlay (writes land in $1, never in
+# the host's /root), with or without ~/.pki/nssdb; then the configuration's default is printed.
+ROOT_HOME_OVERLAY = r"""
+set -eu
+scratch=$1; legacy=$2; home=$3; shift 3
+mkdir -p "$scratch/upper" "$scratch/work"
+mount -t overlay overlay -o "lowerdir=$home,upperdir=$scratch/upper,workdir=$scratch/work" "$home"
+mountpoint -q "$home"
+rm -rf "$home/.pki"
+[ "$legacy" = no ] || mkdir -p "$home/.pki/nssdb"
+exec "$@"
+"""
+
+
+@pytest.mark.root
+@pytest.mark.parametrize(
+    ("legacy", "expected"), [("no", ".local/share/pki/nssdb"), ("yes", ".pki/nssdb")]
+)
+def test_neither_key_keeps_roots_default(tmp_path: Path, legacy: str, expected: str) -> None:
+    """With neither key: root's own database, ~/.pki/nssdb if it exists, else the newer path."""
+    home = Account.lookup("root").home
+    done = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", ROOT_HOME_OVERLAY, "sh",
+         str(tmp_path), legacy, str(home), sys.executable, "-c",
+         "from trustinstaller import config\n"
+         "for db in config.from_mapping({}).nss_databases: print(db.spec, db.owner)"],
+        capture_output=True, text=True, timeout=60, check=False, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [f"sql:{home / expected} None"]
 
 
 @pytest.mark.parametrize(

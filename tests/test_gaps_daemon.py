@@ -1,0 +1,238 @@
+"""The daemon's socket and state directory at start, and a PUT without Content-Length.
+
+Each test drives the real ``trustinstaller`` process (or Installer.prepare, what the daemon calls
+at start) and checks what is on disk or on the wire: the socket's mode and group, what happens
+to a leftover at the socket's path, and the state directory's owner and mode.
+"""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from tests.support.daemon import Daemon, request, write_config
+from trustinstaller.config import Config
+from trustinstaller.installer import Installer
+
+OTHER_UID = 65534  # nobody
+GROUP = "nogroup"  # gid 65534 on Debian
+
+# Run as another uid by the venv's python: connect to the socket and GET /v1/status, or PUT {}
+# with PUT as the second argument; print the status line, or the connect error's errno name.
+CLIENT = r"""
+import errno, socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.settimeout(30)
+try:
+    s.connect(sys.argv[1])
+except OSError as exc:
+    print(errno.errorcode[exc.errno])
+    sys.exit(0)
+if sys.argv[2:] == ["PUT"]:
+    s.sendall(b"PUT /v1/manifest HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+else:
+    s.sendall(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n")
+print(s.recv(4096).split(b"\r\n", 1)[0].decode())
+"""
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A root-owned 0755 directory outside pytest's 0700 tree, so another uid can reach it."""
+    d = Path(tempfile.mkdtemp(prefix="trustinstaller-gaps-"))
+    d.chmod(0o755)
+    yield d
+    subprocess.run(["rm", "-rf", "--one-file-system", str(d)], check=True)
+
+
+def as_uid(
+    uid: int, gid: int, *argv: str, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` with only this uid and gid, no supplementary groups."""
+    return subprocess.run(
+        ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", *argv],
+        capture_output=True, text=True, timeout=60, check=False, cwd="/", input=input,
+        stdin=None if input is not None else subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def client(uid: int, gid: int, sock: Path, method: str = "GET") -> str:
+    """What a client with this uid and gid gets from the socket."""
+    done = as_uid(uid, gid, sys.executable, "-I", "-c", CLIENT, str(sock), method)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def serve(config_path: Path, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """``trustinstaller serve`` expected to refuse to start: it must exit within ``timeout``."""
+    return subprocess.run(
+        [sys.executable, "-m", "trustinstaller", "--config", str(config_path), "serve"],
+        capture_output=True, text=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def start_keeping_socket_path(config_path: Path, sock: Path) -> subprocess.Popen[str]:
+    """Start the daemon without clearing its socket path first (Daemon.start would)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trustinstaller", "--config", str(config_path), "serve"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            request(sock, "GET", "/v1/status")
+            break
+        except OSError:
+            time.sleep(0.05)
+    return proc
+
+
+def stop(proc: subprocess.Popen[str]) -> str:
+    """SIGTERM (if still running), wait, and return what it printed."""
+    if proc.poll() is None:
+        proc.terminate()
+    out, _ = proc.communicate(timeout=30)
+    return out
+
+
+# -- the socket -----------------------------------------------------------------------------
+
+
+def test_put_without_content_length_is_411(config: Config, tmp_path: Path) -> None:
+    """A PUT with no Content-Length (and no chunking) is answered 411 and installs nothing."""
+    sock = tmp_path / "d" / "ti.sock"
+    sock.parent.mkdir()
+    with Daemon(write_config(replace(config, socket=sock), tmp_path / "c.toml"), sock) as d:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(30)
+            s.connect(str(sock))
+            s.sendall(b"PUT /v1/manifest HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                      b"\r\n\r\n{}")  # fmt: skip
+            answer = b""
+            while chunk := s.recv(4096):
+                answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 411 "), answer
+        assert json.loads(body) == {"error": "Content-Length is required"}
+        assert d.status()["state"] == "open"
+
+
+def test_stale_socket_is_removed_at_bind(config: Config, tmp_path: Path) -> None:
+    """A socket file left by a dead daemon is replaced: the new daemon binds and answers there."""
+    sock = tmp_path / "d" / "ti.sock"
+    sock.parent.mkdir()
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(sock))
+    stale.close()  # the file stays; nothing listens on it
+    with pytest.raises(ConnectionRefusedError):
+        request(sock, "GET", "/v1/status")
+    proc = start_keeping_socket_path(write_config(replace(config, socket=sock),
+                                                  tmp_path / "c.toml"), sock)  # fmt: skip
+    try:
+        assert request(sock, "GET", "/v1/status")[0] == 200
+        assert stat.S_ISSOCK(sock.lstat().st_mode)
+    finally:
+        out = stop(proc)
+    assert proc.returncode == 0, out
+
+
+def test_a_file_at_the_socket_path_is_not_removed(config: Config, tmp_path: Path) -> None:
+    """Only a socket counts as stale: a regular file there is left as it is; no daemon runs."""
+    sock = tmp_path / "d" / "ti.sock"
+    sock.parent.mkdir()
+    sock.write_text("not a socket\n")
+    done = serve(write_config(replace(config, socket=sock), tmp_path / "c.toml"))
+    assert done.returncode != 0
+    assert sock.read_text() == "not a socket\n"
+
+
+@pytest.mark.root
+def test_socket_group_makes_the_socket_0660_for_that_group(
+    config: Config, tmp_path: Path, open_dir: Path
+) -> None:
+    """With socket_group, the socket is 0660 root:group: a member connects, others may not."""
+    assert os.geteuid() == 0, "this test runs as root in CI"
+    gid = grp.getgrnam(GROUP).gr_gid
+    sock = open_dir / "ti.sock"
+    cfg = write_config(replace(config, socket=sock, socket_group=GROUP), tmp_path / "c.toml")
+    with Daemon(cfg, sock):
+        st = sock.lstat()
+        assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o660, 0, gid)
+        assert client(OTHER_UID, gid, sock) == "HTTP/1.1 200 OK"
+        # Connecting is not submitting: SO_PEERCRED still refuses a uid not in allowed_uids.
+        assert client(OTHER_UID, gid, sock, "PUT") == "HTTP/1.1 403 Forbidden"
+        assert client(OTHER_UID, gid + 1, sock) == "EACCES"
+
+
+@pytest.mark.root
+def test_without_socket_group_the_socket_is_0600(
+    config: Config, tmp_path: Path, open_dir: Path
+) -> None:
+    """Without socket_group, the socket is 0600 root's: that group's member cannot connect."""
+    gid = grp.getgrnam(GROUP).gr_gid
+    sock = open_dir / "ti.sock"
+    with Daemon(write_config(replace(config, socket=sock), tmp_path / "c.toml"), sock):
+        st = sock.lstat()
+        assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o600, 0, 0)
+        assert client(OTHER_UID, gid, sock) == "EACCES"
+
+
+# -- the state directory --------------------------------------------------------------------
+
+
+def test_state_dir_mode_0755_is_narrowed_to_0700(config: Config) -> None:
+    """A state directory of ours left 0755 is made 0700 at start, and the start goes on."""
+    config.state_dir.mkdir(mode=0o755)
+    config.state_dir.chmod(0o755)
+    assert Installer(config).prepare()["state"] == "open"
+    assert stat.S_IMODE(config.state_dir.stat().st_mode) == 0o700
+
+
+@pytest.mark.root
+def test_state_dir_owned_by_another_uid_is_refused_at_start(config: Config, tmp_path: Path) -> None:
+    """The daemon refuses to start on a state directory another uid owns, and says which."""
+    assert os.geteuid() == 0, "this test runs as root in CI"
+    config.state_dir.mkdir(mode=0o700)
+    os.chown(config.state_dir, OTHER_UID, OTHER_UID)
+    sock = tmp_path / "d" / "ti.sock"
+    sock.parent.mkdir()
+    done = serve(write_config(replace(config, socket=sock), tmp_path / "c.toml"))
+    assert done.returncode == 1, done.stderr
+    assert f"trustinstaller: state directory {config.state_dir}: " in done.stderr
+    assert "is owned by" in done.stderr
+    assert "fix or remove it" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not sock.exists()
+    # Nothing was written into it or changed about it.
+    assert list(config.state_dir.iterdir()) == []
+    st = config.state_dir.stat()
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (OTHER_UID, 0o700)
+
+
+@pytest.mark.root
+def test_state_dir_of_root_is_refused_to_another_uid(config: Config, open_dir: Path) -> None:
+    """Run as another uid, ``apply`` refuses a state directory root owns, before any install."""
+    state = open_dir / "state"
+    state.mkdir()
+    state.chmod(0o755)  # readable, so that the refusal is ours and not the kernel's EACCES
+    cfg_path = write_config(replace(config, state_dir=state, socket=state / "ti.sock"),
+                            open_dir / "c.toml")  # fmt: skip
+    cfg_path.chmod(0o644)
+    done = as_uid(OTHER_UID, OTHER_UID, sys.executable, "-m", "trustinstaller",
+                  "--config", str(cfg_path), "apply", "-", input="{}")  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"trustinstaller: state directory {state}: is owned by another user" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert list(state.iterdir()) == []
