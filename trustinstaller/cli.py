@@ -68,6 +68,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.outcome.exit_code
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # noqa: BLE001 (no traceback for a user: the type, and the log)
+        log.get().error("internal_error", error=type(exc).__name__)
+        print(f"trustinstaller: internal error ({type(exc).__name__}); this is a bug: "
+              "please report it with the log above", file=sys.stderr)  # fmt: skip
+        return Outcome.INTERNAL.exit_code
 
 
 def _parser() -> argparse.ArgumentParser:
