@@ -24,6 +24,7 @@ ALLOWED_FIELDS = frozenset(
         "duration_ms",
         "error",
         "errors",
+        "fetch",
         "fingerprint_sha256",
         "kind",
         "level_name",
