@@ -19,8 +19,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import certifi
-
 from trustinstaller.errors import FetchError
 from trustinstaller.manifest import CertificateRef, Credentials
 
@@ -108,6 +106,7 @@ def client_factory(
     ca_bundle: str | None = None,
 ) -> ClientFactory:
     """Return ``region -> client`` for these credentials; ``None``: botocore's default chain."""
+    import certifi
     from botocore.config import Config
 
     session = _session()
