@@ -42,9 +42,10 @@ def test_throttling_that_ends_before_the_deadline_installs(
 ) -> None:
     """A session throttled for its first 6 calls retries and installs; status and log count them."""
     arns = [moto.put_secret(unique(), make_ca(f"throttled {i}").pem) for i in range(3)]
-    # 6 throttled calls can cost one fetch at most 0.25+0.5+1+2+4+8 s of backoff: under 30 s.
+    # 6 throttled calls cost one fetch at most 0.25+0.5+1+2+4+8 s of backoff, plus at most 2 s
+    # per call waiting for botocore's rate limiter (its floor is 0.5 calls/s): under 60 s.
     with throttling_proxy(moto.port, rate=None, burst=0, first=6, cache=False) as proxy:
-        cfg = replace(config, endpoint_url=proxy.endpoint, fetch_timeout=30.0)
+        cfg = replace(config, endpoint_url=proxy.endpoint, fetch_timeout=60.0)
         with structlog.testing.capture_logs() as logs:
             status = Installer(cfg).submit(manifest(arns))
         seen = proxy.stats
@@ -55,7 +56,7 @@ def test_throttling_that_ends_before_the_deadline_installs(
     fetch = status["fetch"]
     assert (fetch["secrets"], fetch["calls"], fetch["throttled_calls"]) == (3, 9, 6)
     assert 1 <= fetch["throttled_fetches"] <= 3
-    assert 0 < fetch["throttle_delay_s"] <= fetch["duration_s"] < 30
+    assert 0 < fetch["throttle_delay_s"] <= fetch["duration_s"] < 60
     assert fetch["timed_out"] is False
     [event] = [e for e in logs if e["event"] == "manifest_installed"]
     assert event["fetch"] == fetch
@@ -82,10 +83,10 @@ def test_throttling_past_the_deadline_fails_and_writes_nothing(
     assert [m["arn"] for m in matches if m] == arns
     for m in matches:
         assert m is not None
-        assert 1.5 <= float(m["waited"]) <= 3.0
-        # Every call was throttled; a call still in flight at the deadline is not counted.
+        assert 1.5 <= float(m["waited"]) <= 3.5
+        # Every answered call was throttled; one still in flight at the deadline is not counted.
         assert int(m["throttled"]) == int(m["calls"]) <= seen.throttled
-        assert int(m["calls"]) >= 4
+        assert int(m["calls"]) >= 2
     assert seen.forwarded == 0
     status = installer.status()
     assert status["state"] == "failed"

@@ -4,7 +4,8 @@ Every secret is fetched concurrently, with one client per region, all made from
 one botocore session per process (its data files are parsed once) with the
 manifest's credentials passed to each client. Throttled and 5xx calls are
 retried with jittered backoff until ``fetch_timeout`` ends the whole fetch
-phase; other errors are not retried. The daemon's own TLS trusts certifi's
+phase, and botocore's adaptive rate limiter paces a throttled client's calls;
+other errors are not retried. The daemon's own TLS trusts certifi's
 public roots only, never the CAs it installs, nor an ``AWS_CA_BUNDLE`` meant
 for the sandbox's clients.
 """
@@ -119,8 +120,10 @@ def client_factory(
         }
     config = Config(
         # No retries inside botocore: fetch_all retries throttled and 5xx calls itself, within
-        # the fetch deadline, and counts them.
-        retries={"mode": "standard", "total_max_attempts": 1},
+        # the fetch deadline, and counts them. "adaptive" still paces every call this client
+        # sends once Secrets Manager throttles one: in `make bench-fleet` that made 1.8 to 2.7
+        # times fewer calls than jittered backoff alone, for the same time to trust.
+        retries={"mode": "adaptive", "total_max_attempts": 1},
         connect_timeout=CONNECT_TIMEOUT,
         read_timeout=READ_TIMEOUT,
         max_pool_connections=20,
@@ -149,13 +152,14 @@ def warm_up(endpoint_url: str | None) -> None:
 
 @dataclass
 class _Tally:
-    """One fetch's calls, kept by its own thread and summed by fetch_all."""
+    """One fetch's calls, kept by its own thread and summed by fetch_all (even if abandoned)."""
 
     calls: int = 0
     throttled: int = 0
     first_throttled: float | None = None
     last_call: float = 0.0
-    gave_up: BaseException | None = None  # the last retryable error, when the deadline ended it
+    last_error: BaseException | None = None  # the last retryable failure
+    gave_up: bool = False  # the deadline ended it
 
 
 def fetch_all(
@@ -193,75 +197,82 @@ def fetch_all(
         arn: FetchError(arn, broken[region_of[arn]]) for arn in unique if region_of[arn] in broken
     }
     todo = [arn for arn in unique if arn not in by_arn]
-    done: dict[str, tuple[SecretValue | FetchError | None, _Tally]] = {}
+    tallies = {arn: _Tally() for arn in todo}
+    done: dict[str, SecretValue | FetchError | None] = {}
     if todo:
         rng = random.Random()  # noqa: S311 (backoff jitter, not a secret)
         pool = concurrent.futures.ThreadPoolExecutor(max_workers=len(todo))
         futures = {
-            arn: pool.submit(_fetch_one, clients[region_of[arn]], arn, deadline, rng)
+            arn: pool.submit(_fetch_one, clients[region_of[arn]], arn, deadline, rng, tallies[arn])
             for arn in todo
         }
         concurrent.futures.wait(futures.values(), timeout=max(0.0, deadline - time.monotonic()))
-        # A call still in flight at the deadline is abandoned: its thread ends on its own
-        # within the client's read timeout, and its answer is dropped.
+        # A call still in flight at the deadline (or waiting for the adaptive rate limiter) is
+        # abandoned: its thread ends on its own, and its answer is dropped.
         pool.shutdown(wait=False, cancel_futures=True)
         for arn, fut in futures.items():
-            done[arn] = fut.result() if fut.done() and not fut.cancelled() else (None, _Tally())
+            done[arn] = fut.result() if fut.done() and not fut.cancelled() else None
     clients.clear()
-    tallies = [t for _, t in done.values()]
     stats.secrets = len(unique)
-    stats.calls = sum(t.calls for t in tallies)
-    stats.throttled_calls = sum(t.throttled for t in tallies)
-    stats.throttled_fetches = sum(1 for t in tallies if t.throttled)
+    stats.duration_s = time.monotonic() - started
+    stats.calls = sum(t.calls for t in tallies.values())
+    stats.throttled_calls = sum(t.throttled for t in tallies.values())
+    stats.throttled_fetches = sum(1 for t in tallies.values() if t.throttled)
     stats.throttle_delay_s = max(
-        (t.last_call - t.first_throttled for t in tallies if t.first_throttled is not None),
+        (
+            (t.last_call if done[arn] is not None else started + stats.duration_s)
+            - t.first_throttled
+            for arn, t in tallies.items()
+            if t.first_throttled is not None
+        ),
         default=0.0,
     )
-    stats.duration_s = time.monotonic() - started
-    for arn, (value, tally) in done.items():
-        if value is None or tally.gave_up is not None:
+    for arn, value in done.items():
+        if value is None or tallies[arn].gave_up:
             stats.timed_out = True
-            by_arn[arn] = FetchError(arn, _out_of_time(tally.gave_up, timeout, stats))
+            by_arn[arn] = FetchError(arn, _out_of_time(tallies[arn].last_error, timeout, stats))
         else:
             by_arn[arn] = value
     return [by_arn[ref.arn] for ref in refs]
 
 
 def _fetch_one(
-    client: SecretsClient, arn: str, deadline: float, rng: random.Random
-) -> tuple[SecretValue | FetchError | None, _Tally]:
-    tally = _Tally()
+    client: SecretsClient, arn: str, deadline: float, rng: random.Random, tally: _Tally
+) -> SecretValue | FetchError | None:
     retries = 0
     while True:
         tally.last_call = time.monotonic()
-        tally.calls += 1
         try:
             answer = client.get_secret_value(SecretId=arn)
         except Exception as exc:  # noqa: BLE001 (mapped to a message below; unknown ones too)
+            # Counted once answered: a call abandoned at the deadline has no outcome to count.
+            tally.calls += 1
             kind = _retry_kind(exc)
             if kind == "throttled":
                 tally.throttled += 1
                 if tally.first_throttled is None:
                     tally.first_throttled = tally.last_call
             if kind is None or (kind == "unreachable" and tally.calls >= UNREACHABLE_ATTEMPTS):
-                return FetchError(arn, describe_failure(exc)), tally
+                return FetchError(arn, describe_failure(exc))
+            tally.last_error = exc
             delay = rng.uniform(0.0, min(BACKOFF_CAP, BACKOFF_BASE * 2**retries))
             retries += 1
             left = deadline - time.monotonic() - LAST_CALL_S
             if left <= 0:
-                tally.gave_up = exc
-                return None, tally
+                tally.gave_up = True
+                return None
             # A backoff that would end past the last useful moment is cut short to it, so that
             # a fetch gets one more try instead of giving up early.
             time.sleep(min(delay, left))
             continue
+        tally.calls += 1
         string = answer.get("SecretString")
         binary = answer.get("SecretBinary")
         return SecretValue(
             arn=arn,
             secret_string=string if isinstance(string, str) else None,
             secret_binary=bytes(binary) if isinstance(binary, bytes | bytearray) else None,
-        ), tally
+        )
 
 
 def _retry_kind(exc: BaseException) -> str | None:
