@@ -29,7 +29,8 @@ from trustinstaller.config import Config
 from trustinstaller.errors import ConfigError
 from trustinstaller.installer import Installer
 
-HEAVY = {"boto3", "botocore", "cryptography", "urllib3", "certifi"}
+# What only an install needs, and asyncio, which structlog imports but the daemon never uses.
+HEAVY = {"boto3", "botocore", "cryptography", "urllib3", "certifi", "asyncio"}
 
 
 def imported(trace: str) -> set[str]:
@@ -92,7 +93,7 @@ def test_a_restarted_locked_daemon_answers_without_botocore_or_cryptography(
     config: Config, moto: MotoServer, short_dir: Path
 ) -> None:
     """A daemon started after the lock answers GET /v1/status without importing botocore,
-    boto3, urllib3, certifi or cryptography, then or later."""
+    boto3, urllib3, certifi, cryptography or asyncio, then or later."""
     cfg = locked_daemon_config(config, moto, short_dir)
     with Daemon(cfg, short_dir / "ti.sock", env={"PYTHONPROFILEIMPORTTIME": "1"}) as d:
         assert d.status()["state"] == "locked"
