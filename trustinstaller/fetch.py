@@ -156,6 +156,7 @@ class _Tally:
 
     calls: int = 0
     throttled: int = 0
+    unreachable: int = 0
     first_throttled: float | None = None
     last_call: float = 0.0
     last_error: BaseException | None = None  # the last retryable failure
@@ -252,7 +253,9 @@ def _fetch_one(
                 tally.throttled += 1
                 if tally.first_throttled is None:
                     tally.first_throttled = tally.last_call
-            if kind is None or (kind == "unreachable" and tally.calls >= UNREACHABLE_ATTEMPTS):
+            elif kind == "unreachable":
+                tally.unreachable += 1
+            if kind is None or tally.unreachable >= UNREACHABLE_ATTEMPTS:
                 return FetchError(arn, describe_failure(exc))
             tally.last_error = exc
             delay = rng.uniform(0.0, min(BACKOFF_CAP, BACKOFF_BASE * 2**retries))
