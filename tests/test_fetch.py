@@ -213,42 +213,51 @@ def test_client_that_cannot_be_made_fails_each_arn_of_its_region() -> None:
 
 
 @pytest.mark.parametrize(
-    ("status", "body", "message", "requests"),
+    ("status", "body", "message", "retried"),
     [
         pytest.param(
             400,
             {"__type": "ThrottlingException", "message": "Rate exceeded"},
-            f"throttled after {fetch.MAX_ATTEMPTS} attempts (ThrottlingException)",
-            fetch.MAX_ATTEMPTS,
-            id="throttled-is-retried",
+            "still throttled (ThrottlingException) when fetch_timeout ran out after",
+            True,
+            id="throttled-is-retried-until-the-deadline",
         ),
         pytest.param(
             400,
             {"__type": "DecryptionFailure", "message": "KMS could not decrypt"},
             "decryption failed (DecryptionFailure); the caller needs kms:Decrypt",
-            1,
+            False,
             id="decryption-failure-is-not-retried",
         ),
         pytest.param(
             500,
             {"__type": "InternalServiceError", "message": "oops"},
-            f"Secrets Manager failed after {fetch.MAX_ATTEMPTS} attempts (InternalServiceError)",
-            fetch.MAX_ATTEMPTS,
-            id="server-error-is-retried",
+            "still failing (InternalServiceError) when fetch_timeout ran out after",
+            True,
+            id="server-error-is-retried-until-the-deadline",
         ),
     ],
 )
 def test_canned_failure_from_a_real_http_server(
-    status: int, body: dict[str, str], message: str, requests: int
+    status: int, body: dict[str, str], message: str, retried: bool
 ) -> None:
-    """A canned AWS error gives its message, after botocore's standard mode retried it or not."""
+    """A canned AWS error gives its message, retried until fetch_timeout only if retryable."""
     arn = missing_arn()
+    stats = fetch.FetchStats()
     with fake_secretsmanager(status, body) as server:
-        result = fetch_one(arn, server.endpoint)
-        assert server.requests == requests
+        [result] = fetch.fetch_all(
+            refs([arn]),
+            fetch.client_factory(None, endpoint_url=server.endpoint),
+            timeout=2.5,
+            stats=stats,
+        )
+        requests = server.requests
         assert set(server.targets) == {"secretsmanager.GetSecretValue"}
     assert isinstance(result, FetchError)
     assert result.reason.startswith(message)
+    assert stats.calls == requests
+    assert (requests > 1) is retried
+    assert stats.timed_out is retried
 
 
 # --- describe_failure over exception objects ---------------------------------------------
@@ -332,23 +341,22 @@ MOTO_403_XML = (
         ),
         pytest.param(
             client_error("ThrottlingException", "Rate exceeded"),
-            f"throttled after {fetch.MAX_ATTEMPTS} attempts (ThrottlingException); "
-            "retry the session later",
+            "throttled (ThrottlingException); retry the session later",
             id="throttled",
         ),
         pytest.param(
             client_error(None, "", 429),
-            f"throttled after {fetch.MAX_ATTEMPTS} attempts (429)",
+            "throttled (429)",
             id="throttled-status-only",
         ),
         pytest.param(
             client_error("InternalServiceError", "", 500),
-            f"Secrets Manager failed after {fetch.MAX_ATTEMPTS} attempts (InternalServiceError)",
+            "Secrets Manager failed (InternalServiceError)",
             id="internal-error",
         ),
         pytest.param(
             client_error("502", "<html>Bad Gateway</html>", 502),
-            f"Secrets Manager failed after {fetch.MAX_ATTEMPTS} attempts (502)",
+            "Secrets Manager failed (502)",
             id="bad-gateway-from-a-proxy",
         ),
         pytest.param(

@@ -78,7 +78,7 @@ ECHO = "Authorization=AWS4-HMAC-SHA256 Credential=AKIAECHOLEAK4242ZZ/2026 X-Amz-
         ("InvalidRequestException", 400, "request refused (InvalidRequestException)"),
         ("OptInRequired", 403, "region not enabled (OptInRequired); the account must opt in"),
         ("ServiceUnavailableException", 503,
-         f"Secrets Manager failed after {fetch.MAX_ATTEMPTS} attempts (ServiceUnavailableExcepti"),
+         "Secrets Manager failed (ServiceUnavailableException); retry the session later"),
         ("SomethingNew", 418, "fetch failed (SomethingNew, HTTP 418): an error this tool does "
          "not know; check the ARN, the manifest's credentials and the endpoint"),
         ("SomethingNew", None, "fetch failed (SomethingNew): an error this tool does not know"),

@@ -131,15 +131,20 @@ def _serve(args: argparse.Namespace, cfg: config.Config) -> int:
     from trustinstaller.server import serve
 
     # serve() handles SIGTERM itself: it stops accepting and lets an install in flight finish.
-    # The packaged unit sets TRUSTINSTALLER_IDLE_EXIT: with socket activation, a locked daemon
-    # exits after that many idle seconds, and systemd starts it again on the next connection.
+    # With socket activation, a locked daemon exits after idle_exit idle seconds, and systemd
+    # starts it again on the next connection. TRUSTINSTALLER_IDLE_EXIT, which the packaged
+    # unit sets, overrides the config key.
     raw = os.environ.get("TRUSTINSTALLER_IDLE_EXIT", "")
-    try:
-        idle_exit = float(raw) if raw else None
-    except ValueError:
-        idle_exit = -1.0
-    if idle_exit is not None and not 0 < idle_exit < float("inf"):
-        raise ConfigError(f"TRUSTINSTALLER_IDLE_EXIT={raw!r}: must be a positive number of seconds")
+    idle_exit = cfg.idle_exit
+    if raw:
+        try:
+            idle_exit = float(raw)
+        except ValueError:
+            idle_exit = -1.0
+        if not 0 < idle_exit < float("inf"):
+            raise ConfigError(
+                f"TRUSTINSTALLER_IDLE_EXIT={raw!r}: must be a positive number of seconds"
+            )
     installer = Installer(cfg)
     # Started once everything the path to ready needs is imported, so that the two overlap
     # only for the few milliseconds of recovery and bind.
@@ -149,7 +154,7 @@ def _serve(args: argparse.Namespace, cfg: config.Config) -> int:
 
 
 def _warm_up(installer: Installer) -> None:
-    """Import boto3 and cryptography, and make one throwaway client, while the daemon idles.
+    """Import botocore and cryptography, and make the process's botocore session, while idle.
 
     They take about half a second to import: paid here, while the daemon waits for its
     manifest, the first PUT does not wait for them. Making a client sends nothing.
@@ -167,10 +172,8 @@ def _warm_up(installer: Installer) -> None:
             time.sleep(0.005)
         importlib.import_module("trustinstaller.validate")  # for cryptography's imports
         from trustinstaller import fetch
-        from trustinstaller.manifest import Credentials
 
-        credentials = Credentials("warm-up", "warm-up")
-        fetch.client_factory(credentials, endpoint_url=installer.config.endpoint_url)("us-east-1")
+        fetch.warm_up(installer.config.endpoint_url)
 
 
 def _apply(args: argparse.Namespace, cfg: config.Config) -> int:

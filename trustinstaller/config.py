@@ -62,6 +62,11 @@ class Config:
     update_timeout: float = 300.0
     certutil_timeout: float = 30.0
     request_timeout: float = 10.0
+    # Bounds the whole fetch phase: throttled and 5xx calls are retried until it runs out.
+    fetch_timeout: float = 60.0
+    # Seconds a locked, socket-activated daemon waits idle before it exits; None: it stays.
+    # TRUSTINSTALLER_IDLE_EXIT, when set, overrides it.
+    idle_exit: float | None = None
     browser_users: tuple[str, ...] = ()
     runtime_dir: Path | None = None
     # Firefox's policies.json files; default: /etc/firefox/policies/policies.json if installed.
@@ -80,7 +85,13 @@ class Config:
 
 _PATH_KEYS = {"socket", "state_dir", "runtime_dir"}
 _OS_KEYS = {"local_certs_dir", "etc_certs_dir", "certs_dir", "certs_conf", "hooks_dir"}
-_TIMEOUT_KEYS = {"update_timeout", "certutil_timeout", "request_timeout"}
+_TIMEOUT_KEYS = {
+    "update_timeout",
+    "certutil_timeout",
+    "request_timeout",
+    "fetch_timeout",
+    "idle_exit",
+}
 _KEYS = (
     _PATH_KEYS
     | _TIMEOUT_KEYS
@@ -132,7 +143,8 @@ def from_mapping(data: Mapping[str, Any], *, source: str = "config") -> Config:
     for key in _TIMEOUT_KEYS:
         if key in data:
             v = data[key]
-            if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0:
+            # Not "v <= 0": NaN and inf (valid TOML floats) must be refused too.
+            if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < float("inf"):
                 raise fail(key, "must be a positive number of seconds")
             kw[key] = float(v)
     if "nss_databases" in data:

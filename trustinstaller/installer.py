@@ -67,6 +67,8 @@ class Installer:
 
     def __post_init__(self) -> None:
         self.state = state.StateDir(self.config.state_dir)
+        # The last fetch phase's cost, for the status and the log; None before any fetch.
+        self.fetch_stats: fetch.FetchStats | None = None
 
     # -- stores ---------------------------------------------------------------
 
@@ -127,6 +129,7 @@ class Installer:
             if locked:
                 self.logger.warning("manifest_refused", reason="locked", outcome="locked")
                 raise LockedError(since)
+            self.fetch_stats = None
             try:
                 return self._install(data)
             except TrustInstallerError as exc:
@@ -149,6 +152,8 @@ class Installer:
         if certs:
             transaction.apply(stores, certs, self.state, summary, self.store_named)
         status = self._locked_status(entries)
+        if self.fetch_stats is not None:
+            status["fetch"] = self.fetch_stats.as_dict()
         self.state.write_status(status)
         self.state.clear_journal()
         for e in entries:
@@ -161,6 +166,10 @@ class Installer:
                 warnings=e["warnings"],
             )
         self.logger.info("lock_taken", count=len(entries), state=state.LOCKED)
+        # One event per manifest, with what the fetch cost, so that an operator can see an
+        # account nearing its Secrets Manager quota before sessions start failing.
+        self.logger.info("manifest_installed", count=len(entries), state=state.LOCKED,
+                         fetch=status.get("fetch"))  # fmt: skip
         return status
 
     def _fetch_and_validate(
@@ -172,7 +181,9 @@ class Installer:
         from trustinstaller.validate import validate
 
         maker = self.make_clients or self._default_clients
-        values = fetch.fetch_all(refs, maker(credentials))
+        self.fetch_stats = fetch.FetchStats()
+        values = fetch.fetch_all(refs, maker(credentials), timeout=self.config.fetch_timeout,
+                                 stats=self.fetch_stats)  # fmt: skip
         # Both kinds of failure are made from what the endpoint sent: scrubbed of the
         # credentials here, the one place that holds both, before anything logs or records them.
         secrets = _credential_values(credentials)
@@ -241,11 +252,15 @@ class Installer:
         problems += [
             Problem("rollback_failed", "", note).as_dict() for note in getattr(exc, "__notes__", [])
         ]
-        self.state.write_status({**state.empty_status(), "state": state.FAILED, "errors": problems})
+        failed = {**state.empty_status(), "state": state.FAILED, "errors": problems}
+        if self.fetch_stats is not None:
+            failed["fetch"] = self.fetch_stats.as_dict()
+        self.state.write_status(failed)
         self.logger.warning(
             "manifest_refused",
             outcome=exc.outcome.label if isinstance(exc, TrustInstallerError) else "internal_error",
             errors=problems,
+            fetch=failed.get("fetch"),
         )
 
     def _recover(self) -> None:

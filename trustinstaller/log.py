@@ -6,12 +6,38 @@ passed to a log call by mistake is dropped rather than written.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
+import threading
+import types
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
-import structlog
+_ASYNCIO_LOCK = threading.Lock()
+
+
+class _DeferredAsyncio(types.ModuleType):
+    """Stands in for asyncio until something uses it, then imports the real one.
+
+    structlog imports asyncio at module level (about a tenth of the imports before the daemon
+    is ready) but uses it only inside its async log methods, which this project never calls.
+    Not importlib's LazyLoader: on Python 3.11 a second ``import asyncio`` reads ``__spec__``
+    and that loads it at once.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        with _ASYNCIO_LOCK:
+            if sys.modules.get("asyncio") is self:
+                del sys.modules["asyncio"]
+                importlib.import_module("asyncio")
+        return getattr(sys.modules["asyncio"], name)
+
+
+if "asyncio" not in sys.modules:
+    sys.modules["asyncio"] = _DeferredAsyncio("asyncio")
+
+import structlog  # noqa: E402 (after the asyncio stand-in, on purpose)
 
 ALLOWED_FIELDS = frozenset(
     {
@@ -24,6 +50,7 @@ ALLOWED_FIELDS = frozenset(
         "duration_ms",
         "error",
         "errors",
+        "fetch",
         "fingerprint_sha256",
         "kind",
         "level_name",

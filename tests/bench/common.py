@@ -138,7 +138,15 @@ def agent_config(ns: PrivateNamespace, endpoint: str, **overrides: Any) -> tuple
         endpoint_url=endpoint,
         **overrides,
     )
-    return write_config(cfg, ns.scratch / "config.toml"), sock
+    path = write_config(cfg, ns.scratch / "config.toml")
+    # Keys left at their defaults are dropped, so that an older version of the package
+    # (``--agent NAME=DIR``), which refuses keys it does not know, reads the same file.
+    defaults = set(write_config(Config(), ns.scratch / "defaults.toml").read_text().splitlines())
+    lines = path.read_text().splitlines()
+    table = lines.index("[os_store]")
+    kept = [x for x in lines[:table] if x not in defaults] + lines[table:]
+    path.write_text("\n".join(kept) + "\n")
+    return path, sock
 
 
 def wait_answering(sock: Path, proc: subprocess.Popen[bytes], deadline_s: float = 30.0) -> float:

@@ -4,8 +4,9 @@
 directory, socket, OS store on a temporary root and NSS database, all pointed at one moto
 server through a throttling proxy on 127.0.0.1 (``tests.bench.throttle``). Once every agent
 is ready and idle, each gets a 20-certificate manifest at the same moment. The run reports
-whether every agent installed, the p50/p99 time to trust, and from the proxy, how many
-GetSecretValue calls were throttled and how many attempts each fetch needed.
+whether every agent installed, the p50/p99 time to trust, from the proxy how many
+GetSecretValue calls were throttled and how many attempts each fetch needed, and from the
+agents' own answers how long throttling held their fetches back.
 
 Every agent runs on this one 2-core machine, so time to trust here is mostly queueing for
 the CPU. So that the install does not starve the fetches it measures, each agent's OS store is
@@ -22,6 +23,7 @@ import concurrent.futures
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -115,14 +117,18 @@ def run_fleet(args: argparse.Namespace, rate: float | None, deadline: float) -> 
                               cache=not args.no_cache) as proxy:  # fmt: skip
             with agents(base, args.agents, proxy.endpoint, args.agent_tree) as procs:
                 for proc, sock in procs:
-                    common.wait_answering(
-                        sock, proc, deadline_s=max(1.0, deadline - time.monotonic())
-                    )
+                    try:
+                        common.wait_answering(
+                            sock, proc, deadline_s=max(1.0, deadline - time.monotonic())
+                        )
+                    except RuntimeError as exc:
+                        log = sock.with_name("agent.log").read_text()[-2000:]
+                        raise RuntimeError(f"{exc}; {sock.parent.name}'s log:\n{log}") from exc
                 idle_after = wait_idle([p.pid for p, _ in procs])
                 print(f"  {len(procs)} agents ready and idle after {idle_after:.1f} s more",
                       file=sys.stderr)  # fmt: skip
 
-                def submit(i: int) -> tuple[float, float, int, str]:
+                def submit(i: int) -> tuple[float, float, int, str, dict[str, Any]]:
                     conn = UnixHTTPConnection(procs[i][1], max(1.0, deadline - time.monotonic()))
                     t0 = time.monotonic()
                     try:
@@ -131,20 +137,23 @@ def run_fleet(args: argparse.Namespace, rate: float | None, deadline: float) -> 
                         doc = json.loads(resp.read())
                     finally:
                         conn.close()
-                    return t0, time.monotonic(), resp.status, str(doc.get("message", ""))
+                    fetched = doc.get("fetch") if isinstance(doc.get("fetch"), dict) else {}
+                    return t0, time.monotonic(), resp.status, str(doc.get("message", "")), fetched
 
                 with concurrent.futures.ThreadPoolExecutor(len(procs)) as pool:
                     answers = list(pool.map(submit, range(len(procs))))
             stats = proxy.stats
     start = min(a[0] for a in answers)
-    ttt = [end - t0 for t0, end, _, _ in answers]
+    ttt = [a[1] - a[0] for a in answers]
+    delays = [float(a[4].get("throttle_delay_s", 0.0)) for a in answers if a[4]]
     installed = sum(1 for a in answers if a[2] == 200)
     spans = [max(0.0, last - first) for first, last in stats.span.values() if last]
-    attempts = collections.Counter(stats.attempts.values())
+    per_fetch = list(stats.attempts.values())
     failures = collections.Counter(a[3] for a in answers if a[2] != 200)
     fetch_window = max((s[1] for s in stats.span.values()), default=start) - start
     calls = stats.forwarded + stats.throttled
     return {
+        "fetch_timeout_s": Config().fetch_timeout,
         "rate_limit_rps": rate,
         "agents": len(answers),
         "installed": installed,
@@ -157,34 +166,43 @@ def run_fleet(args: argparse.Namespace, rate: float | None, deadline: float) -> 
         "get_secret_value_calls": calls,
         "throttled": stats.throttled,
         "offered_rps": calls / fetch_window if fetch_window > 0 else float("nan"),
-        "attempts_per_fetch": {str(k): v for k, v in sorted(attempts.items())},
+        "attempts_per_fetch_p50": common.percentile(per_fetch, 0.50),
+        "attempts_per_fetch_p99": common.percentile(per_fetch, 0.99),
+        "attempts_per_fetch_max": max(per_fetch, default=0),
+        "throttle_delay_p50_s": common.percentile(delays, 0.50),
+        "throttle_delay_max_s": max(delays, default=float("nan")),
     }
 
 
 def render(results: Sequence[dict[str, Any]], args: argparse.Namespace) -> str:
     """The fleet table as Markdown."""
+    timeout = results[0]["fetch_timeout_s"] if results else Config().fetch_timeout
     out = [
         f"{args.agents} agents x {args.certs} certificates, one moto server behind the "
-        f"throttling proxy (burst {args.burst:g}, random fraction {args.fraction:g}):",
+        f"throttling proxy (burst {args.burst:g}, random fraction {args.fraction:g}), "
+        f"fetch_timeout {timeout:g} s:",
         "",
         "| rate limit | installed | time to trust p50 / p99 / max | fetch span p50 / p99 "
-        "| GetSecretValue calls | throttled | attempts per fetch (1/2/3/4) |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "| GetSecretValue calls | throttled | attempts per fetch p50 / p99 / max "
+        "| throttle delay p50 / max |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         limit = f"{r['rate_limit_rps']:g} rps" if r["rate_limit_rps"] else "none"
-        per = r["attempts_per_fetch"]
         out.append(
             f"| {limit} | {r['installed']}/{r['agents']} "
             f"| {r['ttt_p50_s']:.1f} / {r['ttt_p99_s']:.1f} / {r['ttt_max_s']:.1f} s "
             f"| {r['fetch_span_p50_s']:.2f} / {r['fetch_span_p99_s']:.2f} s "
             f"| {r['get_secret_value_calls']} | {r['throttled']} "
-            f"| {'/'.join(str(per.get(str(k), 0)) for k in range(1, 5))} |"
+            f"| {r['attempts_per_fetch_p50']:g} / {r['attempts_per_fetch_p99']:g} "
+            f"/ {r['attempts_per_fetch_max']:g} "
+            f"| {r['throttle_delay_p50_s']:.1f} / {r['throttle_delay_max_s']:.1f} s |"
         )
         if r["failures"]:
-            # One line per distinct reason, without the ARNs (they differ only by name).
+            # One line per distinct reason, without the ARNs (they differ only by name) and
+            # with numbers as N (each session reports its own counts).
             reasons = collections.Counter(
-                line.split(": ", 1)[-1].strip()
+                re.sub(r"\d+(\.\d+)?", "N", line.split(": ", 1)[-1].strip())
                 for message, n in r["failures"].items()
                 for line in message.splitlines()[1:]
                 for _ in range(n)
@@ -201,8 +219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--certs", type=int, default=20, help="certificates per manifest (default 20)")
     p.add_argument("--rates", type=lambda v: [float(x) for x in v.split(",")],
-                   default=[250.0, 50.0], help="simulated GetSecretValue quotas in calls/s, "
-                   "one throttled run each (default 250,50)")  # fmt: skip
+                   default=[150.0, 100.0, 50.0], help="simulated GetSecretValue quotas in "
+                   "calls/s, one throttled run each (default 150,100,50)")  # fmt: skip
     p.add_argument("--burst", type=float, default=50.0, help="token-bucket burst (default 50)")
     p.add_argument("--fraction", type=float, default=0.0,
                    help="also throttle this fraction of calls at random (default 0)")  # fmt: skip

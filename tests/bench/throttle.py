@@ -1,10 +1,10 @@
 """A throttling proxy on 127.0.0.1 in front of moto: Secrets Manager's rate limit, simulated.
 
 GetSecretValue calls above a token-bucket rate (and, optionally, a random fraction of the
-rest) get what AWS sends when an account is over its quota: HTTP 400 with a JSON
-``ThrottlingException`` body, which botocore's retry modes treat as retryable. Every other
-call goes through to moto unchanged. The proxy counts calls per access key and per secret, so
-a fleet run can say how many attempts each fetch took.
+rest, or the first N calls) get what AWS sends when an account is over its quota: HTTP 400
+with a JSON ``ThrottlingException`` body, which botocore and the agent treat as retryable.
+Every other call goes through to moto unchanged. The proxy counts calls per access key and
+per secret, so a fleet run can say how many attempts each fetch took.
 
 moto is a functional stand-in, not a performance model: one Python process answers a
 thousand concurrent calls far slower than Secrets Manager does, and agents then time out
@@ -74,7 +74,13 @@ class Proxy(http.server.ThreadingHTTPServer):
     request_queue_size = 1024
 
     def __init__(
-        self, upstream_port: int, bucket: TokenBucket | None, fraction: float, *, cache: bool
+        self,
+        upstream_port: int,
+        bucket: TokenBucket | None,
+        fraction: float,
+        *,
+        cache: bool,
+        first: int = 0,
     ) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.upstream_port = upstream_port
@@ -82,6 +88,7 @@ class Proxy(http.server.ThreadingHTTPServer):
         self.cache_lock = threading.Lock()
         self.bucket = bucket
         self.fraction = fraction
+        self.first = first  # throttle this many GetSecretValue calls before any other rule
         self.stats = Stats()
         self.rng = random.Random(6)  # a fixed seed: the same pattern every run
 
@@ -92,6 +99,10 @@ class Proxy(http.server.ThreadingHTTPServer):
 
     def should_throttle(self) -> bool:
         """Whether this GetSecretValue call is over the simulated quota."""
+        with self.stats.lock:
+            if self.first != 0:
+                self.first -= 1 if self.first > 0 else 0
+                return True
         if self.bucket is not None and not self.bucket.take():
             return True
         return self.fraction > 0 and self.rng.random() < self.fraction
@@ -174,10 +185,15 @@ def throttling_proxy(
     burst: float,
     fraction: float = 0.0,
     cache: bool = True,
+    first: int = 0,
 ) -> Iterator[Proxy]:
-    """Run the proxy in a thread on a free loopback port; ``rate=None`` means no rate limit."""
+    """Run the proxy in a thread on a free loopback port; ``rate=None`` means no rate limit.
+
+    ``first`` throttles that many GetSecretValue calls first, then applies the other rules;
+    ``first=-1`` throttles every call.
+    """
     bucket = TokenBucket(rate, burst) if rate else None
-    proxy = Proxy(upstream_port, bucket, fraction, cache=cache)
+    proxy = Proxy(upstream_port, bucket, fraction, cache=cache, first=first)
     thread = threading.Thread(target=proxy.serve_forever, name="throttle-proxy", daemon=True)
     thread.start()
     try:

@@ -10,7 +10,6 @@ from other work on the machine falls on all of them alike.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -86,54 +85,108 @@ def measure_agent(
     }
 
 
+def unit_idle_exit(unit: Path = common.REPO / "systemd" / "trustinstaller.service") -> float:
+    """The idle exit the packaged unit sets (``Environment=TRUSTINSTALLER_IDLE_EXIT=N``)."""
+    for line in unit.read_text().splitlines():
+        if line.startswith("Environment=TRUSTINSTALLER_IDLE_EXIT="):
+            return float(line.rpartition("=")[2])
+    raise SystemExit(f"bench: {unit} sets no TRUSTINSTALLER_IDLE_EXIT")
+
+
+def _activate(
+    ns: PrivateNamespace, cfg: Path, sock: Path, log: Path, idle_exit: float
+) -> subprocess.Popen[bytes]:
+    """systemd-socket-activate holding ``sock``: it execs the agent on the first connection."""
+    sock.unlink(missing_ok=True)
+    with log.open("ab") as logf:
+        proc = ns.popen(["systemd-socket-activate", "-l", str(sock),
+                         "-E", f"TRUSTINSTALLER_IDLE_EXIT={idle_exit:g}", "--",
+                         str(common.AGENT), "--config", str(cfg), "serve"],
+                        stdout=logf, stderr=logf, cwd="/")  # fmt: skip
+    deadline = time.monotonic() + 30
+    while not sock.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"systemd-socket-activate did not listen: {log.read_text()}")
+        time.sleep(0.005)
+    return proc
+
+
+def _first_answer(sock: Path) -> tuple[float, dict[str, Any]]:
+    """Seconds from the first connection attempt to the first answer, and that answer."""
+    t0 = time.perf_counter()
+    while True:  # the file appears at bind(), connections are taken from listen()
+        try:
+            _, doc = request(sock, "GET", "/v1/status")  # accepted at once, answered once ready
+            return time.perf_counter() - t0, doc
+        except ConnectionRefusedError:
+            time.sleep(0.001)
+
+
+def _wait_exit(proc: subprocess.Popen[bytes], since: float, limit: float) -> float:
+    """Seconds from ``since`` until ``proc`` exits on its own."""
+    while proc.poll() is None:
+        if time.perf_counter() - since > limit:
+            raise RuntimeError(f"agent did not exit within {limit:g} s")
+        time.sleep(0.05)
+    return time.perf_counter() - since
+
+
 def measure_idle_exit(
-    base: Path, moto: MotoServer, secrets: Sequence[Secret], label: str, *, settle: float
+    base: Path,
+    moto: MotoServer,
+    secrets: Sequence[Secret],
+    label: str,
+    *,
+    settle: float,
+    idle_exit: float,
 ) -> dict[str, float]:
-    """Socket-activated, as the packaged units run it, with TRUSTINSTALLER_IDLE_EXIT=1.
+    """Socket-activated, as the packaged unit runs it, with its TRUSTINSTALLER_IDLE_EXIT.
 
     systemd-socket-activate holds the socket and execs the agent on the first connection,
-    as systemd does. Measures activation -> first answer, the install, and how long after the
-    lock the agent exits, freeing all of its memory.
+    as systemd does. Measures activation -> first answer, how long after the lock the agent
+    exits, and then what a daemon started again after the lock costs to answer
+    ``GET /v1/status`` (time, CPU seconds, RSS, and whether it loaded cryptography), until it
+    exits too.
     """
     body = common.manifest(secrets)
     with common.fresh_namespace(base, label) as ns:
         cfg, sock = common.agent_config(ns, moto.endpoint)
         log = ns.scratch / "agent.log"
-        with log.open("wb") as logf:
-            proc = ns.popen(["systemd-socket-activate", "-l", str(sock),
-                             "-E", "TRUSTINSTALLER_IDLE_EXIT=1", "--",
-                             str(common.AGENT), "--config", str(cfg), "serve"],
-                            stdout=logf, stderr=logf, cwd="/")  # fmt: skip
+        proc = _activate(ns, cfg, sock, log, idle_exit)
         try:
-            deadline = time.monotonic() + 30
-            while not sock.exists():
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"systemd-socket-activate did not listen: {log.read_text()}")
-                time.sleep(0.005)
-            t0 = time.perf_counter()
-            while True:  # the file appears at bind(), connections are taken from listen()
-                try:
-                    request(sock, "GET", "/v1/status")  # accepted at once, answered once ready
-                    break
-                except ConnectionRefusedError:
-                    time.sleep(0.001)
-            activation = time.perf_counter() - t0
+            activation, _ = _first_answer(sock)
             time.sleep(settle)
             code, doc = request(sock, "PUT", "/v1/manifest", body)
             locked = time.perf_counter()
             if code != 200:
                 raise RuntimeError(f"agent answered {code}: {doc.get('message')}")
-            rss = 0
-            while proc.poll() is None:
-                with contextlib.suppress(OSError, KeyError):
-                    rss = common.proc_memory_kb(proc.pid)["VmRSS"]
-                if time.perf_counter() - locked > 30:
-                    raise RuntimeError("agent did not exit within 30 s of the lock")
-                time.sleep(0.05)
-            exited = time.perf_counter() - locked
+            rss_locked = common.proc_memory_kb(proc.pid)["VmRSS"]
+            exited = _wait_exit(proc, locked, idle_exit + 30)
         finally:
             common.stop(proc)
-    return {"t_activation_s": activation, "t_exit_after_lock_s": exited, "rss_last_kb": rss}
+        # The next connection after the exit, as systemd would serve it: a new process.
+        proc = _activate(ns, cfg, sock, log, idle_exit)
+        try:
+            restart, doc = _first_answer(sock)
+            answered = time.perf_counter()
+            if doc.get("state") != "locked":
+                raise RuntimeError(f"restarted agent says {doc.get('state')!r}, not locked")
+            rss_restarted = common.proc_memory_kb(proc.pid)["VmRSS"]
+            cpu_restarted = common.proc_cpu_s(proc.pid)
+            maps = Path(f"/proc/{proc.pid}/maps").read_text()
+            restarted_exit = _wait_exit(proc, answered, idle_exit + 30)
+        finally:
+            common.stop(proc)
+    return {
+        "t_activation_s": activation,
+        "t_exit_after_lock_s": exited,
+        "rss_locked_kb": rss_locked,
+        "t_restart_answer_s": restart,
+        "rss_restarted_kb": rss_restarted,
+        "cpu_restarted_s": cpu_restarted,
+        "restarted_loaded_cryptography": float("cryptography" in maps),
+        "t_restarted_exit_s": restarted_exit,
+    }
 
 
 def script_text(
@@ -248,9 +301,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         )
                 one.setdefault("floor", []).append(measure_floor(base, secrets[n], f"{tag}-floor"))
                 if n == max(args.counts):
-                    one.setdefault("idle_exit", []).append(
-                        measure_idle_exit(base, moto, secrets[n], f"{tag}-exit", settle=args.settle)
-                    )
+                    exit_row = measure_idle_exit(
+                        base, moto, secrets[n], f"{tag}-exit",
+                        settle=args.settle, idle_exit=args.idle_exit,
+                    )  # fmt: skip
+                    one.setdefault("idle_exit", []).append(exit_row)
                 if not args.no_script:
                     one.setdefault("script", []).append(
                         measure_script(base, moto, secrets[n], f"{tag}-script", aws)
@@ -259,7 +314,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "machine": machine(),
         "args": {"runs": args.runs, "counts": args.counts, "settle": args.settle,
-                 "variants": [name for name, _ in variants]},
+                 "idle_exit": args.idle_exit, "variants": [name for name, _ in variants]},
         "results": results,
     }  # fmt: skip
 
@@ -341,6 +396,7 @@ def table(report: dict[str, Any]) -> str:
     biggest = max(results)
     big = results[biggest].get(f"agent/{main}", []) + results[biggest].get(f"ready/{main}", [])
     exits = results[biggest].get("idle_exit", [])
+    idle = report["args"].get("idle_exit", float("nan"))
     mb = 1 / 1024
     out += [
         "",
@@ -353,10 +409,22 @@ def table(report: dict[str, Any]) -> str:
         f"| {_cell(_col(big, 'peak_rss_kb'), 'MB', mb, 1)} |",
         f"| RSS 1 s after the lock, {biggest} certificates "
         f"| {_cell(_col(big, 'rss_after_lock_kb'), 'MB', mb, 1)} |",
-        f"| socket-activated, TRUSTINSTALLER_IDLE_EXIT=1: activation -> first answer "
+        f"| socket-activated, TRUSTINSTALLER_IDLE_EXIT={idle:g}: activation -> first answer "
         f"| {_cell(_col(exits, 't_activation_s'), digits=3)} |",
+        f"| socket-activated: RSS at the lock "
+        f"| {_cell(_col(exits, 'rss_locked_kb'), 'MB', mb, 1)} |",
         f"| socket-activated: exited this long after the lock (RSS then: 0) "
         f"| {_cell(_col(exits, 't_exit_after_lock_s'))} |",
+        f"| restarted after the lock: activation -> GET /v1/status answered "
+        f"| {_cell(_col(exits, 't_restart_answer_s'), digits=3)} |",
+        f"| restarted after the lock: CPU seconds to answer "
+        f"| {_cell(_col(exits, 'cpu_restarted_s'))} |",
+        f"| restarted after the lock: RSS once answered "
+        f"| {_cell(_col(exits, 'rss_restarted_kb'), 'MB', mb, 1)} |",
+        f"| restarted after the lock: cryptography loaded "
+        f"| {sum(_col(exits, 'restarted_loaded_cryptography')):g} of {len(exits)} |",
+        f"| restarted after the lock: exited this long after answering "
+        f"| {_cell(_col(exits, 't_restarted_exit_s'))} |",
         "",
         "CPU seconds (user + system, the process and every child it waited for), medians:",
         "",
@@ -426,8 +494,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="measure the package in DIR too (repeatable; the first is the main one; "
                    "default: the installed package)")  # fmt: skip
     p.add_argument("--aws", default=str(DEFAULT_AWS), help="the aws CLI to use")
+    p.add_argument("--idle-exit", type=float, default=None,
+                   help="TRUSTINSTALLER_IDLE_EXIT for the socket-activated runs (default: the "
+                   "packaged unit's)")  # fmt: skip
     p.add_argument("--json", metavar="PATH", help="also write raw results here")
     args = p.parse_args(argv)
+    if args.idle_exit is None:
+        args.idle_exit = unit_idle_exit()
     if os.geteuid() != 0:
         raise SystemExit("bench: needs root (private mount namespaces)")
     common.clean_environment()

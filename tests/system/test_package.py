@@ -235,6 +235,13 @@ def test_second_manifest_is_refused_as_locked(booted: debroot.Booted, root: Path
 
 def test_systemctl_status_shows_the_status_text(booted: debroot.Booted) -> None:
     """`systemctl status` shows what the daemon reported with STATUS=."""
+    # The unit's idle exit (10 s) may have ended the locked daemon by now: a status request
+    # starts it again, and it reports its state with STATUS= once ready.
+    booted.run("trustinstaller", "status", "--json")
+    booted.wait_for(
+        lambda: booted.show("trustinstaller.service", "StatusText")["StatusText"].split(":")[0],
+        {"locked"},
+    )
     out = booted.systemctl("status", "--no-pager", "trustinstaller", check=False).stdout
     assert 'Status: "locked: 1 certificate(s) installed' in out
 
