@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Run the whole test suite inside a root of RELEASE (default trixie), under that release's own
+# Python, Chromium, certutil, update-ca-certificates and Java:
+#
+#   packaging/test-release.sh RELEASE [PYTEST_ARG]...
+#
+# The wheels are downloaded here, on the host, for the root's Python version; inside the root
+# pip installs them offline (PyPI's TLS path through this machine's network needs a CA that a
+# fresh root does not have, and the suite should not depend on the network anyway).
+set -euo pipefail
+
+release=${1:-trixie}
+shift || true
+top=$(cd "$(dirname "$0")/.." && pwd)
+case "$release" in
+    bookworm) py=3.11 ;;
+    trixie) py=3.13 ;;
+    *) echo "test-release: unsupported release '$release' (bookworm or trixie)" >&2; exit 2 ;;
+esac
+
+pip="$top/.venv/bin/pip"
+[ -x "$pip" ] || { echo "test-release: run 'make setup' first (needs $pip)" >&2; exit 1; }
+wheels="$top/build/wheels/cp${py/./}"
+stamp="$(sha256sum "$top/packaging/requirements-test.txt" | cut -c1-16)"
+if [ "$(cat "$wheels/.stamp" 2>/dev/null)" != "$stamp" ]; then
+    rm -rf "$wheels"
+    mkdir -p "$wheels"
+    # setuptools: the editable install of this tree is built offline, without build isolation.
+    "$pip" download --quiet --disable-pip-version-check --python-version "$py" \
+        --only-binary=:all: -r "$top/packaging/requirements-test.txt" "setuptools>=68" -d "$wheels"
+    echo "$stamp" >"$wheels/.stamp"
+fi
+
+exec "$top/packaging/in-root.sh" "$release" --bind "$wheels:/wheels" -- bash -c '
+    set -e
+    python3 -m venv /opt/venv
+    install="/opt/venv/bin/pip install --quiet --disable-pip-version-check --no-index --find-links /wheels"
+    $install -r packaging/requirements-test.txt "setuptools>=68"
+    $install --no-build-isolation --no-deps -e .
+    export PATH=/opt/venv/bin:$PATH
+    python3 --version
+    exec pytest -p no:cacheprovider "$@"' bash "$@"
