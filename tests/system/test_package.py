@@ -1,4 +1,7 @@
-"""The Debian package in a clean Debian 12 root, booted under a real systemd.
+"""The Debian package in a clean Debian root, booted under a real systemd.
+
+The release is debroot.SUITE (make test-system runs bookworm and trixie, each with its own
+package from make deb).
 
 One root is shared by the module: the tests run in order, as one session would (the lock that
 the third test takes is what the later ones check). The daemon reaches a real moto server on
@@ -26,7 +29,8 @@ pytestmark = pytest.mark.system
 
 TOP = Path(__file__).resolve().parents[2]
 NSS_DB = "sql:/root/.local/share/pki/nssdb"  # root's default when neither database exists yet
-JAVA = ("ca-certificates-java", "openjdk-17-jre-headless")
+# The release's own JRE (17 on Debian 12, 21 on Debian 13).
+JAVA = ("ca-certificates-java", "default-jre-headless")
 BROWSER_DIRS = ("/home/browser/.pki", "/home/browser/.local/share/pki")
 
 
@@ -57,6 +61,10 @@ def deb() -> Path:
     path = Path(os.environ.get("TRUSTINSTALLER_DEB", ""))
     if not path.is_file():
         pytest.fail(f"no package at {path!s}; run 'make test-system' (it runs 'make deb' first)")
+    # One package per release: its venv is bound to that release's Python.
+    suffix = {"bookworm": "~deb12_", "trixie": "~deb13_"}[debroot.SUITE]
+    if suffix not in path.name:
+        pytest.fail(f"{path.name} is not the package for {debroot.SUITE} (no {suffix[:-1]})")
     return path.resolve()
 
 
@@ -69,7 +77,7 @@ def root(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     try:
         (path / "etc/resolv.conf").write_bytes(Path("/etc/resolv.conf").read_bytes())
         (path / "root" / deb.name).write_bytes(deb.read_bytes())
-        archives = debroot.CACHE / "apt-archives"
+        archives = debroot.CACHE / f"apt-archives-{debroot.SUITE}"
         (archives / "partial").mkdir(parents=True, exist_ok=True)
         binds = [(archives, "/var/cache/apt/archives")]
         env = {"DEBIAN_FRONTEND": "noninteractive"}
