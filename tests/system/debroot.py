@@ -26,8 +26,11 @@ CACHE = Path(os.environ.get("TRUSTINSTALLER_TEST_CACHE", "/var/cache/trustinstal
 SUITE = os.environ.get("TRUSTINSTALLER_SYSTEM_RELEASE") or "bookworm"
 INCLUDE = "systemd,systemd-sysv,dbus"
 RELEASES = ("bookworm", "trixie")
-# Units that wait for consoles this root has not got; masked so that boot reaches "running".
-MASKED = ("getty.target", "serial-getty@ttyS0.service", "console-getty.service")
+# Units that wait for consoles this root has not got, and (systemd 257, Debian 13) the kernel
+# module loader, which fails in a namespace that shares the host's kernel: masked so that boot
+# reaches "running".
+MASKED = ("getty.target", "serial-getty@ttyS0.service", "console-getty.service",
+          "systemd-modules-load.service")  # fmt: skip
 
 
 def apt_mirror(sources: Sequence[str] = ()) -> str:
