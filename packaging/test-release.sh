@@ -31,12 +31,31 @@ if [ "$(cat "$wheels/.stamp" 2>/dev/null)" != "$stamp" ]; then
     echo "$stamp" >"$wheels/.stamp"
 fi
 
-exec "$top/packaging/in-root.sh" "$release" --bind "$wheels:/wheels" -- bash -c '
+# The root's virtual environment is kept beside the cached root, for the same wheels and root:
+# later runs skip its installation. It lives at /opt/venv in the root, which an editable install
+# of /src fits whatever the host's tree is called.
+cache=${TRUSTINSTALLER_TEST_CACHE:-/var/cache/trustinstaller-test}
+root=$("$top/packaging/release-root.sh" "$release")
+venv="$cache/$release-venv"
+venv_stamp="$stamp $(cat "$root/.trustinstaller-complete")"
+if [ "$(cat "$venv/.trustinstaller-stamp" 2>/dev/null)" != "$venv_stamp" ]; then
+    rm -rf "$venv"
+fi
+mkdir -p "$venv"
+
+exec "$top/packaging/in-root.sh" "$release" --bind "$wheels:/wheels" --bind "$venv:/opt/venv" \
+    -- bash -c '
     set -e
-    python3 -m venv /opt/venv
-    install="/opt/venv/bin/pip install --quiet --disable-pip-version-check --no-index --find-links /wheels"
-    $install -r packaging/requirements-test.txt "setuptools>=68"
-    $install --no-build-isolation --no-deps -e .
+    stamp=$1
+    shift
+    if [ ! -e /opt/venv/.trustinstaller-stamp ]; then
+        python3 -m venv /opt/venv
+        install="/opt/venv/bin/pip install --quiet --disable-pip-version-check --no-index"
+        install="$install --find-links /wheels"
+        $install -r packaging/requirements-test.txt "setuptools>=68"
+        $install --no-build-isolation --no-deps -e .
+        echo "$stamp" >/opt/venv/.trustinstaller-stamp
+    fi
     export PATH=/opt/venv/bin:$PATH
     python3 --version
-    exec pytest -p no:cacheprovider "$@"' bash "$@"
+    exec pytest -p no:cacheprovider "$@"' bash "$venv_stamp" "$@"
