@@ -128,7 +128,8 @@ with PrivateNamespace(Path("/tmp/ns")) as ns:
     found["local_copy_has_probe"] = local.exists()
     # nsenter --mount without --root lands on the namespace's own /, the host's: the guard
     # must refuse before the command (a harmless echo) runs.
-    escaped = ["nsenter", f"--target={ns.pid}", "--mount", "--", *ns.argv(["echo", "RAN"])[6:]]
+    guarded = ns.argv(["echo", "RAN"])[len(ns.enter()):]
+    escaped = ["nsenter", f"--target={ns.pid}", "--mount", "--", *guarded]
     done = subprocess.run(escaped, capture_output=True, text=True, check=False)
     found["escape"] = [done.returncode, done.stdout, done.stderr]
 print(json.dumps(found))
