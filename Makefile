@@ -34,9 +34,11 @@ lint: venv
 	$(BIN)/ruff format --check trustinstaller tests
 	$(BIN)/mypy --strict trustinstaller
 
-# The boot tests under a real systemd run in test-system (packaging/deb.mk), after the suite.
+# After the host's suite: the suite again inside a Debian 13 root (test-release), then the boot
+# tests under a real systemd for Debian 12 and 13 (test-system); both in packaging/deb.mk.
 test: setup lint
 	$(BIN)/pytest
+	$(MAKE) test-release RELEASE=trixie
 	$(MAKE) test-system
 
 demo: setup

@@ -393,9 +393,11 @@ def test_verify_tells_which_path_accepts(tmp_path: Path) -> None:
     ca = make_ca("verify root")
     with https_server(ca) as url:
         v = verdicts_for(url, tmp_path, ca)
-    assert [(x.trust_path, x.accepted, x.reason) for x in v] == [
-        ("os bundle", False, "unknown CA"),
-        ("combined bundle", True, ""),
+    assert [(x.label, x.accepted, x.reason) for x in v] == [
+        ("os bundle (openssl default)", False, "unknown CA"),
+        ("os bundle (python/urllib3 strict)", False, "unknown CA"),
+        ("combined bundle (openssl default)", True, ""),
+        ("combined bundle (python/urllib3 strict)", True, ""),
         ("nss", True, ""),
     ]
     assert "REFUSES  os bundle" in verify.render(url, v)
@@ -419,11 +421,12 @@ def test_verify_names_the_reason(tmp_path: Path, leaf_kw: dict[str, Any], reason
     ca = make_ca("reasons root")
     with serve_leaf(make_leaf_at(ca, **leaf_kw)) as url:
         v = verdicts_for(url, tmp_path, ca)
-    assert v[0].reason == "unknown CA"
+    assert [x.reason for x in v[:2]] == ["unknown CA", "unknown CA"]
     # NSS has one error code for "not valid now" in both directions.
     nss_reason = "expired" if reason == "not yet valid" else reason
-    assert [(x.trust_path, x.accepted, x.reason) for x in v[1:]] == [
-        ("combined bundle", False, reason),
+    assert [(x.label, x.accepted, x.reason) for x in v[2:]] == [
+        ("combined bundle (openssl default)", False, reason),
+        ("combined bundle (python/urllib3 strict)", False, reason),
         ("nss", False, nss_reason),
     ]
 
@@ -438,7 +441,7 @@ def test_verify_reports_missing_stores(tmp_path: Path) -> None:
             nss_databases=[NssDatabase(tmp_path / "nodb")],
             runner=_run.run,
         )
-    assert [(x.accepted, x.reason) for x in v] == [(False, "missing")] * 3
+    assert [(x.accepted, x.reason) for x in v] == [(False, "missing")] * 5
 
 
 @pytest.mark.parametrize("url", ["http://example.com/", "https:///x", "https://h:99999/"])
@@ -459,7 +462,7 @@ def test_verify_cli_exit_codes(tmp_path: Path) -> None:
     with https_server(ca) as url:
         done = cli("--config", str(cfg), "verify", url, "--json")
     assert done.returncode == 3, done.stderr
-    assert [v["reason"] for v in json.loads(done.stdout)][1:] == ["missing", "missing"]
+    assert [v["reason"] for v in json.loads(done.stdout)][2:] == ["missing"] * 3
     done = cli("--config", str(cfg), "verify", "http://nope/")
     assert done.returncode == 2
     assert "must be https" in done.stderr

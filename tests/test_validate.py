@@ -168,7 +168,11 @@ def test_validity_period_boundaries(now: dt.datetime, fragment: str | None) -> N
         ),
         pytest.param(
             lambda: ca("no bc", basic_constraints=None),
-            ["not a CA (no basicConstraints extension); installed with a warning"],
+            [
+                "not a CA (no basicConstraints extension); installed with a warning",
+                f"{validate.STRICT_CLIENTS} will refuse it: no basicConstraints extension "
+                "('invalid CA certificate'); installed with a warning",
+            ],
             id="no-basic-constraints",
         ),
         pytest.param(

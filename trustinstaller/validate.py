@@ -2,6 +2,13 @@
 
 Pure: no I/O, and ``now`` comes in as a parameter. RefusedError messages name the
 rule that failed and never quote the secret's content.
+
+Strict verifiers: Python >= 3.13's ``ssl.create_default_context()`` and urllib3 (so requests
+and boto3) set OpenSSL's X509_V_FLAG_X509_STRICT, under which OpenSSL applies RFC 5280's rules
+to every certificate of a chain, the trust anchor included. A CA that curl and Chromium accept
+can then be refused. ``strict_refusals`` names those rules; the CA is still installed, with a
+warning. The rules follow OpenSSL's own strict checks (x509_vfy.c, check_extensions), as they
+behave on OpenSSL 3.0 (Debian 12) and 3.5 (Debian 13) for a root at the end of a chain.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import hashlib
 import re
 import warnings
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -43,6 +51,7 @@ _QUOTABLE_LABEL_MAX = 32
 # What cryptography raises for a certificate it cannot take apart: ValueError for bad DER,
 # and its own exceptions for an unknown version, key type, curve or signature algorithm.
 _MALFORMED = (ValueError, TypeError, x509.InvalidVersion, UnsupportedAlgorithm)
+_E = TypeVar("_E", bound=x509.ExtensionType)
 
 
 @dataclass(frozen=True)
@@ -140,6 +149,14 @@ def check_certificate(source: str, cert: x509.Certificate, now: dt.datetime) -> 
             "not self-signed (issuer differs from subject or its signature does not verify); "
             "installed with a warning"
         )
+    try:
+        strict = strict_refusals(cert)
+    except (*_MALFORMED, x509.DuplicateExtension) as exc:
+        raise RefusedError(source, "has a malformed or repeated extension") from exc
+    if strict:
+        found.append(
+            f"{STRICT_CLIENTS} will refuse it: {'; '.join(strict)}; installed with a warning"
+        )
 
     der = cert.public_bytes(serialization.Encoding.DER)
     return TrustedCA(
@@ -150,6 +167,64 @@ def check_certificate(source: str, cert: x509.Certificate, now: dt.datetime) -> 
         not_after=not_after,
         warnings=tuple(found),
     )
+
+
+# Who sets X509_V_FLAG_X509_STRICT, in the words a warning uses.
+STRICT_CLIENTS = "strict clients (Python >= 3.13, urllib3/requests; OpenSSL X509_STRICT)"
+
+
+def strict_refusals(cert: x509.Certificate) -> list[str]:
+    """Why OpenSSL with X509_V_FLAG_X509_STRICT refuses ``cert`` as a trust anchor; [] if not.
+
+    Each entry names the rule, then OpenSSL's own message in quotes. Rules that plain OpenSSL
+    enforces too say so: those CAs fail for curl and Python 3.11 as well.
+    """
+    exts = cert.extensions
+    bc = _ext(exts, x509.BasicConstraints)
+    ku = _ext(exts, x509.KeyUsage)
+    ski = _ext(exts, x509.SubjectKeyIdentifier)
+    aki = _ext(exts, x509.AuthorityKeyIdentifier)
+    san = _ext(exts, x509.SubjectAlternativeName)
+    cert_sign = ku is not None and ku.value.key_cert_sign
+    out: list[str] = []
+    if ku is not None and not cert_sign:
+        # X509_check_ca() says "not a CA" for this whatever the flags: every client refuses.
+        out.append("keyUsage without keyCertSign ('invalid CA certificate'; refused without "
+                   "the strict flag too)")  # fmt: skip
+    if bc is None:
+        # Without basicConstraints OpenSSL takes a v1 root, or keyUsage keyCertSign, as a CA
+        # only when it is not strict.
+        out.append("no basicConstraints extension ('invalid CA certificate')")
+    elif bc.value.ca:
+        if not bc.critical:
+            out.append("basicConstraints not marked critical "
+                       "('Basic Constraints of CA cert not marked critical')")  # fmt: skip
+        if bc.value.path_length is not None and not cert_sign:
+            out.append("pathLenConstraint without keyUsage keyCertSign "
+                       "('Path length given without key usage keyCertSign')")  # fmt: skip
+        if ku is None:
+            out.append("no keyUsage extension ('CA cert does not include key usage extension')")
+        if ski is None:
+            out.append("no subjectKeyIdentifier extension ('Missing Subject Key Identifier')")
+    if len(cert.subject) == 0:
+        # The leaf's issuer is this subject: OpenSSL names the leaf's empty issuer.
+        out.append("empty subject name ('Subject name empty', 'Issuer name empty')")
+    if len(cert.issuer) == 0:
+        out.append("empty issuer name ('Issuer name empty')")
+    if san is not None and len(san.value) == 0:
+        out.append("empty subjectAltName extension ('Empty Subject Alternative Name extension')")
+    for name, found in (("subjectKeyIdentifier", ski), ("authorityKeyIdentifier", aki)):
+        if found is not None and found.critical:
+            out.append(f"{name} marked critical ('unhandled critical extension'; refused "
+                       "without the strict flag too)")  # fmt: skip
+    return out
+
+
+def _ext(exts: x509.Extensions, kind: type[_E]) -> x509.Extension[_E] | None:
+    try:
+        return exts.get_extension_for_class(kind)
+    except x509.ExtensionNotFound:
+        return None
 
 
 def _single_certificate_block(source: str, text: str) -> bytes:

@@ -3,6 +3,9 @@
 Each trust path does its own real TLS handshake against the URL: Python's ``ssl`` with only the
 OS bundle, then with only the combined bundle, then NSS's ``tstclnt`` with each NSS database,
 then Python's ``ssl`` with what each Firefox policy installs plus Mozilla's roots (certifi).
+Each bundle is tried twice, as the two kinds of OpenSSL client decide: ``openssl default`` (curl,
+Python <= 3.12's ssl) and ``python/urllib3 strict`` (Python >= 3.13's ssl, urllib3 and so
+requests and boto3), which adds X509_V_FLAG_X509_STRICT and refuses some CAs the first accepts.
 
 Quirks this module exists for, one per line:
 - ``ssl.create_default_context(cafile=...)`` trusts that file alone: the defaults are not added.
@@ -11,6 +14,8 @@ Quirks this module exists for, one per line:
 - tstclnt reads stdin for data to send; closed stdin and ``-Q`` end it right after the handshake.
 - Firefox trusts its built-in Mozilla roots plus the files ``Certificates.Install`` names, PEM or
   DER; a file it cannot read is skipped, not fatal. certifi is the same Mozilla root list.
+- Python 3.13's ``create_default_context()`` sets VERIFY_X509_STRICT itself, 3.11's does not:
+  each path sets or clears it, so the answer is the same on both.
 """
 
 from __future__ import annotations
@@ -37,6 +42,10 @@ EXPIRED = "expired"
 NOT_YET_VALID = "not yet valid"
 NAME_MISMATCH = "name mismatch"
 MISSING = "missing"
+
+# The two ways an OpenSSL client verifies, as `verify` names them.
+OPENSSL_DEFAULT = "openssl default"
+STRICT = "python/urllib3 strict"
 
 # X509_V_ERR_* codes (openssl/x509_vfy.h).
 _OPENSSL_REASONS = {
@@ -83,6 +92,12 @@ class Verdict:
     accepted: bool
     reason: str = ""
     detail: str = ""
+    client: str = ""
+
+    @property
+    def label(self) -> str:
+        """The trust path, with the kind of client for a bundle: ``os bundle (openssl default)``."""
+        return f"{self.trust_path} ({self.client})" if self.client else self.trust_path
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON form."""
@@ -117,11 +132,31 @@ def classify_nss(output: str) -> tuple[str, str]:
     return first or "refused", first
 
 
-def check_bundle(trust_path: str, host: str, port: int, bundle: Path, *, timeout: float) -> Verdict:
-    """A handshake that trusts only the PEM ``bundle``."""
-    if not bundle.is_file():
-        return Verdict(trust_path, str(bundle), False, MISSING, "no such file; nothing installed?")
+def bundle_context(bundle: Path, client: str) -> ssl.SSLContext:
+    """A client context trusting only ``bundle``, verifying as ``client`` does."""
     ctx = ssl.create_default_context(cafile=str(bundle))
+    if client == STRICT:
+        # What Python 3.13's create_default_context() and urllib3 2 both set.
+        ctx.verify_flags |= ssl.VERIFY_X509_STRICT | ssl.VERIFY_X509_PARTIAL_CHAIN
+    else:
+        ctx.verify_flags &= ~ssl.VERIFY_X509_STRICT
+    return ctx
+
+
+def check_bundle(
+    trust_path: str,
+    host: str,
+    port: int,
+    bundle: Path,
+    *,
+    timeout: float,
+    client: str = OPENSSL_DEFAULT,
+) -> Verdict:
+    """A handshake that trusts only the PEM ``bundle``, as ``client`` verifies."""
+    if not bundle.is_file():
+        return Verdict(trust_path, str(bundle), False, MISSING, "no such file; nothing installed?",
+                       client)  # fmt: skip
+    ctx = bundle_context(bundle, client)
     try:
         with (
             socket.create_connection((host, port), timeout=timeout) as raw,
@@ -130,12 +165,13 @@ def check_bundle(trust_path: str, host: str, port: int, bundle: Path, *, timeout
             pass
     except ssl.SSLCertVerificationError as exc:
         msg = exc.verify_message or str(exc)
-        return Verdict(trust_path, str(bundle), False, classify_openssl(exc.verify_code, msg), msg)
+        reason = classify_openssl(exc.verify_code, msg)
+        return Verdict(trust_path, str(bundle), False, reason, msg, client)
     except ssl.SSLError as exc:
-        return Verdict(trust_path, str(bundle), False, f"TLS error: {exc.reason}", str(exc))
+        return Verdict(trust_path, str(bundle), False, f"TLS error: {exc.reason}", str(exc), client)
     except OSError as exc:
         raise VerifyError(f"{host}:{port}: cannot connect: {exc.strerror or exc}") from exc
-    return Verdict(trust_path, str(bundle), True)
+    return Verdict(trust_path, str(bundle), True, client=client)
 
 
 def check_nss(host: str, port: int, db: NssDatabase, runner: Runner, *, timeout: float) -> Verdict:
@@ -288,8 +324,9 @@ def verify_url(
     """Every trust path's verdict on the server at ``url``."""
     host, port = parse_url(url)
     verdicts = [
-        check_bundle("os bundle", host, port, os_bundle, timeout=timeout),
-        check_bundle("combined bundle", host, port, combined_bundle, timeout=timeout),
+        check_bundle(name, host, port, bundle, timeout=timeout, client=client)
+        for name, bundle in (("os bundle", os_bundle), ("combined bundle", combined_bundle))
+        for client in (OPENSSL_DEFAULT, STRICT)
     ]
     verdicts += [check_nss(host, port, db, runner, timeout=timeout) for db in nss_databases]
     verdicts += [check_firefox(host, port, p, timeout=timeout) for p in firefox_policies]
@@ -301,9 +338,9 @@ def render(url: str, verdicts: Sequence[Verdict]) -> str:
     lines = [f"{url}:"]
     for v in verdicts:
         if v.accepted:
-            lines.append(f"  ACCEPTS  {v.trust_path:<16} {v.location}")
+            lines.append(f"  ACCEPTS  {v.label:<40} {v.location}")
         else:
-            lines.append(f"  REFUSES  {v.trust_path:<16} {v.location}: {v.reason}")
+            lines.append(f"  REFUSES  {v.label:<40} {v.location}: {v.reason}")
             if v.detail and v.detail != v.reason:
                 lines.append(f"           {v.detail}")
     return "\n".join(lines) + "\n"

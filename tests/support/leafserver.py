@@ -33,6 +33,11 @@ def make_leaf_at(
         .not_valid_after(not_after)
         .add_extension(x509.SubjectAlternativeName([san]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        # Strict verifiers (Python >= 3.13) refuse a leaf without it before any other check.
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.cert.public_key()),  # type: ignore[arg-type]
+            critical=False,
+        )
         .sign(ca.key, hashes.SHA256())  # type: ignore[arg-type]
     )
     return Issued(cert, k)

@@ -5,6 +5,13 @@ Inside it, the real default paths (/etc/ssl, /usr/local/share/ca-certificates,
 under a scratch directory, and /run and /etc/firefox (Firefox's policies) are
 tmpfs. Nothing done inside reaches the host's own trust store. A holder process
 (``sleep infinity``) keeps the namespace alive; commands enter it with ``nsenter``.
+
+It must hold wherever it runs, a chroot included. ``nsenter --mount`` alone resets the new
+process's root to the namespace's own ``/``: from inside a chroot that is the host's ``/``, and
+a command meant for the copies would rewrite the host's store. So commands enter with ``--root``
+(the holder's root, which must be ours), and a guard run inside, before the command, refuses
+unless every store path it sees is the private copy (same device and inode) and its ``/`` is
+the holder's.
 """
 
 from __future__ import annotations
@@ -37,8 +44,10 @@ for d in "$@"; do
     mkdir -p "$(dirname "$copy")"
     cp -a "$d" "$copy"
     mount --bind "$copy" "$d"
-    # Refuse to go on unless the bind really took: never write to the host's store.
-    mountpoint -q "$d"
+    # Refuse to go on unless the bind really took, as seen from in here: never write to the
+    # host's store. -ef compares device and inode: the path must now be the copy itself.
+    [ "$d" -ef "$copy" ] || { echo "ns-setup: $d is not bound to its copy" >&2; exit 1; }
+    echo "$d" >> "$scratch/bound"
 done
 mount -t tmpfs -o mode=0755 tmpfs /run
 # Firefox's system policies, which the Firefox store writes: an empty tmpfs. The host gains at
@@ -50,13 +59,37 @@ mountpoint -q /etc/firefox
 exec sleep infinity
 """
 
+# Exit status of the guard when it refuses; the command itself never ran.
+REFUSED = 125
+
+# Runs inside the namespace, as the entered process, just before exec'ing the command.
+_GUARD = r"""
+holder=$1
+scratch=$2
+shift 2
+if ! [ / -ef "/proc/$holder/root" ]; then
+    echo "ns-guard: refusing: this process's root is not the namespace's root" >&2
+    exit 125
+fi
+while [ "$1" != "--" ]; do
+    if ! [ "$1" -ef "$scratch/copies$1" ]; then
+        echo "ns-guard: refusing: $1 is not the namespace's private copy" >&2
+        exit 125
+    fi
+    shift
+done
+shift
+exec "$@"
+"""
+
 
 class PrivateNamespace:
     """A mount namespace with private copies of the trust store; a context manager."""
 
     def __init__(self, scratch: Path) -> None:
-        self.scratch = scratch
+        self.scratch = scratch.absolute()
         self.holder: subprocess.Popen[bytes] | None = None
+        self.bound: tuple[str, ...] = ()
 
     def __enter__(self) -> PrivateNamespace:
         self.start()
@@ -81,6 +114,7 @@ class PrivateNamespace:
         self.scratch.mkdir(parents=True, exist_ok=True)
         ready = self.scratch / "ready"
         ready.unlink(missing_ok=True)
+        (self.scratch / "bound").unlink(missing_ok=True)
         self.holder = subprocess.Popen(
             ["unshare", "--mount", "--propagation", "private", "--",
              "sh", "-c", _SETUP, "ns-setup", str(self.scratch), *PRIVATE_DIRS],
@@ -94,6 +128,15 @@ class PrivateNamespace:
                 self.stop()
                 raise RuntimeError("namespace setup timed out")
             time.sleep(0.02)
+        self.bound = tuple((self.scratch / "bound").read_text().splitlines())
+        # The holder was forked from us, so this cannot differ unless something chroot()ed in
+        # between; still, every command is entered with the holder's root, so check it here.
+        if not os.path.samestat(os.stat("/proc/self/root"), os.stat(f"/proc/{self.pid}/root")):
+            self.stop()
+            raise RuntimeError("namespace holder has another root than this process; refusing")
+        if "/etc/ssl" not in self.bound:
+            self.stop()
+            raise RuntimeError("namespace has no private /etc/ssl; refusing")
 
     def stop(self) -> None:
         """End the holder; the namespace goes when the last process in it exits."""
@@ -105,8 +148,16 @@ class PrivateNamespace:
             shutil.rmtree(copies, ignore_errors=True)
 
     def argv(self, argv: Sequence[str]) -> list[str]:
-        """``argv`` wrapped to run inside the namespace."""
-        return ["nsenter", f"--target={self.pid}", "--mount", "--", *argv]
+        """``argv`` wrapped to run inside the namespace, behind the guard."""
+        return [
+            *self.enter(),
+            "sh", "-c", _GUARD, "ns-guard", str(self.pid), str(self.scratch), *self.bound, "--",
+            *argv,
+        ]  # fmt: skip
+
+    def enter(self) -> list[str]:
+        """The nsenter prefix: the holder's mount namespace, root and working directory."""
+        return ["nsenter", f"--target={self.pid}", "--mount", "--root", "--wd", "--"]
 
     def run(
         self, argv: Sequence[str], *, env: Mapping[str, str] | None = None, **kw: Any

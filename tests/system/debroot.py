@@ -1,4 +1,4 @@
-"""A clean Debian 12 root from debootstrap, and a real systemd booted in it as PID 1.
+"""A clean Debian root (12 or 13) from debootstrap, and a real systemd booted in it as PID 1.
 
 systemd-nspawn fails on these machines ("Parent died too early"), but systemd boots as PID 1 in a
 new PID and mount namespace: bind the root on itself, mount /proc, rbind /sys and /dev, put
@@ -6,7 +6,8 @@ tmpfs on /run and /tmp, and exec it through chroot. SIGKILL from outside ends th
 with it every mount, so nothing is left on the host.
 
 The debootstrap root is cached (``$TRUSTINSTALLER_TEST_CACHE``, /var/cache/trustinstaller-test)
-and built from nothing when missing; each test run works on a copy.
+and built from nothing when missing; each test run works on a copy. The release is
+``$TRUSTINSTALLER_SYSTEM_RELEASE`` (bookworm unless set; make test-system runs each).
 """
 
 from __future__ import annotations
@@ -22,14 +23,22 @@ from collections.abc import Sequence
 from pathlib import Path
 
 CACHE = Path(os.environ.get("TRUSTINSTALLER_TEST_CACHE", "/var/cache/trustinstaller-test"))
-SUITE = "bookworm"
+SUITE = os.environ.get("TRUSTINSTALLER_SYSTEM_RELEASE") or "bookworm"
 INCLUDE = "systemd,systemd-sysv,dbus"
-# Units that wait for consoles this root has not got; masked so that boot reaches "running".
-MASKED = ("getty.target", "serial-getty@ttyS0.service", "console-getty.service")
+RELEASES = ("bookworm", "trixie")
+# Units that wait for consoles this root has not got, and (systemd 257, Debian 13) the kernel
+# module loader, which fails in a namespace that shares the host's kernel: masked so that boot
+# reaches "running".
+MASKED = ("getty.target", "serial-getty@ttyS0.service", "console-getty.service",
+          "systemd-modules-load.service")  # fmt: skip
 
 
 def apt_mirror(sources: Sequence[str] = ()) -> str:
-    """The Debian mirror this machine's apt uses for the main archive (never a security one)."""
+    """The Debian mirror this machine's apt uses for the main archive (never a security one).
+
+    Any suite of it will do: the same archive serves every release, so a Debian 12 machine's
+    sources give the mirror for a Debian 13 root too.
+    """
     files = list(sources) or sorted(
         [
             *glob.glob("/etc/apt/sources.list.d/*.sources"),
@@ -57,13 +66,13 @@ def apt_mirror(sources: Sequence[str] = ()) -> str:
                 parts = [p for p in line.split() if not p.startswith("[")]
                 if len(parts) >= 4 and _is_main(parts[0], parts[1], parts[2], " ".join(parts[3:])):
                     return parts[1]
-    raise RuntimeError(f"no Debian {SUITE} main archive in apt's sources ({', '.join(files)})")
+    raise RuntimeError(f"no Debian main archive in apt's sources ({', '.join(files)})")
 
 
 def _is_main(types: str, uris: str, suites: str, components: str) -> bool:
     return (
         "deb" in types.split()
-        and SUITE in suites.split()
+        and any(s.split("-")[0] in RELEASES for s in suites.split())
         and "main" in components.split()
         and "security" not in uris
         and uris.startswith(("http://", "https://"))
