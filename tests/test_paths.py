@@ -19,7 +19,7 @@ from tests.support import osroot
 from tests.support.certs import make_ca
 from tests.test_runtime_env import Journal, trusted
 from trustinstaller import _fs, _run
-from trustinstaller.errors import StoreError
+from trustinstaller.errors import StoreError, UnsafePathError
 from trustinstaller.stores.nss import NssDatabase, NssStore, foreign_modules
 from trustinstaller.stores.runtime_env import RuntimeEnvStore
 
@@ -77,7 +77,7 @@ def test_the_walk_refuses_exactly_the_component_another_user_could_change(
         with _fs.opened_dir(tmp_path / "a/b/c") as fd:
             assert os.path.samestat(os.fstat(fd), (tmp_path / "a/b/c").stat())
         return
-    with pytest.raises(_fs.UnsafePathError) as info:
+    with pytest.raises(UnsafePathError) as info:
         _fs.open_dir(tmp_path / "a/b/c")
     assert problem.split(":")[0] in str(info.value.filename), info.value
     assert problem.split(": ", 1)[1] in str(info.value.strerror)
@@ -101,7 +101,7 @@ def test_a_symlink_owned_by_another_user_is_refused(tmp_path: Path) -> None:
     sticky(tmp_path)
     (tmp_path / "link").symlink_to(tmp_path / "real")
     to_other(tmp_path / "link")
-    with pytest.raises(_fs.UnsafePathError, match="symlink owned by uid 65534"):
+    with pytest.raises(UnsafePathError, match="symlink owned by uid 65534"):
         _fs.open_dir(tmp_path / "link/d")
 
 
@@ -109,16 +109,16 @@ def test_a_symlink_as_the_last_component_is_refused_whoever_owns_it(tmp_path: Pa
     """The directory itself is never reached through a link."""
     mkdirs(tmp_path, "real")
     (tmp_path / "link").symlink_to(tmp_path / "real")
-    with pytest.raises(_fs.UnsafePathError) as info:
+    with pytest.raises(UnsafePathError) as info:
         _fs.open_dir(tmp_path / "link")
     assert info.value.errno in (errno.ELOOP, errno.ENOTDIR)
 
 
 def test_dotdot_and_relative_paths_are_refused(tmp_path: Path) -> None:
     """A path must be absolute and plain: '..' could climb out of a checked directory."""
-    with pytest.raises(_fs.UnsafePathError, match=r"'\.\.'"):
+    with pytest.raises(UnsafePathError, match=r"'\.\.'"):
         _fs.open_dir(tmp_path / "a" / ".." / "b")
-    with pytest.raises(_fs.UnsafePathError, match="absolute"):
+    with pytest.raises(UnsafePathError, match="absolute"):
         _fs.open_dir(Path("relative/dir"))
 
 
@@ -140,7 +140,7 @@ def test_a_directory_squatted_by_another_user_is_refused_not_used(tmp_path: Path
     squat = tmp_path / "env"
     squat.mkdir()
     to_other(squat)
-    with pytest.raises(_fs.UnsafePathError, match="owned by uid 65534"):
+    with pytest.raises(UnsafePathError, match="owned by uid 65534"):
         _fs.open_dir(squat, create=True)
 
 

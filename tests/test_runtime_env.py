@@ -26,7 +26,7 @@ from tests.support.leafserver import make_leaf_at, serve_leaf
 from tests.support.tls import handshake, https_server
 from trustinstaller import _run, config, verify
 from trustinstaller._run import Account
-from trustinstaller.errors import ConfigError, HostError, StoreError
+from trustinstaller.errors import BadURLError, ConfigError, HostError, StoreError
 from trustinstaller.stores import runtime_env
 from trustinstaller.stores.nss import NssDatabase, NssStore
 from trustinstaller.stores.runtime_env import RuntimeEnvStore
@@ -447,7 +447,7 @@ def test_verify_reports_missing_stores(tmp_path: Path) -> None:
 @pytest.mark.parametrize("url", ["http://example.com/", "https:///x", "https://h:99999/"])
 def test_verify_refuses_a_bad_url(url: str) -> None:
     """Only https URLs with a host and a valid port are accepted."""
-    with pytest.raises(verify.BadURLError):
+    with pytest.raises(BadURLError):
         verify.parse_url(url)
 
 

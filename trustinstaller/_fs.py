@@ -24,13 +24,11 @@ import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from trustinstaller.errors import UnsafePathError
+
 MkdirHook = Callable[[Path], None]
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _MAX_LINKS = 40
-
-
-class UnsafePathError(OSError):
-    """A path that should be a real, root-only directory or file is not."""
 
 
 def trusted_uids() -> frozenset[int]:

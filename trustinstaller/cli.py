@@ -7,28 +7,22 @@ Exit codes: 0 ok, 1 internal or host error, 2 bad manifest or usage,
 from __future__ import annotations
 
 import argparse
-import contextlib
 import http.client
-import importlib
 import json
 import socket
 import sys
-import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trustinstaller import __version__, config, log
-from trustinstaller.errors import ConfigError, Outcome, TrustInstallerError
+from trustinstaller.errors import ConfigError, DaemonUnreachableError, Outcome, TrustInstallerError
 from trustinstaller.terminal import MESSAGE_LIMIT, escape
 
 if TYPE_CHECKING:
-    from trustinstaller.installer import Installer
     from trustinstaller.verify import Verdict
 
 EXIT_OK = 0
-EXIT_INTERNAL = 1
 EXIT_USAGE = 2
 
 
@@ -125,55 +119,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace, cfg: config.Config) -> int:
-    import os
+    from trustinstaller import daemon
 
-    from trustinstaller.installer import Installer
-    from trustinstaller.server import serve
-
-    # serve() handles SIGTERM itself: it stops accepting and lets an install in flight finish.
-    # With socket activation, a locked daemon exits after idle_exit idle seconds, and systemd
-    # starts it again on the next connection. TRUSTINSTALLER_IDLE_EXIT, which the packaged
-    # unit sets, overrides the config key.
-    raw = os.environ.get("TRUSTINSTALLER_IDLE_EXIT", "")
-    idle_exit = cfg.idle_exit
-    if raw:
-        try:
-            idle_exit = float(raw)
-        except ValueError:
-            idle_exit = -1.0
-        if not 0 < idle_exit < float("inf"):
-            raise ConfigError(
-                f"TRUSTINSTALLER_IDLE_EXIT={raw!r}: must be a positive number of seconds"
-            )
-    installer = Installer(cfg)
-    # Started once everything the path to ready needs is imported, so that the two overlap
-    # only for the few milliseconds of recovery and bind.
-    threading.Thread(target=_warm_up, args=(installer,), name="warm-up", daemon=True).start()
-    serve(installer, idle_exit=idle_exit)
+    daemon.run(cfg)
     return EXIT_OK
-
-
-def _warm_up(installer: Installer) -> None:
-    """Import botocore and cryptography, and make the process's botocore session, while idle.
-
-    They take about half a second to import: paid here, while the daemon waits for its
-    manifest, the first PUT does not wait for them. Making a client sends nothing.
-    """
-    # A warm-up that fails costs only the time it would have saved; the install reports errors.
-    with contextlib.suppress(Exception):
-        if installer.status().get("state") == "locked":
-            return  # restarted by socket activation after the lock: nothing left to install
-        # Wait for serve()'s accept thread, so that recovery and bind, the last steps before
-        # ready, do not share the GIL with these imports.
-        deadline = time.monotonic() + 2.0
-        while time.monotonic() < deadline and not any(
-            t.name == "accept" for t in threading.enumerate()
-        ):
-            time.sleep(0.005)
-        importlib.import_module("trustinstaller.validate")  # for cryptography's imports
-        from trustinstaller import fetch
-
-        fetch.warm_up(installer.config.endpoint_url)
 
 
 def _apply(args: argparse.Namespace, cfg: config.Config) -> int:
@@ -328,14 +277,6 @@ def _request(
     except ValueError:
         doc = {"error": raw.decode("utf-8", "replace")[:500]}
     return resp.status, doc if isinstance(doc, dict) else {"error": str(doc)}
-
-
-class DaemonUnreachableError(TrustInstallerError):
-    """No daemon answered on the socket."""
-
-    def __init__(self, path: Path, exc: BaseException) -> None:
-        reason = getattr(exc, "strerror", None) or type(exc).__name__
-        super().__init__(f"socket {path}: no daemon answered ({reason}); is the service running?")
 
 
 def _print_status(doc: dict[str, Any], as_json: bool, outcome: Outcome, message: str) -> None:

@@ -173,11 +173,55 @@ class StateError(TrustInstallerError):
     outcome = Outcome.INTERNAL
 
     def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
         super().__init__(f"state directory {path}: {reason}")
 
     def problems(self) -> list[Problem]:
         """One problem, on the state directory."""
-        return [Problem("state_error", str(self).split(":", 1)[0], str(self))]
+        return [Problem("state_error", f"state directory {self.path}", str(self))]
+
+
+class UnsafePathError(TrustInstallerError, OSError):
+    """One of root's paths has a component another user could change, or is of the wrong type.
+
+    An OSError too, with ``errno``, ``strerror`` (what is wrong) and ``filename`` (the
+    component), so that the filesystem code can treat it like the other errors of a path.
+    """
+
+    outcome = Outcome.STORE_FAILED
+
+    def __init__(self, errno: int, strerror: str, filename: str | None = None) -> None:
+        OSError.__init__(self, errno, strerror, filename)
+
+    def __str__(self) -> str:
+        return f"{self.filename}: {self.strerror}" if self.filename else str(self.strerror)
+
+
+class PolicyError(TrustInstallerError, ValueError):
+    """A Firefox policies document that must not be rewritten: what is wrong with it."""
+
+
+class ActivationError(TrustInstallerError):
+    """systemd passed something other than one listening Unix stream socket."""
+
+
+class VerifyError(TrustInstallerError):
+    """The server cannot be reached, so no trust path can be judged."""
+
+
+class BadURLError(VerifyError):
+    """The URL is not an https URL with a host."""
+
+    outcome = Outcome.INVALID
+
+
+class DaemonUnreachableError(TrustInstallerError):
+    """No daemon answered on the socket."""
+
+    def __init__(self, path: object, exc: BaseException) -> None:
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        super().__init__(f"socket {path}: no daemon answered ({reason}); is the service running?")
 
 
 class LockedError(TrustInstallerError):

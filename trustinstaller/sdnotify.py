@@ -16,12 +16,10 @@ import socket
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
+from trustinstaller.errors import ActivationError
+
 SD_LISTEN_FDS_START = 3
 _LISTEN_VARS = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
-
-
-class ActivationError(Exception):
-    """systemd passed something other than one listening Unix stream socket."""
 
 
 def listen_fds(env: MutableMapping[str, str] | None = None, *, pid: int | None = None) -> list[int]:

@@ -11,23 +11,19 @@ import contextlib
 import http.server
 import io
 import json
-import os
 import re
 import secrets
-import signal
 import socket
 import socketserver
-import stat
 import struct
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import structlog
 
-from trustinstaller import _fs, log, sdnotify
-from trustinstaller.errors import ConfigError, Outcome, TrustInstallerError
+from trustinstaller import log
+from trustinstaller.errors import Outcome, TrustInstallerError
 from trustinstaller.installer import Installer
 
 MAX_BODY = 1024 * 1024
@@ -47,7 +43,6 @@ _TOO_MANY = (
     b"Connection: close\r\nContent-Length: 45\r\n\r\n"
     b'{"error": "too many connections; try again"}\n'
 )
-SD_LISTEN_FDS_START = sdnotify.SD_LISTEN_FDS_START
 
 
 class DeadlineReader(io.RawIOBase):
@@ -318,118 +313,3 @@ class Slots:
             self._by_uid[uid] -= 1
             if not self._by_uid[uid]:
                 del self._by_uid[uid]
-
-
-def inherited_socket() -> socket.socket | None:
-    """The listening socket systemd passed us (``LISTEN_FDS``/``LISTEN_PID``), if any."""
-    fds = sdnotify.listen_fds()
-    if not fds:
-        return None
-    try:
-        return sdnotify.listening_unix_socket(fds)
-    except sdnotify.ActivationError as exc:
-        raise ConfigError(f"socket activation: {exc}") from exc
-
-
-def bind_socket(path: Path, *, group: str | None = None) -> socket.socket:
-    """Bind a fresh listening socket at ``path`` (0600, or 0660 with ``group``).
-
-    Its directory is reached by a checked walk, so no other user can swap it between the
-    removal of a stale socket, the bind and the chmod that follow by path.
-    """
-    try:
-        with (
-            _fs.opened_dir(path.parent, parents=True, mode=0o755) as parent,
-            contextlib.suppress(FileNotFoundError),
-        ):
-            if stat.S_ISSOCK(os.stat(path.name, dir_fd=parent, follow_symlinks=False).st_mode):
-                os.unlink(path.name, dir_fd=parent)  # stale, from an earlier run
-    except _fs.UnsafePathError as exc:
-        raise ConfigError(f"socket {path}: {exc.filename} {exc.strerror}") from exc
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o177)
-    try:
-        sock.bind(str(path))
-    finally:
-        os.umask(old)
-    if group is not None:
-        import grp
-
-        os.chown(path, -1, grp.getgrnam(group).gr_gid, follow_symlinks=False)
-        os.chmod(path, 0o660)
-    else:
-        os.chmod(path, 0o600)
-    sock.listen(64)
-    return sock
-
-
-def notify(message: str) -> None:
-    """Send one sd_notify datagram (``READY=1``, ``STATUS=...``) if systemd asked for them."""
-    sdnotify.notify(*message.split("\n"))
-
-
-def serve(installer: Installer, *, idle_exit: float | None = None) -> None:
-    """Recover, bind (or inherit) the socket, tell systemd we are ready, serve until told to stop.
-
-    SIGTERM or SIGINT stops accepting, lets every request in flight finish (an install completes
-    or rolls back; it is never cut in half), and returns. With a socket from systemd and
-    ``idle_exit`` seconds, a locked daemon with no connection for that long returns too, to free
-    its memory: systemd keeps the socket, and the next connection starts a new process that
-    answers from the state directory.
-    """
-    tick = 1.0  # seconds between looks at the state, for STATUS= and the idle timer
-    stop = threading.Event()
-    stopped_by: list[str] = []
-
-    def on_signal(signum: int, _frame: object) -> None:
-        stopped_by.append(signal.Signals(signum).name)
-        stop.set()
-
-    if threading.current_thread() is threading.main_thread():  # only it may set handlers
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, on_signal)
-
-    # Readiness waits for recovery: a journal left by a killed install is rolled back first.
-    # A concurrent `trustinstaller apply` holds the lock: wait for it rather than fail to start.
-    status = installer.prepare(wait=installer.config.update_timeout)
-    inherited = inherited_socket()
-    sock = inherited or bind_socket(installer.config.socket,
-                                    group=installer.config.socket_group)  # fmt: skip
-    server = Server(installer, sock)
-    # Request threads must not be daemon threads: server_close() joins only the others, and
-    # an install in flight must finish before the process exits.
-    server.daemon_threads = False
-    worker = threading.Thread(target=server.serve_forever, name="accept", daemon=True)
-    worker.start()
-    text = sdnotify.describe(status)
-    log.get().info("daemon_ready", socket=str(sock.getsockname()), state=status["state"],
-                   source="systemd" if inherited else "bound")  # fmt: skip
-    sdnotify.notify("READY=1", f"STATUS={text}", f"MAINPID={os.getpid()}")
-    idle_since = time.monotonic()
-    try:
-        # The install runs in a request thread and records its state in the state directory;
-        # this loop mirrors that state into STATUS= so that `systemctl status` shows it.
-        while not stop.wait(tick):
-            status = installer.status()
-            new = sdnotify.describe(status)
-            if new != text:
-                text = new
-                sdnotify.notify(f"STATUS={text}")
-                log.get().info("state_changed", state=status.get("state"))
-            # Busy while any connection is being served: request threads (and the pools an
-            # install starts from them) are the only non-daemon threads besides this one.
-            others = set(threading.enumerate()) - {threading.current_thread(),
-                                                   threading.main_thread()}  # fmt: skip
-            busy = status.get("state") != "locked" or any(not t.daemon for t in others)
-            now = time.monotonic()
-            if busy or inherited is None or idle_exit is None:
-                idle_since = now
-            elif now - idle_since >= idle_exit:
-                stopped_by.append("idle")
-                break
-    finally:
-        sdnotify.notify("STOPPING=1", f"STATUS=stopping ({', '.join(stopped_by) or 'error'})")
-        server.shutdown()
-        # Joins every request thread, so an install in flight finishes before we exit.
-        server.server_close()
-        log.get().info("daemon_stopped", reason=stopped_by[0] if stopped_by else "error")

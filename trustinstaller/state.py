@@ -14,12 +14,12 @@ import fcntl
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from trustinstaller import _fs
-from trustinstaller.errors import BusyError, StateError
+from trustinstaller.errors import BusyError, StateError, UnsafePathError
 
 STATUS_FILE = "status.json"
 JOURNAL_FILE = "journal.json"
@@ -41,6 +41,8 @@ class StateDir:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        # Told of every status written (the daemon mirrors it into systemd's STATUS=).
+        self.on_write: Callable[[Mapping[str, Any]], None] | None = None
 
     def ensure(self) -> None:
         """Create the directory (0700) if missing and check it is a real directory of ours."""
@@ -51,7 +53,7 @@ class StateDir:
             with _fs.opened_dir(self.path, create=True, mode=0o700) as fd:
                 st = os.fstat(fd)
                 if st.st_uid != os.geteuid():
-                    raise _fs.UnsafePathError(errno.EPERM, "is owned by another user")
+                    raise UnsafePathError(errno.EPERM, "is owned by another user")
                 if st.st_mode & 0o077:
                     os.fchmod(fd, 0o700)
         except OSError as exc:
@@ -92,6 +94,8 @@ class StateDir:
         """Replace the status file atomically (0600)."""
         status = {**status, "updated_at": now_iso()}
         self._write(STATUS_FILE, status)
+        if self.on_write is not None:
+            self.on_write(status)
 
     def is_locked(self) -> tuple[bool, str | None]:
         """Whether the session's configuration is locked, and since when."""

@@ -33,8 +33,8 @@ from typing import Any
 
 from trustinstaller import _fs
 from trustinstaller._run import Runner
-from trustinstaller.errors import HostError, Outcome, StoreError, TrustInstallerError
-from trustinstaller.stores.firefox import PolicyError, installed_paths
+from trustinstaller.errors import BadURLError, HostError, PolicyError, StoreError, VerifyError
+from trustinstaller.stores.firefox import installed_paths
 from trustinstaller.stores.nss import NssDatabase, NssStore
 
 UNKNOWN_CA = "unknown CA"
@@ -71,16 +71,6 @@ _NSS_REASONS = {
 }
 # tstclnt's words for "the server could not be reached at all", not a verdict on trust.
 _NSS_UNREACHABLE = ("PR_CONNECT_REFUSED_ERROR", "PR_IO_TIMEOUT_ERROR", "PR_NETWORK_UNREACHABLE")
-
-
-class VerifyError(TrustInstallerError):
-    """The server cannot be reached, so no trust path can be judged."""
-
-
-class BadURLError(VerifyError):
-    """The URL is not an https URL with a host."""
-
-    outcome = Outcome.INVALID
 
 
 @dataclass(frozen=True)

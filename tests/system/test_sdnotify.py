@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from trustinstaller import sdnotify
+from trustinstaller.errors import ActivationError
 
 
 def test_notify_reaches_an_abstract_namespace_socket() -> None:
@@ -64,7 +65,7 @@ def test_a_socket_that_is_not_listening_is_refused(tmp_path: Path) -> None:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.bind(str(tmp_path / "s.sock"))
     fd = os.dup(s.fileno())
-    with pytest.raises(sdnotify.ActivationError, match="not listening"):
+    with pytest.raises(ActivationError, match="not listening"):
         sdnotify.listening_unix_socket([fd])
     os.close(fd)
     s.close()

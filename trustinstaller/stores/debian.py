@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from trustinstaller import _fs
 from trustinstaller._run import Runner
-from trustinstaller.errors import HostError, StoreError
+from trustinstaller.errors import HostError, StoreError, UnsafePathError
 from trustinstaller.stores import Entry, Recorder
 
 if TYPE_CHECKING:  # annotations only: keeps cryptography off the path to ready
@@ -78,7 +78,7 @@ class DebianStore:
             try:
                 with _fs.opened_dir(p):
                     pass
-            except _fs.UnsafePathError as exc:
+            except UnsafePathError as exc:
                 raise StoreError(self.name, f"{exc.filename} {exc.strerror}; refusing to write "
                                  "below it: fix that component") from exc  # fmt: skip
             except OSError as exc:
@@ -90,7 +90,7 @@ class DebianStore:
         """Write one ``.crt`` per certificate, then run update-ca-certificates."""
         try:
             self._write_files(certs, record)
-        except _fs.UnsafePathError as exc:
+        except UnsafePathError as exc:
             raise StoreError(self.name, f"{exc.filename} {exc.strerror}; refusing to write "
                              "through it: remove it and submit again") from exc  # fmt: skip
         except OSError as exc:
@@ -113,7 +113,7 @@ class DebianStore:
                 try:
                     if _fs.read_file(fd, name) == data:
                         continue  # there from before this install: not ours to remove
-                except _fs.UnsafePathError:
+                except UnsafePathError:
                     pass  # a symlink or other oddity at our name: replaced below, never followed
                 record("write", dir=str(our), name=name)
                 _write_unsynced(fd, name, data, 0o644)
@@ -141,7 +141,7 @@ class DebianStore:
             if e["action"] == "write":
                 # A symlink planted at the directory is not followed: nothing is removed there.
                 with (
-                    contextlib.suppress(FileNotFoundError, _fs.UnsafePathError),
+                    contextlib.suppress(FileNotFoundError, UnsafePathError),
                     _fs.opened_dir(Path(e["dir"])) as fd,
                 ):
                     if _fs.remove(fd, e["name"]):

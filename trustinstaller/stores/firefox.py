@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trustinstaller import _fs
-from trustinstaller.errors import StoreError
+from trustinstaller.errors import PolicyError, StoreError, UnsafePathError
 from trustinstaller.stores import Entry, Recorder
 from trustinstaller.stores.debian import DebianPaths, cert_filename
 
@@ -36,10 +36,6 @@ POLICIES = Path("/etc/firefox/policies/policies.json")
 PREFIX = "firefox:"
 MODE = 0o644
 DIR_MODE = 0o755
-
-
-class PolicyError(ValueError):
-    """A policies document we must not rewrite: what is wrong with it."""
 
 
 def default_policies() -> tuple[Path, ...]:
@@ -255,7 +251,7 @@ class FirefoxStore:
                              "remove the file and submit again") from exc  # fmt: skip
 
     def _os_error(self, exc: OSError) -> StoreError:
-        if isinstance(exc, _fs.UnsafePathError):
+        if isinstance(exc, UnsafePathError):
             return StoreError(self.name, f"{exc.filename} {exc.strerror}; refusing to write "
                               "through it: remove it and submit again")  # fmt: skip
         return StoreError(self.name, f"cannot write {exc.filename or self.policies}: "

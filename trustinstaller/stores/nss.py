@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 
 from trustinstaller import _fs, log
 from trustinstaller._run import Account, Runner
-from trustinstaller.errors import HostError, StoreError
+from trustinstaller.errors import HostError, StoreError, UnsafePathError
 from trustinstaller.stores import Entry, Recorder, nss_user
 
 if TYPE_CHECKING:  # annotations only: keeps cryptography off the path to ready
@@ -250,7 +250,7 @@ class NssStore:
         """A checked descriptor for ``path`` on root's side, with its database files checked."""
         try:
             fd = _fs.open_dir(path, parents=create, mode=0o700, before_mkdir=before_mkdir)
-        except _fs.UnsafePathError as exc:
+        except UnsafePathError as exc:
             raise StoreError(self.name, _unsafe(exc)) from exc
         except FileNotFoundError:
             raise
@@ -269,7 +269,7 @@ class NssStore:
             for f in DB_FILES:
                 _fs.check_file(fd, f, self._where(f))
             text = _fs.read_file(fd, "pkcs11.txt", limit=1024 * 1024)
-        except _fs.UnsafePathError as exc:
+        except UnsafePathError as exc:
             raise StoreError(self.name, _unsafe(exc)) from exc
         bad = foreign_modules((text or b"").decode("utf-8", "replace"))
         if bad:
@@ -335,7 +335,7 @@ class NssStore:
         """The walk's descriptor without the database-file checks: removal needs no trust."""
         try:
             fd = _fs.open_dir(path)
-        except _fs.UnsafePathError as exc:
+        except UnsafePathError as exc:
             raise StoreError(self.name, _unsafe(exc)) from exc
         try:
             yield fd
@@ -365,7 +365,7 @@ def _mkdir_recorder(record: Recorder | None) -> _fs.MkdirHook | None:
     return lambda path: record("mkdir", path=str(path))
 
 
-def _unsafe(exc: _fs.UnsafePathError) -> str:
+def _unsafe(exc: UnsafePathError) -> str:
     return (
         f"{exc.filename} {exc.strerror}: a database certutil opens as root must be reached "
         "through root's own directories; fix the path, or name its owner in nss_databases "

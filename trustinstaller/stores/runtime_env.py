@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from trustinstaller import _fs
-from trustinstaller.errors import ConfigError, StoreError
+from trustinstaller.errors import ConfigError, StoreError, UnsafePathError
 from trustinstaller.stores import Entry, Recorder
 from trustinstaller.stores.debian import DebianPaths, cert_filename
 from trustinstaller.stores.firefox import policies_document
@@ -150,7 +150,7 @@ class RuntimeEnvStore:
             if exc.filename == self.directory.name:
                 return  # made at install, through the parent's descriptor
             raise StoreError(self.name, f"{self.directory.parent} is not a directory") from exc
-        except _fs.UnsafePathError as exc:
+        except UnsafePathError as exc:
             raise StoreError(self.name, _unsafe(exc)) from exc
         if not stat.S_ISDIR(st.st_mode):
             raise StoreError(self.name, f"{self.directory} is a symlink or not a directory")
@@ -185,7 +185,7 @@ class RuntimeEnvStore:
                     _fs.atomic_write(fd, name, data, 0o644)
             finally:
                 os.close(fd)
-        except _fs.UnsafePathError as exc:
+        except UnsafePathError as exc:
             raise StoreError(self.name, _unsafe(exc)) from exc
         except OSError as exc:
             raise StoreError(self.name, f"{self.directory}: {exc.strerror or exc}") from exc
@@ -229,7 +229,7 @@ class RuntimeEnvStore:
                 _fs.rmdir(Path(e["path"]))
 
 
-def _unsafe(exc: _fs.UnsafePathError) -> str:
+def _unsafe(exc: UnsafePathError) -> str:
     return (
         f"{exc.filename} {exc.strerror}: runtime_dir must be reached through directories only "
         "root may change; choose another runtime_dir, or fix that component"

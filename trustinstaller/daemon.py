@@ -1,0 +1,193 @@
+"""The daemon's process lifecycle: the socket, signals, sd_notify, warm-up and idle exit.
+
+``server.py`` answers HTTP; this module decides when the process is ready, what systemd is
+told, and when it stops. ``trustinstaller serve`` calls :func:`run`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import importlib
+import os
+import signal
+import socket
+import stat
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from trustinstaller import _fs, log, sdnotify
+from trustinstaller.config import Config
+from trustinstaller.errors import ActivationError, ConfigError, UnsafePathError
+from trustinstaller.installer import Installer
+from trustinstaller.server import Server
+
+IDLE_ENV = "TRUSTINSTALLER_IDLE_EXIT"
+# Seconds between looks at the idle timer; STATUS= is sent on each state change, not polled.
+_TICK = 1.0
+
+
+def run(config: Config, env: Mapping[str, str] | None = None) -> None:
+    """Serve ``config`` until a signal (or the idle exit) stops the daemon."""
+    idle_exit = idle_exit_seconds(config, os.environ if env is None else env)
+    installer = Installer(config)
+    # Started once everything the path to ready needs is imported, so that the two overlap
+    # only for the few milliseconds of recovery and bind.
+    threading.Thread(target=warm_up, args=(installer,), name="warm-up", daemon=True).start()
+    serve(installer, idle_exit=idle_exit)
+
+
+def idle_exit_seconds(config: Config, env: Mapping[str, str]) -> float | None:
+    """``idle_exit`` from the config, or from TRUSTINSTALLER_IDLE_EXIT, which overrides it."""
+    raw = env.get(IDLE_ENV, "")
+    if not raw:
+        return config.idle_exit
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise ConfigError(f"{IDLE_ENV}={raw!r}: must be a positive number of seconds")
+    return value
+
+
+def warm_up(installer: Installer) -> None:
+    """Import botocore and cryptography, and make the process's botocore session, while idle.
+
+    They take about half a second to import: paid here, while the daemon waits for its
+    manifest, the first PUT does not wait for them. Making a client sends nothing.
+    """
+    # A warm-up that fails costs only the time it would have saved; the install reports errors.
+    with contextlib.suppress(Exception):
+        if installer.status().get("state") == "locked":
+            return  # restarted by socket activation after the lock: nothing left to install
+        # Wait for serve()'s accept thread, so that recovery and bind, the last steps before
+        # ready, do not share the GIL with these imports.
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline and not any(
+            t.name == "accept" for t in threading.enumerate()
+        ):
+            time.sleep(0.005)
+        importlib.import_module("trustinstaller.validate")  # for cryptography's imports
+        from trustinstaller import fetch
+
+        fetch.warm_up(installer.config.endpoint_url)
+
+
+def inherited_socket() -> socket.socket | None:
+    """The listening socket systemd passed us (``LISTEN_FDS``/``LISTEN_PID``), if any."""
+    fds = sdnotify.listen_fds()
+    if not fds:
+        return None
+    try:
+        return sdnotify.listening_unix_socket(fds)
+    except ActivationError as exc:
+        raise ConfigError(f"socket activation: {exc}") from exc
+
+
+def bind_socket(path: Path, *, group: str | None = None) -> socket.socket:
+    """Bind a fresh listening socket at ``path`` (0600, or 0660 with ``group``).
+
+    Its directory is reached by a checked walk, so no other user can swap it between the
+    removal of a stale socket, the bind and the chmod that follow by path.
+    """
+    try:
+        with (
+            _fs.opened_dir(path.parent, parents=True, mode=0o755) as parent,
+            contextlib.suppress(FileNotFoundError),
+        ):
+            if stat.S_ISSOCK(os.stat(path.name, dir_fd=parent, follow_symlinks=False).st_mode):
+                os.unlink(path.name, dir_fd=parent)  # stale, from an earlier run
+    except UnsafePathError as exc:
+        raise ConfigError(f"socket {path}: {exc.filename} {exc.strerror}") from exc
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"socket {path}: cannot bind: {exc.strerror or exc}; remove what "
+                          "is there, or choose another path") from exc  # fmt: skip
+    finally:
+        os.umask(old)
+    if group is not None:
+        os.chown(path, -1, grp.getgrnam(group).gr_gid, follow_symlinks=False)
+        os.chmod(path, 0o660)
+    else:
+        os.chmod(path, 0o600)
+    sock.listen(64)
+    return sock
+
+
+def serve(installer: Installer, *, idle_exit: float | None = None) -> None:
+    """Recover, bind (or inherit) the socket, tell systemd we are ready, serve until told to stop.
+
+    SIGTERM or SIGINT stops accepting, lets every request in flight finish (an install completes
+    or rolls back; it is never cut in half), and returns. With a socket from systemd and
+    ``idle_exit`` seconds, a locked daemon with no connection for that long returns too, to free
+    its memory: systemd keeps the socket, and the next connection starts a new process that
+    answers from the state directory.
+    """
+    stop = threading.Event()
+    stopped_by: list[str] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stopped_by.append(signal.Signals(signum).name)
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():  # only it may set handlers
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, on_signal)
+
+    # Readiness waits for recovery: a journal left by a killed install is rolled back first.
+    # A concurrent `trustinstaller apply` holds the lock: wait for it rather than fail to start.
+    status = installer.prepare(wait=installer.config.update_timeout)
+    inherited = inherited_socket()
+    sock = inherited or bind_socket(installer.config.socket,
+                                    group=installer.config.socket_group)  # fmt: skip
+    server = Server(installer, sock)
+    # Request threads must not be daemon threads: server_close() joins only the others, and
+    # an install in flight must finish before the process exits.
+    server.daemon_threads = False
+    worker = threading.Thread(target=server.serve_forever, name="accept", daemon=True)
+    worker.start()
+    text = [sdnotify.describe(status)]
+
+    def on_status(new: Mapping[str, Any]) -> None:
+        # Called by the state directory on every status write, from the request thread, so
+        # that `systemctl status` follows the state the moment it changes.
+        described = sdnotify.describe(new)
+        if described != text[0]:
+            text[0] = described
+            sdnotify.notify(f"STATUS={described}")
+            log.get().info("state_changed", state=new.get("state"))
+
+    installer.state.on_write = on_status
+    log.get().info("daemon_ready", socket=str(sock.getsockname()), state=status["state"],
+                   source="systemd" if inherited else "bound")  # fmt: skip
+    sdnotify.notify("READY=1", f"STATUS={text[0]}", f"MAINPID={os.getpid()}")
+    idle_since = time.monotonic()
+    try:
+        while not stop.wait(_TICK):
+            # Busy while any connection is being served: request threads (and the pools an
+            # install starts from them) are the only non-daemon threads besides this one.
+            others = set(threading.enumerate()) - {threading.current_thread(),
+                                                   threading.main_thread()}  # fmt: skip
+            locked = installer.status().get("state") == "locked"
+            busy = not locked or any(not t.daemon for t in others)
+            now = time.monotonic()
+            if busy or inherited is None or idle_exit is None:
+                idle_since = now
+            elif now - idle_since >= idle_exit:
+                stopped_by.append("idle")
+                break
+    finally:
+        installer.state.on_write = None
+        sdnotify.notify("STOPPING=1", f"STATUS=stopping ({', '.join(stopped_by) or 'error'})")
+        server.shutdown()
+        # Joins every request thread, so an install in flight finishes before we exit.
+        server.server_close()
+        log.get().info("daemon_stopped", reason=stopped_by[0] if stopped_by else "error")
