@@ -271,7 +271,7 @@ def test_installer_runs_the_firefox_store_after_the_os_store(
     """The status names the store; the policy names the OS store's .crt file, which exists."""
     ca = make_ca("ff installer")
     installer = Installer(ff_config)
-    names = [s.name for s in installer.stores()]
+    names = [s.name for s in installer.registry.all()]
     policies = ff_config.firefox_policies[0]
     assert names.index("os") < names.index(f"firefox:{policies}") < names.index("env")
     status = installer.submit(manifest([moto.put_secret(unique("ff"), ca.pem)]))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trustinstaller import _run, fetch, log, manifest, state, transaction
@@ -24,10 +23,7 @@ from trustinstaller.errors import (
     redact,
 )
 from trustinstaller.manifest import CertificateRef, Credentials
-from trustinstaller.stores import Store, firefox
-from trustinstaller.stores.debian import DebianStore
-from trustinstaller.stores.nss import NssDatabase, NssStore
-from trustinstaller.stores.runtime_env import RuntimeEnvStore
+from trustinstaller.stores.registry import Registry
 
 if TYPE_CHECKING:
     from trustinstaller.validate import TrustedCA
@@ -72,33 +68,10 @@ class Installer:
 
     # -- stores ---------------------------------------------------------------
 
-    def stores(self) -> list[Store]:
-        """The configured stores, OS store first."""
-        return [self.store_named("os"), *(self.store_named(f"nss:{db.directory}")
-                                          for db in self.config.nss_databases),
-                # After the OS store: the policies name the .crt files it writes.
-                *(self.store_named(f"{firefox.PREFIX}{p}") for p in self.config.firefox_policies),
-                self.store_named("env")]  # fmt: skip
-
-    def store_named(self, name: str) -> Store:
-        """Rebuild a store from its name in a journal entry."""
-        if name == "os":
-            return DebianStore(self.runner, self.config.os_store,
-                               timeout=self.config.update_timeout)  # fmt: skip
-        if name.startswith("nss:"):
-            # The owner comes from the configuration, never from the journal or the disk. A
-            # database no longer configured is handled as root's: the checked walk then
-            # refuses anything another user could change.
-            db = NssDatabase.parse(name.removeprefix("nss:"))
-            db = next((d for d in self.config.nss_databases if d.directory == db.directory), db)
-            return NssStore(self.runner, db, timeout=self.config.certutil_timeout)
-        if name.startswith(firefox.PREFIX):
-            policies = Path(name.removeprefix(firefox.PREFIX))
-            return firefox.FirefoxStore(policies, self.config.os_store)
-        if name == "env":  # last: its combined bundle copies the OS bundle just regenerated
-            return RuntimeEnvStore(self.config.runtime_env_dir, self.config.os_store.bundle,
-                                   certs_dir=self.config.os_store.our_dir)  # fmt: skip
-        raise ValueError(f"unknown store {name!r} in the journal")
+    @property
+    def registry(self) -> Registry:
+        """The configured stores, and the store a journal entry names."""
+        return Registry(self.config, self.runner)
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -146,11 +119,11 @@ class Installer:
         planned = self._fetch_and_validate(parsed.certificates, parsed.credentials, now)
         del parsed  # the credentials are not needed past the fetch
         certs = [p.ca for p in planned]
-        stores = self.stores() if certs else []
+        stores = self.registry.all() if certs else []
         entries = [self._cert_status(p, [s.name for s in stores]) for p in planned]
         summary = {"certificates": entries}
         if certs:
-            transaction.apply(stores, certs, self.state, summary, self.store_named)
+            transaction.apply(stores, certs, self.state, summary, self.registry.named)
         status = self._locked_status(entries)
         if self.fetch_stats is not None:
             status["fetch"] = self.fetch_stats.as_dict()
@@ -265,27 +238,25 @@ class Installer:
 
     def _recover(self) -> None:
         """Finish an interrupted install: roll it back, or confirm a committed one."""
-        journal = self.state.read_journal()
-        current = self.state.read_status()
-        if journal is None:
-            if current.get("state") == state.INSTALLING:
-                self.state.write_status({
-                    **state.empty_status(), "state": state.FAILED,
-                    "errors": [Problem("interrupted", "", "an install was interrupted before "
-                                       "anything was written; nothing to undo").as_dict()],
-                })  # fmt: skip
-            return
-        if journal.get("phase") == transaction.COMMITTED:
-            entries = journal.get("summary", {}).get("certificates", [])
+
+        def confirm(summary: dict[str, Any]) -> None:
+            entries = summary.get("certificates", [])
             self.state.write_status(self._locked_status(entries))
-            self.state.clear_journal()
             self.logger.info("install_confirmed", count=len(entries), state=state.LOCKED)
-            return
-        transaction.rollback(journal, self.store_named)
-        self.state.write_status({
-            **state.empty_status(), "state": state.FAILED,
-            "errors": [Problem("interrupted", "", "an install was interrupted and has been "
-                               "rolled back; submit the manifest again").as_dict()],
-        })  # fmt: skip
-        self.state.clear_journal()
-        self.logger.warning("install_rolled_back", state=state.FAILED)
+
+        def rolled_back() -> None:
+            self.state.write_status({
+                **state.empty_status(), "state": state.FAILED,
+                "errors": [Problem("interrupted", "", "an install was interrupted and has been "
+                                   "rolled back; submit the manifest again").as_dict()],
+            })  # fmt: skip
+            self.logger.warning("install_rolled_back", state=state.FAILED)
+
+        found = transaction.recover(self.state, self.registry.named, confirm=confirm,
+                                    rolled_back=rolled_back)  # fmt: skip
+        if not found and self.state.read_status().get("state") == state.INSTALLING:
+            self.state.write_status({
+                **state.empty_status(), "state": state.FAILED,
+                "errors": [Problem("interrupted", "", "an install was interrupted before "
+                                   "anything was written; nothing to undo").as_dict()],
+            })  # fmt: skip

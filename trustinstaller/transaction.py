@@ -61,7 +61,7 @@ def apply(
     certs: Sequence[TrustedCA],
     state: StateDir,
     summary: dict[str, Any],
-    store_named: Callable[[str], Store],
+    resolve: Callable[[str], Store],
 ) -> dict[str, str]:
     """Install ``certs`` into every store and verify; on any failure roll everything back.
 
@@ -134,7 +134,7 @@ def apply(
             # Even when this thread was interrupted: no store command may still be running.
             pool.shutdown(wait=True)
             try:
-                rollback(journal.data, store_named)
+                rollback(journal.data, resolve)
             except TrustInstallerError as rb_exc:
                 # The journal stays, so the next start tries the rollback again.
                 exc.add_note(
@@ -161,8 +161,33 @@ def _entries_by_store(journal: dict[str, Any]) -> dict[str, list[Entry]]:
     return by_store
 
 
-def rollback(journal: dict[str, Any], store_named: Callable[[str], Store]) -> None:
+def rollback(journal: dict[str, Any], resolve: Callable[[str], Store]) -> None:
     """Undo a journal's entries, stores in reverse order of first appearance."""
     by_store = _entries_by_store(journal)
     for name in reversed(list(by_store)):
-        store_named(name).rollback(by_store[name])
+        resolve(name).rollback(by_store[name])
+
+
+def recover(
+    state: StateDir,
+    resolve: Callable[[str], Store],
+    *,
+    confirm: Callable[[dict[str, Any]], None],
+    rolled_back: Callable[[], None],
+) -> bool:
+    """Finish an install a crash interrupted; False when no journal was there.
+
+    A committed journal is confirmed (``confirm`` gets its summary, to record the lock); any
+    other is rolled back (then ``rolled_back`` records it). Each is told before the journal is
+    removed, so a crash in between only repeats this.
+    """
+    journal = state.read_journal()
+    if journal is None:
+        return False
+    if journal.get("phase") == COMMITTED:
+        confirm(journal.get("summary", {}))
+    else:
+        rollback(journal, resolve)
+        rolled_back()
+    state.clear_journal()
+    return True

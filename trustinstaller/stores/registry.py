@@ -1,0 +1,79 @@
+"""Which stores the configuration asks for, and which store a journal entry belongs to.
+
+The one place that turns the configuration into stores: the installer asks it for every store
+of an install, and the recovery asks it for the store each journal entry names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from trustinstaller import _run
+from trustinstaller.config import Config
+from trustinstaller.errors import StateError
+from trustinstaller.stores import Store, firefox
+from trustinstaller.stores.debian import DebianStore
+from trustinstaller.stores.nss import NssDatabase, NssStore
+from trustinstaller.stores.runtime_env import RuntimeEnvStore
+
+OS = "os"
+ENV = "env"
+NSS_PREFIX = "nss:"
+
+
+@dataclass(frozen=True)
+class Registry:
+    """The stores of one configuration, each run through ``runner``."""
+
+    config: Config
+    runner: _run.Runner = _run.run
+
+    def all(self) -> list[Store]:
+        """Every configured store, in the order an install takes them."""
+        cfg = self.config
+        return [
+            self.os_store(),
+            *(self.nss_store(db) for db in cfg.nss_databases),
+            # After the OS store: the policies name the .crt files it writes.
+            *(firefox.FirefoxStore(p, cfg.os_store) for p in cfg.firefox_policies),
+            # Last: its combined bundle copies the OS bundle just regenerated.
+            self.env_store(),
+        ]
+
+    def named(self, name: str) -> Store:
+        """The store a journal entry names; StateError for a name no store has."""
+        cfg = self.config
+        if name == OS:
+            return self.os_store()
+        if name == ENV:
+            return self.env_store()
+        if name.startswith(NSS_PREFIX):
+            # The owner comes from the configuration, never from the journal or the disk. A
+            # database no longer configured is handled as root's: the checked walk then
+            # refuses anything another user could change.
+            db = NssDatabase.parse(name.removeprefix(NSS_PREFIX))
+            return self.nss_store(
+                next((d for d in cfg.nss_databases if d.directory == db.directory), db)
+            )
+        if name.startswith(firefox.PREFIX):
+            return firefox.FirefoxStore(Path(name.removeprefix(firefox.PREFIX)), cfg.os_store)
+        raise StateError(
+            str(cfg.state_dir),
+            f"the journal names a store this version does not know ({name[:100]!r}); "
+            "undo that install by hand, then remove journal.json",
+        )
+
+    def os_store(self) -> DebianStore:
+        """The OS store."""
+        return DebianStore(self.runner, self.config.os_store, timeout=self.config.update_timeout)
+
+    def nss_store(self, db: NssDatabase) -> NssStore:
+        """One NSS database's store."""
+        return NssStore(self.runner, db, timeout=self.config.certutil_timeout)
+
+    def env_store(self) -> RuntimeEnvStore:
+        """The runtime trust environment's store."""
+        cfg = self.config
+        return RuntimeEnvStore(cfg.runtime_env_dir, cfg.os_store.bundle,
+                               certs_dir=cfg.os_store.our_dir)  # fmt: skip
