@@ -166,7 +166,7 @@ def test_an_install_longer_than_the_deadline_is_answered(config: Config, tmp_pat
         code, answer = d.put(manifest([arn]))
         seconds = time.monotonic() - started
     assert seconds > TIMEOUT  # the install did outlast the deadline
-    assert (code, answer["outcome"]) == (422, "refused"), answer
+    assert (code, answer["outcome"]) == (502, "fetch_failed"), answer
     assert "not found (ResourceNotFoundException)" in answer["message"]
 
 

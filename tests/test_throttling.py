@@ -20,7 +20,7 @@ from tests.support.certs import make_ca
 from tests.support.moto import MotoServer, moto_server
 from tests.test_install import manifest, nss_dir
 from trustinstaller.config import Config
-from trustinstaller.errors import CertificatesRefusedError
+from trustinstaller.errors import CertificatesRefusedError, Outcome
 from trustinstaller.installer import Installer
 
 # What a session that ran out of time says: how long it waited and how many calls were throttled.
@@ -77,7 +77,8 @@ def test_throttling_past_the_deadline_fails_and_writes_nothing(
             installer.submit(manifest(arns))
         seen = proxy.stats
     lines = str(info.value).splitlines()
-    assert lines[0] == "2 certificates refused; nothing was installed"
+    assert lines[0] == "2 certificates could not be fetched; nothing was installed"
+    assert info.value.outcome is Outcome.FETCH_FAILED
     matches = [OUT_OF_TIME.fullmatch(line.strip()) for line in lines[1:]]
     assert all(matches), lines
     assert [m["arn"] for m in matches if m] == arns

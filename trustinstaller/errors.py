@@ -18,6 +18,8 @@ class Outcome(enum.Enum):
     INTERNAL = ("internal_error", 1, 500)
     INVALID = ("invalid_manifest", 2, 400)
     REFUSED = ("refused", 3, 422)
+    # Secrets Manager did not hand the secrets over: AWS or IAM must act, not the certificate.
+    FETCH_FAILED = ("fetch_failed", 3, 502)
     LOCKED = ("locked", 4, 409)
     BUSY = ("busy", 5, 503)
     STORE_FAILED = ("store_failed", 1, 500)
@@ -104,6 +106,8 @@ class CertificateError(TrustInstallerError):
 class FetchError(CertificateError):
     """Secrets Manager did not give us the secret: AWS or IAM must act."""
 
+    outcome = Outcome.FETCH_FAILED
+
     def __init__(self, arn: str, reason: str) -> None:
         super().__init__("fetch_failed", arn, reason)
 
@@ -116,15 +120,31 @@ class RefusedError(CertificateError):
 
 
 class CertificatesRefusedError(TrustInstallerError):
-    """One or more certificates failed; nothing was installed."""
+    """One or more certificates failed; nothing was installed.
+
+    Its outcome is ``fetch_failed`` when every failure is a fetch (AWS or IAM must act), else
+    ``refused`` (a certificate's content is at fault, whoever else must act too).
+    """
 
     outcome = Outcome.REFUSED
 
     def __init__(self, failures: Sequence[CertificateError]) -> None:
         self.failures = list(failures)
         n = len(self.failures)
-        head = f"{n} certificate{'s' if n != 1 else ''} refused; nothing was installed"
+        fetch_only = bool(self.failures) and all(isinstance(f, FetchError) for f in self.failures)
+        self.outcome = Outcome.FETCH_FAILED if fetch_only else Outcome.REFUSED
+        what = "could not be fetched" if fetch_only else "refused"
+        head = f"{n} certificate{'s' if n != 1 else ''} {what}; nothing was installed"
         super().__init__("\n".join([head, *(f"  {f}" for f in self.failures)]))
+
+    def diagnostics(self) -> str:
+        """The failures, and who must act on a fetch failure."""
+        if self.outcome is not Outcome.FETCH_FAILED:
+            return str(self)
+        return (
+            f"{self}\nThe certificates themselves were not checked: the secrets could not be "
+            "fetched with the caller's credentials. AWS or IAM must act; then submit again."
+        )
 
     def problems(self) -> list[Problem]:
         """Every failure, not just the first."""
