@@ -29,6 +29,9 @@ OPEN = "open"
 INSTALLING = "installing"
 LOCKED = "locked"
 FAILED = "failed"
+STATES = (OPEN, INSTALLING, LOCKED, FAILED)
+# What _read answers for a file that is there but is not JSON.
+_UNREADABLE = object()
 
 
 def empty_status() -> dict[str, Any]:
@@ -84,10 +87,17 @@ class StateDir:
             os.close(fd)  # closing releases the flock
 
     def read_status(self) -> dict[str, Any]:
-        """The last written status, or an empty one."""
+        """The last written status, or an empty one when none was written.
+
+        A status file that is there but unreadable is a StateError, never "open": read as
+        empty, it would unlock a locked session.
+        """
         data = self._read(STATUS_FILE)
-        if not isinstance(data, dict) or "state" not in data:
+        if data is None:
             return empty_status()
+        if not isinstance(data, dict) or data.get("state") not in STATES:
+            raise StateError(str(self.path), f"{STATUS_FILE} is not a status this version "
+                             "wrote; remove it only if no install ran in this session")  # fmt: skip
         return data
 
     def write_status(self, status: dict[str, Any]) -> None:
@@ -103,9 +113,18 @@ class StateDir:
         return status.get("state") == LOCKED, status.get("locked_at")
 
     def read_journal(self) -> dict[str, Any] | None:
-        """The install journal, or None when no install is in flight."""
+        """The install journal, or None when no install is in flight.
+
+        A journal that is there but unreadable is a StateError: read as "nothing in flight",
+        a half-done install would never be rolled back.
+        """
         data = self._read(JOURNAL_FILE)
-        return data if isinstance(data, dict) else None
+        if data is None:
+            return None
+        if not isinstance(data, dict) or not isinstance(data.get("entries"), list):
+            raise StateError(str(self.path), f"{JOURNAL_FILE} is not a journal this version "
+                             "wrote; undo its install by hand, then remove it")  # fmt: skip
+        return data
 
     def write_journal(self, journal: dict[str, Any]) -> None:
         """Replace the journal atomically (0600); called before each step it records."""
@@ -128,7 +147,7 @@ class StateDir:
         try:
             return json.loads(raw)
         except ValueError:
-            return None
+            return _UNREADABLE
 
     def _write(self, name: str, data: dict[str, Any]) -> None:
         payload = json.dumps(data, indent=2, sort_keys=True).encode() + b"\n"
