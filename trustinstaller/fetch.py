@@ -180,6 +180,8 @@ def fetch_all(
     # Clients are made up front, one per region. A region whose client cannot be made (a
     # malformed endpoint_url, say) fails each of its ARNs, so that the answer still lists
     # every failure.
+    from botocore.exceptions import BotoCoreError
+
     clients: dict[str, SecretsClient] = {}
     broken: dict[str, str] = {}
     for ref in refs:
@@ -187,7 +189,8 @@ def fetch_all(
             continue
         try:
             clients[ref.region] = make_client(ref.region)
-        except Exception as exc:  # noqa: BLE001 (reported per ARN below)
+        # botocore raises ValueError for a malformed endpoint_url, its own errors otherwise.
+        except (BotoCoreError, ValueError, OSError) as exc:
             # Not str(exc): botocore quotes the endpoint URL, which may carry a password.
             broken[ref.region] = (
                 f"cannot make a Secrets Manager client for region {ref.region} "
@@ -241,12 +244,16 @@ def fetch_all(
 def _fetch_one(
     client: SecretsClient, arn: str, deadline: float, rng: random.Random, tally: _Tally
 ) -> SecretValue | FetchError | None:
+    # Loaded already: the client was made by botocore.
+    from botocore.exceptions import BotoCoreError, ClientError
+
     retries = 0
     while True:
         tally.last_call = time.monotonic()
         try:
             answer = client.get_secret_value(SecretId=arn)
-        except Exception as exc:  # noqa: BLE001 (mapped to a message below; unknown ones too)
+        # botocore's own errors and the socket's: anything else is a bug, not a fetch failure.
+        except (BotoCoreError, ClientError, OSError) as exc:
             # Counted once answered: a call abandoned at the deadline has no outcome to count.
             tally.calls += 1
             kind = _retry_kind(exc)
