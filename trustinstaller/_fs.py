@@ -172,8 +172,12 @@ def fd_path(fd: int) -> str:
     return f"/proc/self/fd/{fd}"
 
 
-def atomic_write(dir_fd: int, name: str, data: bytes, mode: int) -> None:
-    """Write ``name`` in ``dir_fd`` atomically: temp file, fsync, rename, fsync the directory."""
+def atomic_write(dir_fd: int, name: str, data: bytes, mode: int, *, sync: bool = True) -> None:
+    """Write ``name`` in ``dir_fd`` atomically: temp file, fsync, rename, fsync the directory.
+
+    With ``sync=False`` the directory is not fsynced: a caller writing many files does it
+    once, with ``sync_dir``, after the last rename.
+    """
     tmp = f".{name}.{secrets.token_hex(6)}.tmp"
     fd = os.open(
         tmp,
@@ -196,7 +200,8 @@ def atomic_write(dir_fd: int, name: str, data: bytes, mode: int) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp, dir_fd=dir_fd)
         raise
-    os.fsync(dir_fd)
+    if sync:
+        os.fsync(dir_fd)
 
 
 def read_file(dir_fd: int, name: str, limit: int = 4 * 1024 * 1024) -> bytes | None:

@@ -173,8 +173,8 @@ def _status(args: argparse.Namespace, cfg: config.Config) -> int:
 
 
 def _check(args: argparse.Namespace, cfg: config.Config) -> int:
+    from trustinstaller.clock import iso, utc_now
     from trustinstaller.errors import RefusedError
-    from trustinstaller.installer import utc_now
     from trustinstaller.validate import MAX_SECRET_BYTES, validate
 
     worst = EXIT_OK
@@ -198,7 +198,7 @@ def _check(args: argparse.Namespace, cfg: config.Config) -> int:
             worst = max(worst, Outcome.REFUSED.exit_code)
             continue
         print(f"OK {escape(name)}: {escape(ca.subject)} sha256={ca.fingerprint_sha256} "
-              f"notAfter={ca.not_after:%Y-%m-%dT%H:%M:%SZ}")  # fmt: skip
+              f"notAfter={iso(ca.not_after)}")  # fmt: skip
         for w in ca.warnings:
             print(f"  warning: {escape(w)}")
     return worst

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import pwd
-import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,11 +15,11 @@ from trustinstaller.errors import ConfigError
 from trustinstaller.stores.debian import DebianPaths
 from trustinstaller.stores.firefox import default_policies
 from trustinstaller.stores.nss import NssDatabase
+from trustinstaller.stores.runtime_env import SAFE_VALUE
 
 ENV_VAR = "TRUSTINSTALLER_CONFIG"
 DEFAULT_PATH = Path("/etc/trustinstaller/config.toml")
 DEFAULT_STATE_DIR = Path("/run/trustinstaller")
-_SAFE_PATH = re.compile(r"[A-Za-z0-9/._+@-]+")
 
 
 def default_nss_databases() -> tuple[NssDatabase, ...]:
@@ -137,7 +136,7 @@ def from_mapping(data: Mapping[str, Any], *, source: str = "config") -> Config:
     for key in _PATH_KEYS:
         if key in data:
             kw[key] = _abs_path(data[key], key, fail)
-    if "runtime_dir" in kw and not _SAFE_PATH.fullmatch(str(kw["runtime_dir"])):
+    if "runtime_dir" in kw and not SAFE_VALUE.fullmatch(str(kw["runtime_dir"])):
         # Its paths are written into a file that both sh and systemd read, unquoted-safe only.
         raise fail("runtime_dir", "may hold only letters, digits and / . _ + @ -")
     for key in _TIMEOUT_KEYS:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from trustinstaller import _run, fetch, log, manifest, state, transaction
+from trustinstaller.clock import Clock, iso, utc_now
 from trustinstaller.config import Config
 from trustinstaller.errors import (
     CertificateError,
@@ -29,11 +30,6 @@ if TYPE_CHECKING:
     from trustinstaller.validate import TrustedCA
 
 ClientFactoryMaker = Callable[[Credentials | None], fetch.ClientFactory]
-
-
-def utc_now() -> dt.datetime:
-    """The current time, timezone-aware UTC."""
-    return dt.datetime.now(dt.UTC)
 
 
 def _credential_values(credentials: Credentials | None) -> list[str]:
@@ -57,12 +53,12 @@ class Installer:
 
     config: Config
     runner: _run.Runner = _run.run
-    clock: Callable[[], dt.datetime] = utc_now
+    clock: Clock = utc_now
     make_clients: ClientFactoryMaker | None = None
     logger: Any = field(default_factory=log.get)
 
     def __post_init__(self) -> None:
-        self.state = state.StateDir(self.config.state_dir)
+        self.state = state.StateDir(self.config.state_dir, self.clock)
         # The last fetch phase's cost, for the status and the log; None before any fetch.
         self.fetch_stats: fetch.FetchStats | None = None
 
@@ -199,8 +195,8 @@ class Installer:
         return {
             "fingerprint_sha256": p.ca.fingerprint_sha256,
             "subject": p.ca.subject,
-            "not_before": state.now_iso(p.ca.not_before),
-            "not_after": state.now_iso(p.ca.not_after),
+            "not_before": iso(p.ca.not_before),
+            "not_after": iso(p.ca.not_after),
             "source": first.as_dict(),
             "duplicates": [d.as_dict() for d in dups],
             "stores": stores,
@@ -211,7 +207,7 @@ class Installer:
         warnings = [f"{e['source']['arn']}: {w}" for e in entries for w in e["warnings"]]
         return {
             "state": state.LOCKED,
-            "locked_at": state.now_iso(),
+            "locked_at": iso(self.clock()),
             "certificates": entries,
             "warnings": warnings,
             "errors": [],

@@ -8,7 +8,6 @@ concurrent ``trustinstaller apply`` is an flock on ``install.lock`` in it.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import errno
 import fcntl
 import json
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from trustinstaller import _fs
+from trustinstaller.clock import Clock, iso, utc_now
 from trustinstaller.errors import BusyError, StateError, UnsafePathError
 
 STATUS_FILE = "status.json"
@@ -42,8 +42,9 @@ def empty_status() -> dict[str, Any]:
 class StateDir:
     """The state directory, reached without following a symlink at its own name."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, clock: Clock = utc_now) -> None:
         self.path = path
+        self.clock = clock
         # Told of every status written (the daemon mirrors it into systemd's STATUS=).
         self.on_write: Callable[[Mapping[str, Any]], None] | None = None
 
@@ -102,7 +103,7 @@ class StateDir:
 
     def write_status(self, status: dict[str, Any]) -> None:
         """Replace the status file atomically (0600)."""
-        status = {**status, "updated_at": now_iso()}
+        status = {**status, "updated_at": iso(self.clock())}
         self._write(STATUS_FILE, status)
         if self.on_write is not None:
             self.on_write(status)
@@ -153,9 +154,3 @@ class StateDir:
         payload = json.dumps(data, indent=2, sort_keys=True).encode() + b"\n"
         with _fs.opened_dir(self.path) as dfd:
             _fs.atomic_write(dfd, name, payload, 0o600)
-
-
-def now_iso(now: dt.datetime | None = None) -> str:
-    """UTC time as an ISO-8601 string with a Z."""
-    t = now or dt.datetime.now(dt.UTC)
-    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -15,8 +15,9 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from trustinstaller import log
+from trustinstaller.clock import iso
 from trustinstaller.errors import TrustInstallerError
-from trustinstaller.state import StateDir, now_iso
+from trustinstaller.state import StateDir
 from trustinstaller.stores import Entry, Recorder, Store
 
 if TYPE_CHECKING:  # annotations only: keeps cryptography off the path to ready
@@ -34,7 +35,7 @@ class Journal:
         self.state = state
         self.data: dict[str, Any] = {
             "id": secrets.token_hex(8),
-            "started_at": now_iso(),
+            "started_at": iso(state.clock()),
             "phase": APPLYING,
             "summary": summary,
             "entries": [],

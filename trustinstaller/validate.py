@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
 from cryptography.utils import CryptographyDeprecationWarning
 
+from trustinstaller.clock import iso
 from trustinstaller.errors import RefusedError
 
 # Secrets Manager's own limit for a secret value; moto does not enforce it.
@@ -124,10 +125,10 @@ def check_certificate(source: str, cert: x509.Certificate, now: dt.datetime) -> 
     not_after = cert.not_valid_after_utc
     if now < not_before:
         raise RefusedError(
-            source, f"not valid yet: notBefore is {_iso(not_before)}, now is {_iso(now)}"
+            source, f"not valid yet: notBefore is {iso(not_before)}, now is {iso(now)}"
         )
     if now > not_after:
-        raise RefusedError(source, f"expired: notAfter was {_iso(not_after)}, now is {_iso(now)}")
+        raise RefusedError(source, f"expired: notAfter was {iso(not_after)}, now is {iso(now)}")
     _check_key(source, cert)
     try:
         # cryptography parses names lazily: a broken one fails here, not on load.
@@ -309,10 +310,6 @@ def _name(name: x509.Name) -> str:
         return name.rfc4514_string()
     except ValueError:
         return "<unprintable name>"
-
-
-def _iso(t: dt.datetime) -> str:
-    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _der_to_pem(der: bytes) -> str:

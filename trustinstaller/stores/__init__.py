@@ -7,8 +7,13 @@ rollback after a crash at any point knows everything that may have happened.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
+
+from trustinstaller import _fs
+from trustinstaller.errors import UnsafePathError
 
 if TYPE_CHECKING:  # annotations only: keeps cryptography off the path to ready
     from trustinstaller.validate import TrustedCA
@@ -48,3 +53,28 @@ class Store(Protocol):
 
     def rollback(self, entries: Sequence[Entry]) -> None:
         """Undo every recorded step; idempotent, and safe on a partial journal."""
+
+
+def undo_files(entries: Sequence[Entry]) -> list[str]:
+    """Undo ``write`` and ``mkdir`` entries: remove the files, then the directories made.
+
+    Each file goes through its directory's checked descriptor, never through a link. A file
+    already gone, a directory at a file's name (a rename cannot have put it there, so it was
+    never ours), a directory no longer root's, or one not empty: each is left as it is, or
+    the rollback would fail at every start. Returns the names of the files removed.
+    """
+    removed: list[str] = []
+    for e in entries:
+        if e["action"] != "write":
+            continue
+        with (
+            contextlib.suppress(FileNotFoundError, IsADirectoryError, UnsafePathError),
+            _fs.opened_dir(Path(e["dir"])) as fd,
+        ):
+            if _fs.remove(fd, e["name"]):
+                removed.append(e["name"])
+            _fs.sync_dir(fd)
+    for e in reversed(entries):
+        if e["action"] == "mkdir":
+            _fs.rmdir(Path(e["path"]))
+    return removed

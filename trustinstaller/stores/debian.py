@@ -11,27 +11,22 @@ Quirks this module exists for, one per line:
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import os
-import re
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from trustinstaller import _fs
+from trustinstaller import _fs, pem
 from trustinstaller._run import Runner
 from trustinstaller.errors import HostError, StoreError, UnsafePathError
-from trustinstaller.stores import Entry, Recorder
+from trustinstaller.stores import Entry, Recorder, undo_files
 
 if TYPE_CHECKING:  # annotations only: keeps cryptography off the path to ready
     from trustinstaller.validate import TrustedCA
 
 SUBDIR = "trustinstaller"
 BUNDLE = "ca-certificates.crt"
-_PEM = re.compile(rb"-----BEGIN CERTIFICATE-----\s+(.*?)-----END CERTIFICATE-----", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -116,7 +111,7 @@ class DebianStore:
                 except UnsafePathError:
                     pass  # a symlink or other oddity at our name: replaced below, never followed
                 record("write", dir=str(our), name=name)
-                _write_unsynced(fd, name, data, 0o644)
+                _fs.atomic_write(fd, name, data, 0o644, sync=False)
             # One directory fsync for all the renames, not one per file: before
             # update-ca-certificates reads the directory, every new name is durable.
             _fs.sync_dir(fd)
@@ -136,21 +131,7 @@ class DebianStore:
 
     def rollback(self, entries: Sequence[Entry]) -> None:
         """Remove our files, rebuild the bundle and links, and tell the hooks."""
-        removed: list[str] = []
-        for e in entries:
-            if e["action"] == "write":
-                # A symlink planted at the directory is not followed: nothing is removed there.
-                with (
-                    contextlib.suppress(FileNotFoundError, UnsafePathError),
-                    _fs.opened_dir(Path(e["dir"])) as fd,
-                ):
-                    if _fs.remove(fd, e["name"]):
-                        removed.append(e["name"])
-                    _fs.sync_dir(fd)
-        for e in entries:
-            if e["action"] == "mkdir":
-                # Not empty (something else put a file there), or a symlink now: it stays.
-                _fs.rmdir(Path(e["path"]))
+        removed = undo_files(entries)
         if any(e["action"] == "update" for e in entries):
             self._update(fresh=True, timeout=self.rollback_timeout)
             self._tell_hooks_removed(removed)
@@ -191,28 +172,6 @@ class DebianStore:
             self.runner([hook], input=lines, timeout=self.rollback_timeout)
 
 
-def _write_unsynced(dir_fd: int, name: str, data: bytes, mode: int) -> None:
-    """``_fs.atomic_write`` without its directory fsync, which the caller does once for all."""
-    tmp = f".{name}.{secrets.token_hex(6)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode,
-                 dir_fd=dir_fd)  # fmt: skip
-    try:
-        try:
-            os.fchmod(fd, mode)  # the umask must not narrow or widen it
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        # rename() replaces a symlink at ``name`` itself; it never writes through it.
-        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp, dir_fd=dir_fd)
-        raise
-
-
 def check_update_output(argv: Sequence[str], stdout: str, stderr: str) -> None:
     """Raise HostError if update-ca-certificates did not really run, or a hook failed."""
     text = f"{stdout}\n{stderr}"
@@ -234,10 +193,4 @@ def bundle_ders(bundle: Path) -> set[bytes]:
         return set()
     if raw is None:
         return set()
-    out: set[bytes] = set()
-    for m in _PEM.finditer(raw):
-        try:
-            out.add(base64.b64decode(b"".join(m.group(1).split())))
-        except ValueError:
-            continue
-    return out
+    return set(pem.ders(raw))

@@ -211,10 +211,8 @@ class FirefoxStore:
                                  f"{exc.strerror or exc}") from exc  # fmt: skip
         for e in reversed(entries):
             if e["action"] == "mkdir":
-                path = Path(e["path"])
-                # Not empty (something else put a file there), or a symlink now: leave it.
-                with contextlib.suppress(OSError), _fs.opened_dir(path.parent) as fd:
-                    os.rmdir(path.name, dir_fd=fd)
+                # Not empty (something else put a file there), or a symlink now: it stays.
+                _fs.rmdir(Path(e["path"]))
 
     # -- the one place that turns the policy directory into a descriptor ----------------------
 

@@ -326,9 +326,7 @@ class NssStore:
                 for f in DB_FILES:
                     _fs.remove(fd, f)
         for d in reversed(made):
-            # Not empty (something else lives there), or gone: leave it.
-            with contextlib.suppress(OSError), self._root_dir_unchecked(d.parent) as fd:
-                os.rmdir(d.name, dir_fd=fd)
+            _fs.rmdir(d)  # not empty (something else lives there), or gone: it stays
 
     @contextlib.contextmanager
     def _root_dir_unchecked(self, path: Path) -> Iterator[int]:

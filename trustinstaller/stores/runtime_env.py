@@ -22,7 +22,6 @@ Quirks this module exists for, one per line:
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import os
 import re
@@ -32,9 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from trustinstaller import _fs
+from trustinstaller import _fs, pem
 from trustinstaller.errors import ConfigError, StoreError, UnsafePathError
-from trustinstaller.stores import Entry, Recorder
+from trustinstaller.stores import Entry, Recorder, undo_files
 from trustinstaller.stores.debian import DebianPaths, cert_filename
 from trustinstaller.stores.firefox import policies_document
 
@@ -49,8 +48,8 @@ CUSTOM_KEY = "NODE_EXTRA_CA_CERTS"
 FIREFOX_POLICIES = "firefox-policies.json"
 FIREFOX_KEY = "PLAYWRIGHT_FIREFOX_POLICIES_JSON"
 
-_PEM = re.compile(rb"-----BEGIN CERTIFICATE-----\s+(.*?)-----END CERTIFICATE-----", re.DOTALL)
-_SAFE_VALUE = re.compile(r"[A-Za-z0-9/._+@-]+")
+# Paths that sh and systemd read alike, unquoted-safe only; config.py checks runtime_dir with it.
+SAFE_VALUE = re.compile(r"[A-Za-z0-9/._+@-]+")
 
 
 def env_pairs(directory: Path) -> list[tuple[str, str]]:
@@ -62,7 +61,7 @@ def env_pairs(directory: Path) -> list[tuple[str, str]]:
 
 def quote(value: str) -> str:
     """Single-quote ``value`` for sh and systemd alike; refuse what they would read differently."""
-    if not _SAFE_VALUE.fullmatch(value):
+    if not SAFE_VALUE.fullmatch(value):
         raise ConfigError(
             f"runtime_dir: path {value!r} may hold only letters, digits and / . _ + @ -"
         )
@@ -85,13 +84,7 @@ def env_file_text(directory: Path) -> str:
 
 def pem_ders(data: bytes) -> list[bytes]:
     """The DER encodings of the certificates in a PEM bundle, in order."""
-    out: list[bytes] = []
-    for m in _PEM.finditer(data):
-        try:
-            out.append(base64.b64decode(b"".join(m.group(1).split()), validate=True))
-        except ValueError:
-            continue
-    return out
+    return pem.ders(data)
 
 
 def base_bundle(os_bundle: Path) -> tuple[bytes, str]:
@@ -214,19 +207,7 @@ class RuntimeEnvStore:
 
     def rollback(self, entries: Sequence[Entry]) -> None:
         """Remove the files we wrote, then the directory if we made it and it is empty."""
-        for e in entries:
-            if e["action"] == "write":
-                try:
-                    with _fs.opened_dir(Path(e["dir"])) as fd:
-                        _fs.remove(fd, e["name"])
-                        _fs.sync_dir(fd)
-                # A directory at the name was never ours (a rename cannot replace one): leave it,
-                # or the rollback would fail at every start.
-                except (FileNotFoundError, IsADirectoryError):
-                    pass
-        for e in entries:
-            if e["action"] == "mkdir":
-                _fs.rmdir(Path(e["path"]))
+        undo_files(entries)
 
 
 def _unsafe(exc: UnsafePathError) -> str:
