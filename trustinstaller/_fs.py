@@ -23,6 +23,7 @@ import secrets
 import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 from trustinstaller.errors import UnsafePathError
 
@@ -66,21 +67,25 @@ def check_file(dir_fd: int, name: str, where: str) -> os.stat_result | None:
     return st
 
 
-def open_dir(
-    path: Path,
-    *,
-    create: bool = False,
-    parents: bool = False,
-    mode: int = 0o755,
-    before_mkdir: MkdirHook | None = None,
-) -> int:
+class WalkOptions(TypedDict, total=False):
+    """What ``open_dir`` may do besides walking: make missing directories, and say so first."""
+
+    create: bool  # make the last component when missing
+    parents: bool  # make every missing component
+    mode: int  # for the directories made (default 0755)
+    before_mkdir: MkdirHook | None  # told each path before it is made (a journal records it)
+
+
+def open_dir(path: Path, **options: Unpack[WalkOptions]) -> int:
     """Open directory ``path`` by a checked walk from ``/``; return its descriptor.
 
-    ``create`` makes the last component when missing, ``parents`` every missing one, each with
-    ``mode``; ``before_mkdir`` is told each path first (a journal records it). Raises
-    FileNotFoundError for a missing component, and UnsafePathError naming the first component
-    that another user could change.
+    Raises FileNotFoundError for a missing component it may not make, and UnsafePathError
+    naming the first component that another user could change.
     """
+    create = options.get("create", False)
+    parents = options.get("parents", False)
+    mode = options.get("mode", 0o755)
+    before_mkdir = options.get("before_mkdir")
     if not path.is_absolute():
         raise UnsafePathError(errno.EINVAL, "is not an absolute path", str(path))
     if ".." in path.parts:
@@ -151,16 +156,9 @@ def open_dir(
 
 
 @contextlib.contextmanager
-def opened_dir(
-    path: Path,
-    *,
-    create: bool = False,
-    parents: bool = False,
-    mode: int = 0o755,
-    before_mkdir: MkdirHook | None = None,
-) -> Iterator[int]:
+def opened_dir(path: Path, **options: Unpack[WalkOptions]) -> Iterator[int]:
     """Context-managed ``open_dir``."""
-    fd = open_dir(path, create=create, parents=parents, mode=mode, before_mkdir=before_mkdir)
+    fd = open_dir(path, **options)
     try:
         yield fd
     finally:

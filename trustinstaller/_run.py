@@ -23,7 +23,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypedDict, Unpack
 
 from trustinstaller.errors import HostError
 
@@ -78,20 +78,21 @@ class Result:
     stderr: str
 
 
+class RunOptions(TypedDict, total=False):
+    """The keyword arguments every runner takes; ``run`` documents each."""
+
+    timeout: float
+    check: bool
+    env: Mapping[str, str] | None
+    input: bytes | None
+    user: Account | None
+    pass_fds: Sequence[int]
+
+
 class Runner(Protocol):
     """Runs a command and returns its result, or raises HostError."""
 
-    def __call__(
-        self,
-        argv: Sequence[str],
-        *,
-        timeout: float = DEFAULT_TIMEOUT,
-        check: bool = True,
-        env: Mapping[str, str] | None = None,
-        input: bytes | None = None,  # noqa: A002 (the subprocess name)
-        user: Account | None = None,
-        pass_fds: Sequence[int] = (),
-    ) -> Result: ...
+    def __call__(self, argv: Sequence[str], **options: Unpack[RunOptions]) -> Result: ...
 
 
 def command_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -109,20 +110,20 @@ def command_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def run(
-    argv: Sequence[str],
-    *,
-    timeout: float = DEFAULT_TIMEOUT,
-    check: bool = True,
-    env: Mapping[str, str] | None = None,
-    input: bytes | None = None,  # noqa: A002 (the subprocess name)
-    user: Account | None = None,
-    pass_fds: Sequence[int] = (),
-) -> Result:
+def run(argv: Sequence[str], **options: Unpack[RunOptions]) -> Result:
     """Run ``argv`` with stdin closed (or fed ``input``) and a timeout; as ``user`` if given.
 
+    ``timeout`` (seconds, default DEFAULT_TIMEOUT), ``check`` (default True: a non-zero exit
+    raises), ``env`` (extra variables), ``input`` (bytes for stdin), ``user`` (an Account to
+    drop to) and ``pass_fds`` (descriptors the child inherits).
     Raise HostError if it cannot start, times out, or (with ``check``) exits non-zero.
     """
+    timeout = options.get("timeout", DEFAULT_TIMEOUT)
+    check = options.get("check", True)
+    env = options.get("env")
+    input = options.get("input")  # noqa: A001 (the subprocess name)
+    user = options.get("user")
+    pass_fds = options.get("pass_fds", ())
     args = tuple(argv)
     child_env = command_env(env)
     uid: int | None = None

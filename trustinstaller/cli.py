@@ -87,16 +87,17 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run the daemon on its Unix socket")
     s.set_defaults(func=_serve)
 
-    s = sub.add_parser("submit", help="send a manifest to the daemon")
-    s.add_argument("manifest", help="manifest file, or - for standard input")
-    s.add_argument("--json", action="store_true", help="print the daemon's JSON answer")
-    s.add_argument("--timeout", type=float, default=600.0, help="seconds to wait (default 600)")
-    s.set_defaults(func=_submit)
-
-    s = sub.add_parser("apply", help="install a manifest in this process (no daemon)")
-    s.add_argument("manifest", help="manifest file, or - for standard input")
-    s.add_argument("--json", action="store_true", help="print the status as JSON")
-    s.set_defaults(func=_apply)
+    for name, func, what, shown in (
+        ("submit", _submit, "send a manifest to the daemon", "the daemon's JSON answer"),
+        ("apply", _apply, "install a manifest in this process (no daemon)", "the status as JSON"),
+    ):
+        s = sub.add_parser(name, help=what)
+        s.add_argument("manifest", help="manifest file, or - for standard input")
+        s.add_argument("--json", action="store_true", help=f"print {shown}")
+        s.set_defaults(func=func)
+        if name == "submit":
+            s.add_argument("--timeout", type=float, default=600.0,
+                           help="seconds to wait (default 600)")  # fmt: skip
 
     s = sub.add_parser("status", help="show the session's status")
     s.add_argument("--json", action="store_true", help="print JSON")

@@ -27,7 +27,7 @@ import ssl
 import stat
 import urllib.parse
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +146,15 @@ def check_bundle(
     if not bundle.is_file():
         return Verdict(trust_path, str(bundle), False, MISSING, "no such file; nothing installed?",
                        client)  # fmt: skip
-    ctx = bundle_context(bundle, client)
+    verdict = handshake(bundle_context(bundle, client), host, port, timeout=timeout)
+    return replace(verdict, trust_path=trust_path, location=str(bundle), client=client)
+
+
+def handshake(ctx: ssl.SSLContext, host: str, port: int, *, timeout: float) -> Verdict:
+    """One real TLS handshake with ``ctx``: accepted, or why not (trust path and place unset).
+
+    Raise VerifyError when the server cannot be reached at all: no path can be judged then.
+    """
     try:
         with (
             socket.create_connection((host, port), timeout=timeout) as raw,
@@ -155,13 +163,12 @@ def check_bundle(
             pass
     except ssl.SSLCertVerificationError as exc:
         msg = exc.verify_message or str(exc)
-        reason = classify_openssl(exc.verify_code, msg)
-        return Verdict(trust_path, str(bundle), False, reason, msg, client)
+        return Verdict("", "", False, classify_openssl(exc.verify_code, msg), msg)
     except ssl.SSLError as exc:
-        return Verdict(trust_path, str(bundle), False, f"TLS error: {exc.reason}", str(exc), client)
+        return Verdict("", "", False, f"TLS error: {exc.reason}", str(exc))
     except OSError as exc:
         raise VerifyError(f"{host}:{port}: cannot connect: {exc.strerror or exc}") from exc
-    return Verdict(trust_path, str(bundle), True, client=client)
+    return Verdict("", "", True)
 
 
 def check_nss(host: str, port: int, db: NssDatabase, runner: Runner, *, timeout: float) -> Verdict:
@@ -282,23 +289,14 @@ def check_firefox(host: str, port: int, policies: Path, *, timeout: float) -> Ve
         detail = "no such file; nothing installed?" if why == MISSING else why
         return Verdict(FIREFOX, str(policies), False, why if why == MISSING else "bad policy",
                        detail)  # fmt: skip
-    try:
-        with (
-            socket.create_connection((host, port), timeout=timeout) as raw,
-            ctx.wrap_socket(raw, server_hostname=host),
-        ):
-            pass
-    except ssl.SSLCertVerificationError as exc:
-        msg = exc.verify_message or str(exc)
-        reason = classify_openssl(exc.verify_code, msg)
-        if reason == UNKNOWN_CA:
-            msg = "the chain ends in no CA that the policy installs, nor in Mozilla's roots"
-        return Verdict(FIREFOX, str(policies), False, reason, "; ".join([msg, *notes]))
-    except ssl.SSLError as exc:
-        return Verdict(FIREFOX, str(policies), False, f"TLS error: {exc.reason}", str(exc))
-    except OSError as exc:
-        raise VerifyError(f"{host}:{port}: cannot connect: {exc.strerror or exc}") from exc
-    return Verdict(FIREFOX, str(policies), True)
+    verdict = replace(handshake(ctx, host, port, timeout=timeout), trust_path=FIREFOX,
+                      location=str(policies))  # fmt: skip
+    if verdict.accepted or verdict.reason.startswith("TLS error:"):
+        return verdict
+    msg = verdict.detail
+    if verdict.reason == UNKNOWN_CA:
+        msg = "the chain ends in no CA that the policy installs, nor in Mozilla's roots"
+    return replace(verdict, detail="; ".join([msg, *notes]))
 
 
 def verify_url(
