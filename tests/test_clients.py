@@ -310,7 +310,7 @@ def test_chromium_reads_only_the_legacy_database_when_it_exists(tmp_path: Path) 
     for db in (home / ".pki" / "nssdb", home / ".local" / "share" / "pki" / "nssdb"):
         db.mkdir(parents=True)
         store = NssStore(_run.run, NssDatabase(db))
-        store.install([trusted] if ".local" in db.parts else [], lambda action, **f: None)
+        store.install([trusted] if ".local" in db.parts else [], lambda entry: None)
 
     def chromium(url: str, profile: str) -> Probe:
         done = subprocess.run(

@@ -26,8 +26,8 @@ from tests.support.daemon import Daemon, cli, write_config
 from tests.support.moto import MotoServer
 from tests.support.shims import BLOCK_ON_CALL, kill_group_of, wait_for, write_shim
 from tests.test_install import manifest, unique
-from trustinstaller import state
 from trustinstaller.config import Config
+from trustinstaller.documents import State, Status, status_to_json
 from trustinstaller.errors import HostError, StoreError
 from trustinstaller.installer import Installer
 
@@ -74,7 +74,7 @@ def three_cas(moto: MotoServer) -> list[str]:
 def assert_rolled_back(config: Config, before: dict[str, Any], installer: Installer) -> None:
     """The store is as it was, the state is failed, and nothing is locked."""
     assert store_state(config) == before
-    status = installer.status()
+    status = status_to_json(installer.status())
     assert status["state"] == "failed"
     assert status["errors"]
     assert not (config.state_dir / "journal.json").exists()
@@ -91,7 +91,7 @@ def test_failing_update_ca_certificates_rolls_everything_back(
         installer.submit(manifest(three_cas))
     assert_rolled_back(config, before, installer)
     (shims / "update-ca-certificates").unlink()
-    assert installer.submit(manifest(three_cas))["state"] == "locked"
+    assert installer.submit(manifest(three_cas)).state == "locked"
 
 
 def test_failing_hook_is_a_failure_even_though_the_script_exits_0(
@@ -309,11 +309,13 @@ def test_committed_journal_is_confirmed_as_locked(config: Config, moto: MotoServ
     entry = {"fingerprint_sha256": "ab" * 32, "subject": "CN=x", "not_before": "",
              "not_after": "", "source": {"level": "tool", "index": 0, "arn": "arn"},
              "duplicates": [], "stores": ["os"], "warnings": []}  # fmt: skip
-    installer.state.write_journal(
-        {"id": "1", "phase": "committed", "entries": [], "summary": {"certificates": [entry]}}
-    )
-    installer.state.write_status({**state.empty_status(), "state": state.INSTALLING})
-    status = installer.prepare()
+    # As a daemon killed between the commit and the lock left it, byte for byte in form.
+    (config.state_dir / "journal.json").write_text(json.dumps({
+        "id": "1", "started_at": "2026-12-01T00:00:00Z", "phase": "committed", "entries": [],
+        "summary": {"certificates": [entry]},
+    }))  # fmt: skip
+    installer.state.write_status(Status(State.INSTALLING))
+    status = status_to_json(installer.prepare())
     assert status["state"] == "locked"
     assert status["certificates"] == [entry]
     assert installer.state.read_journal() is None
@@ -323,8 +325,8 @@ def test_interrupted_before_anything_was_written(config: Config) -> None:
     """State 'installing' without a journal (killed during the fetch) becomes 'failed'."""
     installer = Installer(config)
     installer.state.ensure()
-    installer.state.write_status({**state.empty_status(), "state": state.INSTALLING})
-    assert installer.prepare()["state"] == "failed"
+    installer.state.write_status(Status(State.INSTALLING))
+    assert installer.prepare().state == "failed"
 
 
 # -- concurrency ------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from tests.test_install import manifest, unique
 from trustinstaller import config as config_mod
 from trustinstaller import verify
 from trustinstaller.config import Config
+from trustinstaller.documents import Entry, Mkdir, Write
 from trustinstaller.errors import ConfigError, StoreError
 from trustinstaller.installer import Installer
 from trustinstaller.stores import firefox
@@ -58,10 +59,10 @@ class Journal:
     """A recorder that keeps every entry in memory."""
 
     def __init__(self) -> None:
-        self.entries: list[dict[str, Any]] = []
+        self.entries: list[Entry] = []
 
-    def __call__(self, action: str, **fields: Any) -> None:
-        self.entries.append({"action": action, **fields})
+    def __call__(self, entry: Entry) -> None:
+        self.entries.append(entry)
 
 
 # -- the merge, as a table ------------------------------------------------------------------
@@ -155,11 +156,10 @@ def test_store_creates_directories_and_file_then_rollback_removes_them(tmp_path:
         os.umask(old)
     assert store.name == f"firefox:{tmp_path}/etc/firefox/policies/policies.json"
     assert journal.entries == [
-        {"action": "mkdir", "path": str(tmp_path / "etc" / "firefox")},
-        {"action": "mkdir", "path": str(tmp_path / "etc" / "firefox" / "policies")},
-        {"action": "write", "dir": str(store.policies.parent), "name": "policies.json",
-         "original": None, "mode": None},
-    ]  # fmt: skip
+        Mkdir(str(tmp_path / "etc" / "firefox")),
+        Mkdir(str(tmp_path / "etc" / "firefox" / "policies")),
+        Write(str(store.policies.parent), "policies.json", original=None, mode=None),
+    ]
     for d in (store.policies.parent.parent, store.policies.parent):
         assert stat.S_IMODE(d.stat().st_mode) == 0o755
     assert stat.S_IMODE(store.policies.stat().st_mode) == 0o644
@@ -184,8 +184,8 @@ def test_existing_policies_survive_install_and_rollback_restores_the_bytes(tmp_p
     store.preflight()
     store.install([ca], journal)
     assert journal.entries == [
-        {"action": "write", "dir": str(store.policies.parent), "name": "policies.json",
-         "original": base64.b64encode(EXISTING).decode(), "mode": 0o640},
+        Write(str(store.policies.parent), "policies.json",
+              original=base64.b64encode(EXISTING).decode(), mode=0o640),
     ]  # fmt: skip
     policies = json.loads(store.policies.read_bytes())["policies"]
     assert policies["DisableTelemetry"] is True
@@ -275,8 +275,8 @@ def test_installer_runs_the_firefox_store_after_the_os_store(
     policies = ff_config.firefox_policies[0]
     assert names.index("os") < names.index(f"firefox:{policies}") < names.index("env")
     status = installer.submit(manifest([moto.put_secret(unique("ff"), ca.pem)]))
-    assert status["state"] == "locked"
-    assert f"firefox:{policies}" in status["certificates"][0]["stores"]
+    assert status.state == "locked"
+    assert f"firefox:{policies}" in status.certificates[0].stores
     (path,) = json.loads(policies.read_bytes())["policies"]["Certificates"]["Install"]
     assert Path(path).read_text() == ca.pem
     assert Path(path).parent == ff_config.os_store.our_dir
@@ -297,7 +297,7 @@ def test_invalid_policies_refuse_the_install_before_anything_is_written(
         installer.submit(manifest([moto.put_secret(unique("ff"), make_ca("ff bad").pem)]))
     assert osroot.snapshot_store(ff_config.os_store) == before
     assert policies.read_bytes() == b"{oops"
-    assert installer.status()["errors"][0]["object"] == f"firefox:{policies}"
+    assert installer.status().errors[0].object == f"firefox:{policies}"
 
 
 def test_failure_in_a_later_store_rolls_the_firefox_store_back(
@@ -315,7 +315,7 @@ def test_failure_in_a_later_store_rolls_the_firefox_store_back(
         installer.submit(manifest([moto.put_secret(unique("ff"), make_ca("ff later").pem)]))
     assert policies.read_bytes() == EXISTING
     assert osroot.snapshot_store(ff_config.os_store) == before
-    assert installer.status()["state"] == "failed"
+    assert installer.status().state == "failed"
 
 
 def test_failure_rolls_back_the_directories_made_for_the_policy(

@@ -196,7 +196,7 @@ def test_state_dir_mode_0755_is_narrowed_to_0700(config: Config) -> None:
     """A state directory of ours left 0755 is made 0700 at start, and the start goes on."""
     config.state_dir.mkdir(mode=0o755)
     config.state_dir.chmod(0o755)
-    assert Installer(config).prepare()["state"] == "open"
+    assert Installer(config).prepare().state == "open"
     assert stat.S_IMODE(config.state_dir.stat().st_mode) == 0o700
 
 

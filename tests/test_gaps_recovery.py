@@ -21,6 +21,7 @@ from tests.support.moto import MotoServer
 from tests.support.shims import write_shim
 from tests.test_install import manifest, unique
 from trustinstaller.config import Config
+from trustinstaller.documents import status_to_json
 from trustinstaller.errors import HostError, LockedError
 from trustinstaller.installer import Installer
 
@@ -82,7 +83,7 @@ fi""")  # fmt: skip
     # The fault came when it should: the env store had written everything.
     assert (shims / "certutil.state" / "env-was-written").exists()
     assert store_state(config) == before
-    assert installer.status()["state"] == "failed"
+    assert installer.status().state == "failed"
     assert not journal_file(config).exists()
 
 
@@ -112,7 +113,7 @@ def test_lock_taken_by_a_recovered_journal_refuses_the_manifest(
     with pytest.raises(LockedError, match="locked"):
         installer.submit(manifest([arn]))
     assert (osroot.snapshot_store(config.os_store), osroot.nss_listing(nss_dir(config))) == before
-    status = installer.status()
+    status = status_to_json(installer.status())
     assert status["state"] == "locked"
     assert [c["subject"] for c in status["certificates"]] == ["CN=committed before"]
     assert not journal_file(config).exists()
@@ -139,7 +140,7 @@ def test_failed_rollback_is_retried_at_the_next_start(
     before_bundle = config.os_store.bundle.read_bytes()
     with pytest.raises(HostError, match="update-ca-certificates"):
         Installer(config).submit(manifest(two_cas))
-    status = Installer(config).status()
+    status = status_to_json(Installer(config).status())
     assert status["state"] == "failed"
     kinds = [e["kind"] for e in status["errors"]]
     assert kinds == ["store_failed", "rollback_failed"], status["errors"]
@@ -156,13 +157,13 @@ def test_failed_rollback_is_retried_at_the_next_start(
     assert journal_file(config).exists()
 
     broken.unlink()
-    status = Installer(config).prepare()
+    status = status_to_json(Installer(config).prepare())
     assert status["state"] == "failed"
     assert [e["kind"] for e in status["errors"]] == ["interrupted"]
     assert not journal_file(config).exists()
     assert store_state(config) == before
     # And the session is open again: the same manifest now installs.
-    assert Installer(config).submit(manifest(two_cas))["state"] == "locked"
+    assert Installer(config).submit(manifest(two_cas)).state == "locked"
 
 
 # -- an unexpected exception during an install -------------------------------------------------

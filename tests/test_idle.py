@@ -85,7 +85,7 @@ def test_timeout_keys_refuse_what_is_not_a_positive_finite_number(key: str, valu
 def locked_daemon_config(config: Config, moto: MotoServer, short_dir: Path) -> Path:
     """Install one CA (taking the lock), and write a config for a daemon that starts after."""
     arn = moto.put_secret(unique("idle"), make_ca("idle").pem)
-    assert Installer(config).submit(manifest([arn]))["state"] == "locked"
+    assert Installer(config).submit(manifest([arn])).state == "locked"
     return write_config(replace(config, socket=short_dir / "ti.sock"), short_dir / "c.toml")
 
 

@@ -16,6 +16,7 @@ from tests.support.certs import Issued, make_ca
 from tests.support.moto import MotoServer
 from tests.support.tls import handshake, https_server
 from trustinstaller.config import Config
+from trustinstaller.documents import status_to_json
 from trustinstaller.errors import (
     CertificatesRefusedError,
     LockedError,
@@ -52,7 +53,7 @@ def test_install_makes_tls_handshake_succeed(config: Config, moto: MotoServer) -
     bundle = config.os_store.bundle
     with https_server(ca) as url:
         assert "CERTIFICATE_VERIFY_FAILED" in (handshake(url, bundle) or "")
-        status = Installer(config).submit(manifest([arn]))
+        status = status_to_json(Installer(config).submit(manifest([arn])))
         assert handshake(url, bundle) is None
     assert status["state"] == "locked"
     [cert] = status["certificates"]
@@ -102,11 +103,11 @@ def test_any_refusal_installs_nothing_and_lists_every_failure(
     assert "not found" in text
     assert osroot.snapshot_store(config.os_store) == before
     assert not nss_dir(config).exists()
-    status = installer.status()
+    status = status_to_json(installer.status())
     assert status["state"] == "failed"
     assert len(status["errors"]) == 3
     # Not locked: a corrected manifest is accepted.
-    assert installer.submit(manifest([good]))["state"] == "locked"
+    assert installer.submit(manifest([good])).state == "locked"
 
 
 def test_same_certificate_twice_is_installed_once(config: Config, moto: MotoServer) -> None:
@@ -114,7 +115,7 @@ def test_same_certificate_twice_is_installed_once(config: Config, moto: MotoServ
     ca = make_ca("dup")
     a = moto.put_secret(unique(), ca.pem)
     b = moto.put_secret(unique(), ca.pem.replace("\n", "\r\n") + "\n\n")
-    status = Installer(config).submit(manifest([a], [b]))
+    status = status_to_json(Installer(config).submit(manifest([a], [b])))
     [cert] = status["certificates"]
     assert cert["duplicates"] == [{"level": "session", "index": 0, "arn": b}]
     assert any("installed once" in w for w in cert["warnings"])
@@ -124,7 +125,7 @@ def test_same_certificate_twice_is_installed_once(config: Config, moto: MotoServ
 def test_non_ca_is_installed_with_a_warning(config: Config, moto: MotoServer) -> None:
     """A CA:FALSE certificate is installed, and the status carries the warning."""
     arn = moto.put_secret(unique(), make_ca("leafish", basic_constraints=False).pem)
-    status = Installer(config).submit(manifest(session=[arn]))
+    status = status_to_json(Installer(config).submit(manifest(session=[arn])))
     assert status["certificates"][0]["warnings"] == [
         "not a CA (basicConstraints CA:FALSE); installed with a warning"
     ]
@@ -136,7 +137,7 @@ def test_non_ca_is_installed_with_a_warning(config: Config, moto: MotoServer) ->
 def test_empty_manifest_locks_an_empty_configuration(config: Config, moto: MotoServer) -> None:
     """An empty manifest is valid: it writes nothing and locks."""
     before = osroot.snapshot_store(config.os_store)
-    status = Installer(config).submit(b"{}")
+    status = status_to_json(Installer(config).submit(b"{}"))
     assert status["state"] == "locked"
     assert status["certificates"] == []
     assert osroot.snapshot_store(config.os_store) == before
@@ -149,8 +150,8 @@ def test_bad_manifest_changes_nothing(config: Config) -> None:
     installer = Installer(config)
     with pytest.raises(ManifestError, match="unknown key 'toolCertificate'"):
         installer.submit(b'{"toolCertificate": []}')
-    assert installer.status()["state"] == "failed"
-    assert installer.submit(b"{}")["state"] == "locked"
+    assert installer.status().state == "failed"
+    assert installer.submit(b"{}").state == "locked"
 
 
 def test_manifest_credentials_are_used_for_the_fetch(tmp_path: Path, config: Config) -> None:
@@ -181,7 +182,7 @@ def test_manifest_credentials_are_used_for_the_fetch(tmp_path: Path, config: Con
 
         with pytest.raises(CertificatesRefusedError, match="access denied"):
             Installer(cfg).submit(manifest([arn], credentials=creds(nobody)))
-        status = Installer(cfg).submit(manifest([arn], credentials=creds(reader)))
+        status = status_to_json(Installer(cfg).submit(manifest([arn], credentials=creds(reader))))
         assert status["state"] == "locked"
     text = (cfg.state_dir / "status.json").read_text()
     assert reader["SecretAccessKey"] not in text

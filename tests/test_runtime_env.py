@@ -26,6 +26,7 @@ from tests.support.leafserver import make_leaf_at, serve_leaf
 from tests.support.tls import handshake, https_server
 from trustinstaller import _run, config, verify
 from trustinstaller._run import Account
+from trustinstaller.documents import Entry, Mkdir, Write
 from trustinstaller.errors import BadURLError, ConfigError, HostError, StoreError
 from trustinstaller.stores import runtime_env
 from trustinstaller.stores.nss import NssDatabase, NssStore
@@ -44,16 +45,14 @@ class Journal:
     """A recorder that also notes which files already existed when each step was recorded."""
 
     def __init__(self) -> None:
-        self.entries: list[dict[str, Any]] = []
+        self.entries: list[Entry] = []
         self.existed: list[bool] = []
 
-    def __call__(self, action: str, **fields: Any) -> None:
-        if action in ("write", "mkdir"):
-            target = (
-                Path(fields["dir"], fields["name"]) if action == "write" else Path(fields["path"])
-            )
+    def __call__(self, entry: Entry) -> None:
+        if isinstance(entry, Write | Mkdir):
+            target = Path(entry.dir, entry.name) if isinstance(entry, Write) else Path(entry.path)
             self.existed.append(target.exists())
-        self.entries.append({"action": action, **fields})
+        self.entries.append(entry)
 
 
 # -- the environment text -------------------------------------------------------
@@ -170,7 +169,7 @@ def test_store_writes_readable_files_journalled_first(tmp_path: Path) -> None:
         store.install(cas, journal)
     finally:
         os.umask(old)
-    assert [(e["action"], e.get("name")) for e in journal.entries] == [
+    assert [(e.action, getattr(e, "name", None)) for e in journal.entries] == [
         ("mkdir", None), ("write", "ca-bundle.pem"), ("write", "custom-cas.pem"),
         ("write", "firefox-policies.json"), ("write", "env"),
     ]  # fmt: skip
@@ -201,9 +200,9 @@ def test_store_rollback_of_a_partial_journal(tmp_path: Path) -> None:
     (tmp_path / "run").mkdir()
     store = make_store(tmp_path)
     store.directory.mkdir()
-    entries = [
-        {"action": "mkdir", "path": str(store.directory)},
-        {"action": "write", "dir": str(store.directory), "name": "ca-bundle.pem"},
+    entries: list[Entry] = [
+        Mkdir(str(store.directory)),
+        Write(str(store.directory), "ca-bundle.pem"),
     ]
     store.rollback(entries)
     assert not store.directory.exists()

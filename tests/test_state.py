@@ -35,7 +35,7 @@ def test_a_malformed_status_is_an_error_not_an_open_session(tmp_path: Path, raw:
     state.ensure()
     (state.path / "status.json").write_bytes(raw)
     with pytest.raises(StateError, match=r"status\.json is not a status"):
-        state.is_locked()
+        state.read_status()
 
 
 def test_recovery_at_start_refuses_a_malformed_journal(config: Config) -> None:

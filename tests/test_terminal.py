@@ -128,7 +128,7 @@ def hostile_status(fingerprint: str) -> dict[str, object]:
                 "subject": f"CN={EVIL_CN}",
                 "not_before": "2026-01-01T00:00:00Z",
                 "not_after": "2027-01-01T00:00:00Z",
-                "source": {"arn": f"arn{FORGED}\x1b[8m", "path": "certificates[0]"},
+                "source": {"level": "certificates", "index": 0, "arn": f"arn{FORGED}\x1b[8m"},
                 "duplicates": [],
                 "stores": ["os", f"nss:/x{FORGED}"],
                 "warnings": [f"w{FORGED}\u202e"],

@@ -20,6 +20,7 @@ from tests.support.certs import make_ca
 from tests.support.moto import MotoServer, moto_server
 from tests.test_install import manifest, nss_dir
 from trustinstaller.config import Config
+from trustinstaller.documents import status_to_json
 from trustinstaller.errors import CertificatesRefusedError, Outcome
 from trustinstaller.installer import Installer
 
@@ -47,7 +48,7 @@ def test_throttling_that_ends_before_the_deadline_installs(
     with throttling_proxy(moto.port, rate=None, burst=0, first=6, cache=False) as proxy:
         cfg = replace(config, endpoint_url=proxy.endpoint, fetch_timeout=60.0)
         with structlog.testing.capture_logs() as logs:
-            status = Installer(cfg).submit(manifest(arns))
+            status = status_to_json(Installer(cfg).submit(manifest(arns)))
         seen = proxy.stats
     assert status["state"] == "locked"
     assert [c["source"]["arn"] for c in status["certificates"]] == arns
@@ -89,7 +90,7 @@ def test_throttling_past_the_deadline_fails_and_writes_nothing(
         assert int(m["throttled"]) == int(m["calls"]) <= seen.throttled
         assert int(m["calls"]) >= 2
     assert seen.forwarded == 0
-    status = installer.status()
+    status = status_to_json(installer.status())
     assert status["state"] == "failed"
     assert status["fetch"]["timed_out"] is True
     assert status["fetch"]["throttled_calls"] == int(matches[0]["throttled"])  # type: ignore[index]
@@ -114,9 +115,10 @@ def test_access_denied_is_not_retried(config: Config) -> None:
                 installer.submit(body)
             seen = proxy.stats
     assert sorted(seen.attempts.values()) == [1, 1]
-    fetch = installer.status()["fetch"]
-    assert (fetch["calls"], fetch["throttled_calls"], fetch["timed_out"]) == (2, 0, False)
-    assert fetch["duration_s"] < 30  # one round trip each, not a minute of retries
+    fetch = installer.status().fetch
+    assert fetch is not None
+    assert (fetch.calls, fetch.throttled_calls, fetch.timed_out) == (2, 0, False)
+    assert fetch.duration_s < 30  # one round trip each, not a minute of retries
 
 
 def test_not_found_is_not_retried(config: Config, moto: MotoServer) -> None:

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trustinstaller import __version__, config, log
+from trustinstaller import __version__, config, documents, log
+from trustinstaller.documents import Status
 from trustinstaller.errors import ConfigError, DaemonUnreachableError, Outcome, TrustInstallerError
 from trustinstaller.terminal import MESSAGE_LIMIT, escape
 
@@ -148,8 +149,9 @@ def _submit(args: argparse.Namespace, cfg: config.Config) -> int:
     if code == 200:
         outcome = Outcome.INSTALLED
     message = str(doc.get("message") or doc.get("error") or f"HTTP {code}")
-    if "state" in doc:
-        _print_status(doc, args.json, outcome, message)
+    status = _status_of(doc)
+    if status is not None:
+        _print_status(status, args.json, outcome, message)
     else:
         print(json.dumps(doc, indent=2) if args.json else escape(message, limit=MESSAGE_LIMIT),
               file=sys.stdout if args.json else sys.stderr)  # fmt: skip
@@ -163,14 +165,28 @@ def _status(args: argparse.Namespace, cfg: config.Config) -> int:
     except TrustInstallerError:
         from trustinstaller.state import StateDir
 
-        doc = StateDir(cfg.state_dir).read_status()
+        status: Status | None = StateDir(cfg.state_dir).read_status()
         source = f"state directory {cfg.state_dir} (no daemon answered)"
+    else:
+        status = _status_of(doc)
+    if status is None:
+        raise TrustInstallerError(f"socket {cfg.socket}: the daemon's answer is not a status")
     if args.json:
-        print(json.dumps(doc, indent=2, sort_keys=True))
+        print(json.dumps(documents.status_to_json(status), indent=2, sort_keys=True))
     else:
         print(f"source: {escape(source)}")
-        _print_human(doc)
+        _print_human(status)
     return EXIT_OK
+
+
+def _status_of(doc: dict[str, Any]) -> Status | None:
+    """The status in a daemon's answer, or None when it holds none (an HTTP error, say)."""
+    if "state" not in doc:
+        return None
+    try:
+        return documents.status_from_json(doc)
+    except ValueError:
+        return None
 
 
 def _check(args: argparse.Namespace, cfg: config.Config) -> int:
@@ -280,30 +296,31 @@ def _request(
     return resp.status, doc if isinstance(doc, dict) else {"error": str(doc)}
 
 
-def _print_status(doc: dict[str, Any], as_json: bool, outcome: Outcome, message: str) -> None:
+def _print_status(status: Status, as_json: bool, outcome: Outcome, message: str) -> None:
     if as_json:
+        doc = documents.status_to_json(status)
         print(json.dumps({**doc, "outcome": outcome.label, "message": message},
                          indent=2, sort_keys=True))  # fmt: skip
         return
     stream = sys.stdout if outcome is Outcome.INSTALLED else sys.stderr
     print(f"{outcome.label}: {escape(message, limit=MESSAGE_LIMIT)}", file=stream)
-    _print_human(doc, stream)
+    _print_human(status, stream)
 
 
-def _print_human(doc: dict[str, Any], stream: Any = None) -> None:
+def _print_human(status: Status, stream: Any = None) -> None:
     out = stream or sys.stdout
     # The document may come from the daemon or a file: every field is escaped, even those
     # we wrote ourselves.
-    print(f"state: {escape(doc.get('state'))}", file=out)
-    for c in doc.get("certificates", []):
-        print(f"  {escape(c['subject'])}  sha256={escape(c['fingerprint_sha256'])}  "
-              f"notAfter={escape(c['not_after'])}", file=out)  # fmt: skip
-        stores = ", ".join(escape(s) for s in c["stores"])
-        print(f"    from {escape(c['source']['arn'])} -> {stores}", file=out)
-        for w in c.get("warnings", []):
+    print(f"state: {escape(status.state.value)}", file=out)
+    for c in status.certificates:
+        print(f"  {escape(c.subject)}  sha256={escape(c.fingerprint_sha256)}  "
+              f"notAfter={escape(c.not_after)}", file=out)  # fmt: skip
+        stores = ", ".join(escape(s) for s in c.stores)
+        print(f"    from {escape(c.source.arn)} -> {stores}", file=out)
+        for w in c.warnings:
             print(f"    warning: {escape(w)}", file=out)
-    for e in doc.get("errors", []):
-        print(f"  error: {escape(e.get('message'), limit=MESSAGE_LIMIT)}", file=out)
+    for e in status.errors:
+        print(f"  error: {escape(e.message, limit=MESSAGE_LIMIT)}", file=out)
 
 
 __all__ = ["ConfigError", "main"]

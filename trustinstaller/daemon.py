@@ -17,10 +17,10 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from trustinstaller import _fs, log, sdnotify
 from trustinstaller.config import Config
+from trustinstaller.documents import Status
 from trustinstaller.errors import ActivationError, ConfigError, UnsafePathError
 from trustinstaller.installer import Installer
 from trustinstaller.server import Server
@@ -62,7 +62,7 @@ def warm_up(installer: Installer) -> None:
     """
     # A warm-up that fails costs only the time it would have saved; the install reports errors.
     with contextlib.suppress(Exception):
-        if installer.status().get("state") == "locked":
+        if installer.status().locked:
             return  # restarted by socket activation after the lock: nothing left to install
         # Wait for serve()'s accept thread, so that recovery and bind, the last steps before
         # ready, do not share the GIL with these imports.
@@ -156,17 +156,17 @@ def serve(installer: Installer, *, idle_exit: float | None = None) -> None:
     worker.start()
     text = [sdnotify.describe(status)]
 
-    def on_status(new: Mapping[str, Any]) -> None:
+    def on_status(new: Status) -> None:
         # Called by the state directory on every status write, from the request thread, so
         # that `systemctl status` follows the state the moment it changes.
         described = sdnotify.describe(new)
         if described != text[0]:
             text[0] = described
             sdnotify.notify(f"STATUS={described}")
-            log.get().info("state_changed", state=new.get("state"))
+            log.get().info("state_changed", state=new.state.value)
 
     installer.state.on_write = on_status
-    log.get().info("daemon_ready", socket=str(sock.getsockname()), state=status["state"],
+    log.get().info("daemon_ready", socket=str(sock.getsockname()), state=status.state.value,
                    source="systemd" if inherited else "bound")  # fmt: skip
     sdnotify.notify("READY=1", f"STATUS={text[0]}", f"MAINPID={os.getpid()}")
     idle_since = time.monotonic()
@@ -176,7 +176,7 @@ def serve(installer: Installer, *, idle_exit: float | None = None) -> None:
             # install starts from them) are the only non-daemon threads besides this one.
             others = set(threading.enumerate()) - {threading.current_thread(),
                                                    threading.main_thread()}  # fmt: skip
-            locked = installer.status().get("state") == "locked"
+            locked = installer.status().locked
             busy = not locked or any(not t.daemon for t in others)
             now = time.monotonic()
             if busy or inherited is None or idle_exit is None:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from trustinstaller.documents import FetchReport
 from trustinstaller.errors import FetchError
 from trustinstaller.manifest import CertificateRef, Credentials
 
@@ -62,17 +63,9 @@ class FetchStats:
     duration_s: float = 0.0
     timed_out: bool = False
 
-    def as_dict(self) -> dict[str, Any]:
-        """The JSON form used in the status document and the log."""
-        return {
-            "secrets": self.secrets,
-            "calls": self.calls,
-            "throttled_calls": self.throttled_calls,
-            "throttled_fetches": self.throttled_fetches,
-            "throttle_delay_s": round(self.throttle_delay_s, 3),
-            "duration_s": round(self.duration_s, 3),
-            "timed_out": self.timed_out,
-        }
+    def report(self) -> FetchReport:
+        """The frozen form the status document and the log carry."""
+        return FetchReport(**{k: getattr(self, k) for k in FetchReport.__dataclass_fields__})
 
 
 class SecretsClient(Protocol):

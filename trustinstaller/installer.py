@@ -12,9 +12,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from trustinstaller import _run, fetch, log, manifest, state, transaction
+from trustinstaller import _run, documents, fetch, log, manifest, state, transaction
 from trustinstaller.clock import Clock, iso, utc_now
 from trustinstaller.config import Config
+from trustinstaller.documents import CertEntry, FetchReport, State, Status
 from trustinstaller.errors import (
     CertificateError,
     CertificatesRefusedError,
@@ -71,7 +72,7 @@ class Installer:
 
     # -- lifecycle -----------------------------------------------------------
 
-    def prepare(self, wait: float = 0.0) -> dict[str, Any]:
+    def prepare(self, wait: float = 0.0) -> Status:
         """Create the state directory and finish any interrupted install; return the status.
 
         ``wait`` is how long to wait for a concurrent install (``apply``) to finish first.
@@ -81,23 +82,18 @@ class Installer:
             self._recover()
         return self.status()
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> Status:
         """The current status document."""
         return self.state.read_status()
 
-    def submit(self, data: bytes) -> dict[str, Any]:
+    def submit(self, data: bytes) -> Status:
         """Apply one manifest. Raise a TrustInstallerError (after recording it) on failure."""
         self.state.ensure()
-        locked, since = self.state.is_locked()
-        if locked:
-            self.logger.warning("manifest_refused", reason="locked", outcome="locked")
-            raise LockedError(since)
+        self._refuse_if_locked()
         with self.state.exclusive():
             self._recover()
-            locked, since = self.state.is_locked()
-            if locked:
-                self.logger.warning("manifest_refused", reason="locked", outcome="locked")
-                raise LockedError(since)
+            # Again, under the lock: the recovery may just have confirmed a committed install.
+            self._refuse_if_locked()
             self.fetch_stats = None
             try:
                 return self._install(data)
@@ -108,38 +104,47 @@ class Installer:
                 self._record_failure(exc)
                 raise
 
-    def _install(self, data: bytes) -> dict[str, Any]:
+    def _refuse_if_locked(self) -> None:
+        current = self.state.read_status()
+        if current.locked:
+            self.logger.warning("manifest_refused", reason="locked", outcome="locked")
+            raise LockedError(current.locked_at)
+
+    def _install(self, data: bytes) -> Status:
         parsed = manifest.parse(data)
-        self.state.write_status({**state.empty_status(), "state": state.INSTALLING})
+        self.state.write_status(Status(State.INSTALLING))
         now = self.clock()
         planned = self._fetch_and_validate(parsed.certificates, parsed.credentials, now)
         del parsed  # the credentials are not needed past the fetch
         certs = [p.ca for p in planned]
         stores = self.registry.all() if certs else []
-        entries = [self._cert_status(p, [s.name for s in stores]) for p in planned]
-        summary = {"certificates": entries}
+        entries = tuple(self._cert_status(p, [s.name for s in stores]) for p in planned)
         if certs:
-            transaction.apply(stores, certs, self.state, summary, self.registry.named)
-        status = self._locked_status(entries)
-        if self.fetch_stats is not None:
-            status["fetch"] = self.fetch_stats.as_dict()
-        self.state.write_status(status)
+            entries = transaction.apply(stores, certs, self.state, entries, self.registry.named)
+        status = self.state.write_status(self._locked_status(entries))
         self.state.clear_journal()
         for e in entries:
             self.logger.info(
                 "cert_installed",
-                fingerprint_sha256=e["fingerprint_sha256"],
-                subject=e["subject"],
-                arn=e["source"]["arn"],
-                stores=e["stores"],
-                warnings=e["warnings"],
+                fingerprint_sha256=e.fingerprint_sha256,
+                subject=e.subject,
+                arn=e.source.arn,
+                stores=list(e.stores),
+                warnings=list(e.warnings),
             )
-        self.logger.info("lock_taken", count=len(entries), state=state.LOCKED)
+        self.logger.info("lock_taken", count=len(entries), state=State.LOCKED.value)
         # One event per manifest, with what the fetch cost, so that an operator can see an
         # account nearing its Secrets Manager quota before sessions start failing.
-        self.logger.info("manifest_installed", count=len(entries), state=state.LOCKED,
-                         fetch=status.get("fetch"))  # fmt: skip
+        self.logger.info("manifest_installed", count=len(entries), state=State.LOCKED.value,
+                         fetch=self._fetch_json())  # fmt: skip
         return status
+
+    def _fetch_report(self) -> FetchReport | None:
+        return None if self.fetch_stats is None else self.fetch_stats.report()
+
+    def _fetch_json(self) -> dict[str, Any] | None:
+        report = self._fetch_report()
+        return None if report is None else documents.fetch_to_json(report)
 
     def _fetch_and_validate(
         self, refs: Sequence[CertificateRef], credentials: Credentials | None, now: dt.datetime
@@ -184,7 +189,7 @@ class Installer:
     def _default_clients(self, credentials: Credentials | None) -> fetch.ClientFactory:
         return fetch.client_factory(credentials, endpoint_url=self.config.endpoint_url)
 
-    def _cert_status(self, p: Planned, stores: list[str]) -> dict[str, Any]:
+    def _cert_status(self, p: Planned, stores: list[str]) -> CertEntry:
         first, *dups = p.refs
         warnings = list(p.ca.warnings)
         for d in dups:
@@ -192,67 +197,59 @@ class Installer:
                 f"named again at {d.path} ({d.arn}): same certificate as {first.path}; "
                 "installed once"
             )
-        return {
-            "fingerprint_sha256": p.ca.fingerprint_sha256,
-            "subject": p.ca.subject,
-            "not_before": iso(p.ca.not_before),
-            "not_after": iso(p.ca.not_after),
-            "source": first.as_dict(),
-            "duplicates": [d.as_dict() for d in dups],
-            "stores": stores,
-            "warnings": warnings,
-        }
+        return CertEntry(
+            fingerprint_sha256=p.ca.fingerprint_sha256,
+            subject=p.ca.subject,
+            not_before=iso(p.ca.not_before),
+            not_after=iso(p.ca.not_after),
+            source=first.source(),
+            duplicates=tuple(d.source() for d in dups),
+            stores=tuple(stores),
+            warnings=tuple(warnings),
+        )
 
-    def _locked_status(self, entries: list[dict[str, Any]]) -> dict[str, Any]:
-        warnings = [f"{e['source']['arn']}: {w}" for e in entries for w in e["warnings"]]
-        return {
-            "state": state.LOCKED,
-            "locked_at": iso(self.clock()),
-            "certificates": entries,
-            "warnings": warnings,
-            "errors": [],
-        }
+    def _locked_status(self, entries: Sequence[CertEntry]) -> Status:
+        return Status(
+            State.LOCKED,
+            certificates=tuple(entries),
+            warnings=tuple(f"{e.source.arn}: {w}" for e in entries for w in e.warnings),
+            locked_at=iso(self.clock()),
+            fetch=self._fetch_report(),
+        )
 
     def _record_failure(self, exc: BaseException) -> None:
         if isinstance(exc, TrustInstallerError):
-            problems = [p.as_dict() for p in exc.problems()]
+            problems = list(exc.problems())
         else:
-            problems = [Problem("internal_error", "", f"{type(exc).__name__}").as_dict()]
-        problems += [
-            Problem("rollback_failed", "", note).as_dict() for note in getattr(exc, "__notes__", [])
-        ]
-        failed = {**state.empty_status(), "state": state.FAILED, "errors": problems}
-        if self.fetch_stats is not None:
-            failed["fetch"] = self.fetch_stats.as_dict()
-        self.state.write_status(failed)
+            problems = [Problem("internal_error", "", f"{type(exc).__name__}")]
+        problems += [Problem("rollback_failed", "", note) for note in getattr(exc, "__notes__", [])]
+        self.state.write_status(
+            Status(State.FAILED, errors=tuple(problems), fetch=self._fetch_report())
+        )
         self.logger.warning(
             "manifest_refused",
             outcome=exc.outcome.label if isinstance(exc, TrustInstallerError) else "internal_error",
-            errors=problems,
-            fetch=failed.get("fetch"),
+            errors=[p.as_dict() for p in problems],
+            fetch=self._fetch_json(),
         )
 
     def _recover(self) -> None:
         """Finish an interrupted install: roll it back, or confirm a committed one."""
 
-        def confirm(summary: dict[str, Any]) -> None:
-            entries = summary.get("certificates", [])
+        def confirm(entries: tuple[CertEntry, ...]) -> None:
             self.state.write_status(self._locked_status(entries))
-            self.logger.info("install_confirmed", count=len(entries), state=state.LOCKED)
+            self.logger.info("install_confirmed", count=len(entries), state=State.LOCKED.value)
 
         def rolled_back() -> None:
-            self.state.write_status({
-                **state.empty_status(), "state": state.FAILED,
-                "errors": [Problem("interrupted", "", "an install was interrupted and has been "
-                                   "rolled back; submit the manifest again").as_dict()],
-            })  # fmt: skip
-            self.logger.warning("install_rolled_back", state=state.FAILED)
+            self._interrupted("an install was interrupted and has been rolled back; submit the "
+                              "manifest again")  # fmt: skip
+            self.logger.warning("install_rolled_back", state=State.FAILED.value)
 
         found = transaction.recover(self.state, self.registry.named, confirm=confirm,
                                     rolled_back=rolled_back)  # fmt: skip
-        if not found and self.state.read_status().get("state") == state.INSTALLING:
-            self.state.write_status({
-                **state.empty_status(), "state": state.FAILED,
-                "errors": [Problem("interrupted", "", "an install was interrupted before "
-                                   "anything was written; nothing to undo").as_dict()],
-            })  # fmt: skip
+        if not found and self.state.read_status().state is State.INSTALLING:
+            self._interrupted("an install was interrupted before anything was written; "
+                              "nothing to undo")  # fmt: skip
+
+    def _interrupted(self, message: str) -> None:
+        self.state.write_status(Status(State.FAILED, errors=(Problem("interrupted", "", message),)))

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from trustinstaller.documents import Source
 from trustinstaller.errors import ManifestError
 
 MAX_MANIFEST_BYTES = 1024 * 1024
@@ -58,9 +59,9 @@ class CertificateRef:
         key = "toolCertificates" if self.level == "tool" else "certificates"
         return f"{key}[{self.index}]"
 
-    def as_dict(self) -> dict[str, Any]:
-        """The JSON form used in status answers."""
-        return {"level": self.level, "index": self.index, "arn": self.arn}
+    def source(self) -> Source:
+        """Where it was named, as the status reports it."""
+        return Source(self.level, self.index, self.arn)
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ import fcntl
 import os
 import socket
 from collections.abc import Mapping, MutableMapping
-from typing import Any
 
+from trustinstaller.documents import State, Status
 from trustinstaller.errors import ActivationError
 
 SD_LISTEN_FDS_START = 3
@@ -85,21 +85,15 @@ def notify(*fields: str, env: Mapping[str, str] | None = None) -> bool:
     return True
 
 
-def describe(status: Mapping[str, Any]) -> str:
+def describe(status: Status) -> str:
     """A one-line ``STATUS=`` text for a status document (what ``systemctl status`` shows)."""
-    state = str(status.get("state", "unknown"))
-    certs = status.get("certificates") or []
-    errors = status.get("errors") or []
-    warnings = status.get("warnings") or []
-    if state == "open":
+    if status.state is State.OPEN:
         return "open: waiting for a manifest on the socket"
-    if state == "installing":
+    if status.state is State.INSTALLING:
         return "installing: fetching, validating and installing certificates"
-    if state == "locked":
-        text = f"locked: {len(certs)} certificate(s) installed"
-        if warnings:
-            text += f", {len(warnings)} warning(s)"
+    if status.state is State.LOCKED:
+        text = f"locked: {len(status.certificates)} certificate(s) installed"
+        if status.warnings:
+            text += f", {len(status.warnings)} warning(s)"
         return text + "; further manifests are refused"
-    if state == "failed":
-        return f"failed: {len(errors)} error(s), nothing installed; see 'trustinstaller status'"
-    return state
+    return f"failed: {len(status.errors)} error(s), nothing installed; see 'trustinstaller status'"

@@ -22,7 +22,7 @@ from typing import Any
 
 import structlog
 
-from trustinstaller import log
+from trustinstaller import documents, log
 from trustinstaller.errors import Outcome, TrustInstallerError
 from trustinstaller.installer import Installer
 
@@ -122,7 +122,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if self.path.split("?", 1)[0] != "/v1/status":
                 self._send(404, {"error": f"no such resource {self._path()}; try /v1/status"})
                 return
-            self._send(200, self.server.installer.status())
+            self._send(200, documents.status_to_json(self.server.installer.status()))
 
     def do_PUT(self) -> None:
         """``PUT /v1/manifest``."""
@@ -155,8 +155,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 outcome=outcome.label,
                 duration_ms=round((time.monotonic() - started) * 1000),
             )
-            self._send(outcome.http_status, {**status, "outcome": outcome.label,
-                                             "message": message})  # fmt: skip
+            doc = documents.status_to_json(status)
+            self._send(outcome.http_status, {**doc, "outcome": outcome.label, "message": message})
 
     def do_POST(self) -> None:
         """Wrong method: say which one to use."""

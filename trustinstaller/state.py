@@ -13,30 +13,22 @@ import fcntl
 import json
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from trustinstaller import _fs
+from trustinstaller import _fs, documents
 from trustinstaller.clock import Clock, iso, utc_now
+from trustinstaller.documents import Journal, Status
 from trustinstaller.errors import BusyError, StateError, UnsafePathError
 
 STATUS_FILE = "status.json"
 JOURNAL_FILE = "journal.json"
 LOCK_FILE = "install.lock"
 
-OPEN = "open"
-INSTALLING = "installing"
-LOCKED = "locked"
-FAILED = "failed"
-STATES = (OPEN, INSTALLING, LOCKED, FAILED)
 # What _read answers for a file that is there but is not JSON.
 _UNREADABLE = object()
-
-
-def empty_status() -> dict[str, Any]:
-    """The status of a session in which nothing was submitted yet."""
-    return {"state": OPEN, "certificates": [], "warnings": [], "errors": []}
 
 
 class StateDir:
@@ -46,7 +38,7 @@ class StateDir:
         self.path = path
         self.clock = clock
         # Told of every status written (the daemon mirrors it into systemd's STATUS=).
-        self.on_write: Callable[[Mapping[str, Any]], None] | None = None
+        self.on_write: Callable[[Status], None] | None = None
 
     def ensure(self) -> None:
         """Create the directory (0700) if missing and check it is a real directory of ours."""
@@ -87,7 +79,7 @@ class StateDir:
         finally:
             os.close(fd)  # closing releases the flock
 
-    def read_status(self) -> dict[str, Any]:
+    def read_status(self) -> Status:
         """The last written status, or an empty one when none was written.
 
         A status file that is there but unreadable is a StateError, never "open": read as
@@ -95,25 +87,22 @@ class StateDir:
         """
         data = self._read(STATUS_FILE)
         if data is None:
-            return empty_status()
-        if not isinstance(data, dict) or data.get("state") not in STATES:
-            raise StateError(str(self.path), f"{STATUS_FILE} is not a status this version "
-                             "wrote; remove it only if no install ran in this session")  # fmt: skip
-        return data
+            return Status()
+        try:
+            return documents.status_from_json(data)
+        except ValueError as exc:
+            why = f"{STATUS_FILE} is not a status this version wrote; remove it only if no "
+            raise StateError(str(self.path), why + "install ran in this session") from exc
 
-    def write_status(self, status: dict[str, Any]) -> None:
-        """Replace the status file atomically (0600)."""
-        status = {**status, "updated_at": iso(self.clock())}
-        self._write(STATUS_FILE, status)
+    def write_status(self, status: Status) -> Status:
+        """Replace the status file atomically (0600), stamped with the time; the stamped one."""
+        status = replace(status, updated_at=iso(self.clock()))
+        self._write(STATUS_FILE, documents.status_to_json(status))
         if self.on_write is not None:
             self.on_write(status)
+        return status
 
-    def is_locked(self) -> tuple[bool, str | None]:
-        """Whether the session's configuration is locked, and since when."""
-        status = self.read_status()
-        return status.get("state") == LOCKED, status.get("locked_at")
-
-    def read_journal(self) -> dict[str, Any] | None:
+    def read_journal(self) -> Journal | None:
         """The install journal, or None when no install is in flight.
 
         A journal that is there but unreadable is a StateError: read as "nothing in flight",
@@ -122,14 +111,15 @@ class StateDir:
         data = self._read(JOURNAL_FILE)
         if data is None:
             return None
-        if not isinstance(data, dict) or not isinstance(data.get("entries"), list):
-            raise StateError(str(self.path), f"{JOURNAL_FILE} is not a journal this version "
-                             "wrote; undo its install by hand, then remove it")  # fmt: skip
-        return data
+        try:
+            return documents.journal_from_json(data)
+        except ValueError as exc:
+            why = f"{JOURNAL_FILE} is not a journal this version wrote; undo its install by "
+            raise StateError(str(self.path), why + "hand, then remove it") from exc
 
-    def write_journal(self, journal: dict[str, Any]) -> None:
+    def write_journal(self, journal: Journal) -> None:
         """Replace the journal atomically (0600); called before each step it records."""
-        self._write(JOURNAL_FILE, journal)
+        self._write(JOURNAL_FILE, documents.journal_to_json(journal))
 
     def clear_journal(self) -> None:
         """Remove the journal once an install is committed or rolled back."""

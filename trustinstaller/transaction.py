@@ -12,58 +12,54 @@ import concurrent.futures
 import secrets
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from trustinstaller import log
+from trustinstaller import documents, log
 from trustinstaller.clock import iso
+from trustinstaller.documents import CertEntry, Entry, Journal, Phase
 from trustinstaller.errors import TrustInstallerError
 from trustinstaller.state import StateDir
-from trustinstaller.stores import Entry, Recorder, Store
+from trustinstaller.stores import Recorder, Store
 
 if TYPE_CHECKING:  # annotations only: keeps cryptography off the path to ready
     from trustinstaller.validate import TrustedCA
 
-APPLYING = "applying"
-VERIFYING = "verifying"
-COMMITTED = "committed"
 
+class JournalWriter:
+    """Keeps the write-ahead record of one install, persisting it before each step."""
 
-class Journal:
-    """The write-ahead record of one install."""
-
-    def __init__(self, state: StateDir, summary: dict[str, Any]) -> None:
+    def __init__(self, state: StateDir, certificates: Sequence[CertEntry]) -> None:
         self.state = state
-        self.data: dict[str, Any] = {
-            "id": secrets.token_hex(8),
-            "started_at": iso(state.clock()),
-            "phase": APPLYING,
-            "summary": summary,
-            "entries": [],
-        }
-        self.state.write_journal(self.data)
+        self.lock = threading.Lock()  # store threads record in turn
+        self.journal = Journal(secrets.token_hex(8), iso(state.clock()),
+                               certificates=tuple(certificates))  # fmt: skip
+        self.state.write_journal(self.journal)
 
     def recorder(self, store: str) -> Recorder:
         """A recorder that tags each entry with ``store`` and persists it at once."""
 
-        def record(action: str, **fields: Any) -> None:
-            self.data["entries"].append({"store": store, "action": action, **fields})
-            self.state.write_journal(self.data)
+        def record(entry: Entry) -> None:
+            with self.lock:
+                self.journal = documents.with_entry(self.journal, store, entry)
+                self.state.write_journal(self.journal)
 
         return record
 
-    def set_phase(self, phase: str) -> None:
-        """Persist the install's phase."""
-        self.data["phase"] = phase
-        self.state.write_journal(self.data)
+    def update(self, **changes: Any) -> None:
+        """Persist a new phase or summary."""
+        with self.lock:
+            self.journal = replace(self.journal, **changes)
+            self.state.write_journal(self.journal)
 
 
 def apply(
     stores: Sequence[Store],
     certs: Sequence[TrustedCA],
     state: StateDir,
-    summary: dict[str, Any],
+    certificates: Sequence[CertEntry],
     resolve: Callable[[str], Store],
-) -> dict[str, str]:
+) -> tuple[CertEntry, ...]:
     """Install ``certs`` into every store and verify; on any failure roll everything back.
 
     A store that depends on no other (an NSS database) is installed and verified in a thread of
@@ -74,13 +70,13 @@ def apply(
 
     An optional store (a user's own NSS database) that fails is rolled back alone, and the
     install goes on without it: that user controls the store and could otherwise veto the
-    install for everyone. Returns {store name: reason} for those; the summary's certificates
-    lose the store and gain a warning.
+    install for everyone. Returns ``certificates`` as installed: without such a store, and
+    with a warning that names it.
     """
     # In order: the runtime-env store copies the bundle that the OS store just regenerated.
     serial = [s for s in stores if not s.parallel]
     parallel = [s for s in stores if s.parallel]
-    journal_lock = threading.Lock()
+    skipped_lock = threading.Lock()
     skipped: dict[str, str] = {}
 
     def tolerant(step: Callable[[Store], None]) -> Callable[[Store], None]:
@@ -92,7 +88,7 @@ def apply(
             except TrustInstallerError as exc:
                 if not store.optional:
                     raise
-                with journal_lock:
+                with skipped_lock:
                     skipped[store.name] = " ".join(str(exc).split())[:500]
                 log.get().warning("store_skipped", store=store.name, error=skipped[store.name])
 
@@ -110,24 +106,18 @@ def apply(
             f.result()  # raises that branch's failure
 
     def install(store: Store) -> None:
-        record = journal.recorder(store.name)
-
-        def record_in_turn(action: str, **fields: Any) -> None:
-            with journal_lock:
-                record(action, **fields)
-
-        store.install(certs, record_in_turn)
+        store.install(certs, writer.recorder(store.name))
 
     with concurrent.futures.ThreadPoolExecutor(
         max_workers=max(1, len(parallel)), thread_name_prefix="store"
     ) as pool:
         on_every_store(tolerant(lambda s: s.preflight()))
-        journal = Journal(state, summary)
+        writer = JournalWriter(state, certificates)
         try:
             on_every_store(tolerant(install))
-            journal.set_phase(VERIFYING)
+            writer.update(phase=Phase.VERIFYING)
             on_every_store(tolerant(lambda s: s.verify(certs)))
-            by_store = _entries_by_store(journal.data)
+            by_store = writer.journal.by_store()
             for s in stores:
                 if s.name in skipped:
                     s.rollback(by_store.get(s.name, []))
@@ -135,7 +125,7 @@ def apply(
             # Even when this thread was interrupted: no store command may still be running.
             pool.shutdown(wait=True)
             try:
-                rollback(journal.data, resolve)
+                rollback(writer.journal, resolve)
             except TrustInstallerError as rb_exc:
                 # The journal stays, so the next start tries the rollback again.
                 exc.add_note(
@@ -144,27 +134,24 @@ def apply(
                 raise exc from rb_exc
             state.clear_journal()
             raise
-        for cert in summary.get("certificates", []):
-            cert["stores"] = [n for n in cert["stores"] if n not in skipped]
-            cert["warnings"] += [
-                f"not installed in {name}, which failed and was rolled back alone: {why}"
-                for name, why in skipped.items()
-            ]
-        journal.data["summary"] = summary
-        journal.set_phase(COMMITTED)
-    return skipped
+        installed = tuple(
+            replace(
+                c,
+                stores=tuple(n for n in c.stores if n not in skipped),
+                warnings=(*c.warnings, *(
+                    f"not installed in {name}, which failed and was rolled back alone: {why}"
+                    for name, why in skipped.items()
+                )),
+            )
+            for c in certificates
+        )  # fmt: skip
+        writer.update(certificates=installed, phase=Phase.COMMITTED)
+    return installed
 
 
-def _entries_by_store(journal: dict[str, Any]) -> dict[str, list[Entry]]:
-    by_store: dict[str, list[Entry]] = {}
-    for entry in journal.get("entries", []):
-        by_store.setdefault(entry["store"], []).append(entry)
-    return by_store
-
-
-def rollback(journal: dict[str, Any], resolve: Callable[[str], Store]) -> None:
+def rollback(journal: Journal, resolve: Callable[[str], Store]) -> None:
     """Undo a journal's entries, stores in reverse order of first appearance."""
-    by_store = _entries_by_store(journal)
+    by_store = journal.by_store()
     for name in reversed(list(by_store)):
         resolve(name).rollback(by_store[name])
 
@@ -173,20 +160,20 @@ def recover(
     state: StateDir,
     resolve: Callable[[str], Store],
     *,
-    confirm: Callable[[dict[str, Any]], None],
+    confirm: Callable[[tuple[CertEntry, ...]], None],
     rolled_back: Callable[[], None],
 ) -> bool:
     """Finish an install a crash interrupted; False when no journal was there.
 
-    A committed journal is confirmed (``confirm`` gets its summary, to record the lock); any
+    A committed journal is confirmed (``confirm`` gets its certificates, to record the lock); any
     other is rolled back (then ``rolled_back`` records it). Each is told before the journal is
     removed, so a crash in between only repeats this.
     """
     journal = state.read_journal()
     if journal is None:
         return False
-    if journal.get("phase") == COMMITTED:
-        confirm(journal.get("summary", {}))
+    if journal.phase is Phase.COMMITTED:
+        confirm(journal.certificates)
     else:
         rollback(journal, resolve)
         rolled_back()

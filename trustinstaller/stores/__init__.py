@@ -10,21 +10,20 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from trustinstaller import _fs
+from trustinstaller.documents import Entry, Mkdir, Write
 from trustinstaller.errors import UnsafePathError
 
 if TYPE_CHECKING:  # annotations only: keeps cryptography off the path to ready
     from trustinstaller.validate import TrustedCA
 
-Entry = dict[str, Any]
-
 
 class Recorder(Protocol):
     """Persists one journal entry before the step it describes is taken."""
 
-    def __call__(self, action: str, **fields: Any) -> None: ...
+    def __call__(self, entry: Entry) -> None: ...
 
 
 class Store(Protocol):
@@ -65,16 +64,16 @@ def undo_files(entries: Sequence[Entry]) -> list[str]:
     """
     removed: list[str] = []
     for e in entries:
-        if e["action"] != "write":
+        if not isinstance(e, Write):
             continue
         with (
             contextlib.suppress(FileNotFoundError, IsADirectoryError, UnsafePathError),
-            _fs.opened_dir(Path(e["dir"])) as fd,
+            _fs.opened_dir(Path(e.dir)) as fd,
         ):
-            if _fs.remove(fd, e["name"]):
-                removed.append(e["name"])
+            if _fs.remove(fd, e.name):
+                removed.append(e.name)
             _fs.sync_dir(fd)
     for e in reversed(entries):
-        if e["action"] == "mkdir":
-            _fs.rmdir(Path(e["path"]))
+        if isinstance(e, Mkdir):
+            _fs.rmdir(Path(e.path))
     return removed

@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING
 
 from trustinstaller import _fs, pem
 from trustinstaller._run import Runner
+from trustinstaller.documents import Entry, Mkdir, Update, Write
 from trustinstaller.errors import HostError, StoreError, UnsafePathError
-from trustinstaller.stores import Entry, Recorder, undo_files
+from trustinstaller.stores import Recorder, undo_files
 
 if TYPE_CHECKING:  # annotations only: keeps cryptography off the path to ready
     from trustinstaller.validate import TrustedCA
@@ -91,7 +92,7 @@ class DebianStore:
         except OSError as exc:
             raise StoreError(self.name, f"cannot write {exc.filename or self.paths.our_dir}: "
                              f"{exc.strerror or exc}") from exc  # fmt: skip
-        record("update")
+        record(Update())
         self._update()
 
     def _write_files(self, certs: Sequence[TrustedCA], record: Recorder) -> None:
@@ -99,7 +100,7 @@ class DebianStore:
         try:
             fd = _fs.open_dir(our)
         except FileNotFoundError:
-            record("mkdir", path=str(our))
+            record(Mkdir(str(our)))
             fd = _fs.open_dir(our, create=True, mode=0o755)
         try:
             for ca in certs:
@@ -110,7 +111,7 @@ class DebianStore:
                         continue  # there from before this install: not ours to remove
                 except UnsafePathError:
                     pass  # a symlink or other oddity at our name: replaced below, never followed
-                record("write", dir=str(our), name=name)
+                record(Write(str(our), name))
                 _fs.atomic_write(fd, name, data, 0o644, sync=False)
             # One directory fsync for all the renames, not one per file: before
             # update-ca-certificates reads the directory, every new name is durable.
@@ -132,7 +133,7 @@ class DebianStore:
     def rollback(self, entries: Sequence[Entry]) -> None:
         """Remove our files, rebuild the bundle and links, and tell the hooks."""
         removed = undo_files(entries)
-        if any(e["action"] == "update" for e in entries):
+        if any(isinstance(e, Update) for e in entries):
             self._update(fresh=True, timeout=self.rollback_timeout)
             self._tell_hooks_removed(removed)
 

@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trustinstaller import _fs
+from trustinstaller.documents import Entry, Mkdir, Write
 from trustinstaller.errors import PolicyError, StoreError, UnsafePathError
-from trustinstaller.stores import Entry, Recorder
+from trustinstaller.stores import Recorder
 from trustinstaller.stores.debian import DebianPaths, cert_filename
 
 if TYPE_CHECKING:  # annotations only: keeps cryptography off the path to ready
@@ -151,9 +152,9 @@ class FirefoxStore:
                 merged = self._merged(original, cert_paths(self.os_paths, certs))
                 if merged is None:
                     return  # every path is there from before: nothing of ours to undo
-                record("write", dir=str(self.policies.parent), name=self.policies.name,
-                       original=None if original is None else base64.b64encode(original).decode(),
-                       mode=mode)  # fmt: skip
+                record(Write(str(self.policies.parent), self.policies.name,
+                             original=None if original is None
+                             else base64.b64encode(original).decode(), mode=mode))  # fmt: skip
                 _fs.atomic_write(fd, self.policies.name, merged, MODE)
             finally:
                 os.close(fd)
@@ -194,25 +195,25 @@ class FirefoxStore:
     def rollback(self, entries: Sequence[Entry]) -> None:
         """Put the original bytes back (or remove the file), then the directories we made."""
         for e in reversed(entries):
-            if e["action"] != "write":
+            if not isinstance(e, Write):
                 continue
             try:
-                with _fs.opened_dir(Path(e["dir"])) as fd:
-                    if e["original"] is None:
-                        _fs.remove(fd, e["name"])
+                with _fs.opened_dir(Path(e.dir)) as fd:
+                    if e.original is None:
+                        _fs.remove(fd, e.name)
                         _fs.sync_dir(fd)
                     else:
-                        _fs.atomic_write(fd, e["name"], base64.b64decode(e["original"]),
-                                         e["mode"] if e["mode"] is not None else MODE)  # fmt: skip
+                        _fs.atomic_write(fd, e.name, base64.b64decode(e.original),
+                                         e.mode if e.mode is not None else MODE)  # fmt: skip
             except FileNotFoundError:
                 continue  # the directory went: the file went with it
             except OSError as exc:
-                raise StoreError(self.name, f"cannot restore {Path(e['dir'], e['name'])}: "
+                raise StoreError(self.name, f"cannot restore {Path(e.dir, e.name)}: "
                                  f"{exc.strerror or exc}") from exc  # fmt: skip
         for e in reversed(entries):
-            if e["action"] == "mkdir":
+            if isinstance(e, Mkdir):
                 # Not empty (something else put a file there), or a symlink now: it stays.
-                _fs.rmdir(Path(e["path"]))
+                _fs.rmdir(Path(e.path))
 
     # -- the one place that turns the policy directory into a descriptor ----------------------
 
@@ -228,7 +229,7 @@ class FirefoxStore:
             if record is None or directory.parent == directory:
                 raise
         os.close(self._open_dir(directory.parent, record))
-        record("mkdir", path=str(directory))
+        record(Mkdir(str(directory)))
         fd = _fs.open_dir(directory, create=True, mode=DIR_MODE)
         os.fchmod(fd, DIR_MODE)  # the umask must not hide it from the browser user
         return fd

@@ -37,8 +37,9 @@ from typing import TYPE_CHECKING
 
 from trustinstaller import _fs, log
 from trustinstaller._run import Account, Runner
+from trustinstaller.documents import AddCert, CreateDb, Entry, Mkdir
 from trustinstaller.errors import HostError, StoreError, UnsafePathError
-from trustinstaller.stores import Entry, Recorder, nss_user
+from trustinstaller.stores import Recorder, nss_user
 
 if TYPE_CHECKING:  # annotations only: keeps cryptography off the path to ready
     from trustinstaller.validate import TrustedCA
@@ -167,7 +168,7 @@ class NssStore:
                 nick = nickname(ca)
                 if present.get(nick) == TRUST:
                     continue
-                record("add", db=self.database.spec, nickname=nick)
+                record(AddCert(self.database.spec, nick))
                 # -f /dev/null: an empty password file, so a protected database fails fast.
                 self._certutil(access, ["-A", "-f", "/dev/null", "-n", nick, "-t", TRUST],
                                input=ca.der)  # fmt: skip
@@ -200,9 +201,9 @@ class NssStore:
                               owner=self.database.owner.name, error=str(exc)[:500])  # fmt: skip
 
     def _rollback(self, entries: Sequence[Entry]) -> None:
-        adds = [e["nickname"] for e in entries if e["action"] == "add"]
-        created_db = any(e["action"] == "createdb" for e in entries)
-        made = [Path(e["path"]) for e in entries if e["action"] == "mkdir"]
+        adds = [e.nickname for e in entries if isinstance(e, AddCert)]
+        created_db = any(isinstance(e, CreateDb) for e in entries)
+        made = [Path(e.path) for e in entries if isinstance(e, Mkdir)]
         if adds and not created_db:
             # A database we created goes whole below; in one that was there, delete ours only.
             try:
@@ -238,7 +239,7 @@ class NssStore:
             access.spec, access.fds = f"sql:{_fs.fd_path(fd)}", (fd,)
             if record is not None and _fs.check_file(fd, "cert9.db", self._where("cert9.db")) \
                     is None:  # fmt: skip
-                record("createdb", db=self.database.spec)
+                record(CreateDb(self.database.spec))
                 self._certutil(access, ["-N", "--empty-password"])
                 self.check_root_files(fd)
             yield access
@@ -293,11 +294,11 @@ class NssStore:
         ):
             raise StoreError(self.name, "the owner's probe answered nonsense; nothing created")
         for m in missing:
-            record("mkdir", path=m)
+            record(Mkdir(m))
         if missing:
             self._as_owner("mkdirs", *missing)
         if found.get("db") is not True:
-            record("createdb", db=self.database.spec)
+            record(CreateDb(self.database.spec))
             self._certutil(access, ["-N", "--empty-password"])
 
     def _as_owner(self, op: str, *args: str) -> dict[str, object]:
@@ -360,7 +361,7 @@ def _mkdir_recorder(record: Recorder | None) -> _fs.MkdirHook | None:
     """A hook that records each directory in the journal before the walk makes it."""
     if record is None:
         return None
-    return lambda path: record("mkdir", path=str(path))
+    return lambda path: record(Mkdir(str(path)))
 
 
 def _unsafe(exc: UnsafePathError) -> str:

@@ -32,8 +32,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from trustinstaller import _fs, pem
+from trustinstaller.documents import Entry, Mkdir, Write
 from trustinstaller.errors import ConfigError, StoreError, UnsafePathError
-from trustinstaller.stores import Entry, Recorder, undo_files
+from trustinstaller.stores import Recorder, undo_files
 from trustinstaller.stores.debian import DebianPaths, cert_filename
 from trustinstaller.stores.firefox import policies_document
 
@@ -169,12 +170,12 @@ class RuntimeEnvStore:
             try:
                 fd = _fs.open_dir(self.directory)
             except FileNotFoundError:
-                record("mkdir", path=str(self.directory))
+                record(Mkdir(str(self.directory)))
                 fd = _fs.open_dir(self.directory, create=True, mode=0o755)
                 os.fchmod(fd, 0o755)  # the umask must not hide it from the browser user
             try:
                 for name, data in files:
-                    record("write", dir=str(self.directory), name=name)
+                    record(Write(str(self.directory), name))
                     _fs.atomic_write(fd, name, data, 0o644)
             finally:
                 os.close(fd)
