@@ -255,9 +255,9 @@ def test_canned_failure_from_a_real_http_server(
         assert set(server.targets) == {"secretsmanager.GetSecretValue"}
     assert isinstance(result, FetchError)
     assert result.reason.startswith(message)
-    assert stats.calls == requests
+    assert stats.report.calls == requests
     assert (requests > 1) is retried
-    assert stats.timed_out is retried
+    assert stats.report.timed_out is retried
 
 
 # --- describe_failure over exception objects ---------------------------------------------

@@ -51,21 +51,9 @@ class SecretValue:
 
 @dataclass
 class FetchStats:
-    """What one fetch phase cost; filled in by ``fetch_all``, reported in the status and log."""
+    """Where ``fetch_all`` leaves what the fetch phase cost, for the status and the log."""
 
-    secrets: int = 0
-    calls: int = 0
-    throttled_calls: int = 0
-    throttled_fetches: int = 0
-    # The longest that throttling held back any one fetch (its first throttled call to its
-    # last call). Fetches run in parallel, so this is about what throttling added to the phase.
-    throttle_delay_s: float = 0.0
-    duration_s: float = 0.0
-    timed_out: bool = False
-
-    def report(self) -> FetchReport:
-        """The frozen form the status document and the log carry."""
-        return FetchReport(**{k: getattr(self, k) for k in FetchReport.__dataclass_fields__})
+    report: FetchReport = field(default_factory=FetchReport)
 
 
 class SecretsClient(Protocol):
@@ -211,25 +199,31 @@ def fetch_all(
         for arn, fut in futures.items():
             done[arn] = fut.result() if fut.done() and not fut.cancelled() else None
     clients.clear()
-    stats.secrets = len(unique)
-    stats.duration_s = time.monotonic() - started
-    stats.calls = sum(t.calls for t in tallies.values())
-    stats.throttled_calls = sum(t.throttled for t in tallies.values())
-    stats.throttled_fetches = sum(1 for t in tallies.values() if t.throttled)
-    stats.throttle_delay_s = max(
-        (
-            (t.last_call if done[arn] is not None else started + stats.duration_s)
-            - t.first_throttled
-            for arn, t in tallies.items()
-            if t.first_throttled is not None
+    duration = time.monotonic() - started
+    out_of_time = [arn for arn, value in done.items() if value is None or tallies[arn].gave_up]
+    report = FetchReport(
+        secrets=len(unique),
+        calls=sum(t.calls for t in tallies.values()),
+        throttled_calls=sum(t.throttled for t in tallies.values()),
+        throttled_fetches=sum(1 for t in tallies.values() if t.throttled),
+        # The longest that throttling held back any one fetch (its first throttled call to its
+        # last call). Fetches run in parallel: about what throttling added to the phase.
+        throttle_delay_s=max(
+            (
+                (t.last_call if done[arn] is not None else started + duration) - t.first_throttled
+                for arn, t in tallies.items()
+                if t.first_throttled is not None
+            ),
+            default=0.0,
         ),
-        default=0.0,
+        duration_s=duration,
+        timed_out=bool(out_of_time),
     )
+    stats.report = report
     for arn, value in done.items():
-        if value is None or tallies[arn].gave_up:
-            stats.timed_out = True
-            by_arn[arn] = FetchError(arn, _out_of_time(tallies[arn].last_error, timeout, stats))
-        else:
+        if arn in out_of_time:
+            by_arn[arn] = FetchError(arn, _out_of_time(tallies[arn].last_error, timeout, report))
+        elif value is not None:
             by_arn[arn] = value
     return [by_arn[ref.arn] for ref in refs]
 
@@ -292,7 +286,7 @@ def _retry_kind(exc: BaseException) -> str | None:
     return "unreachable" if botocore_bases & _UNREACHABLE else None
 
 
-def _out_of_time(last: BaseException | None, timeout: float, stats: FetchStats) -> str:
+def _out_of_time(last: BaseException | None, timeout: float, stats: FetchReport) -> str:
     """The message for a fetch that the deadline ended: how long, and how much was throttled."""
     if last is None:
         what = "no answer"

@@ -140,7 +140,7 @@ class Installer:
         return status
 
     def _fetch_report(self) -> FetchReport | None:
-        return None if self.fetch_stats is None else self.fetch_stats.report()
+        return None if self.fetch_stats is None else self.fetch_stats.report
 
     def _fetch_json(self) -> dict[str, Any] | None:
         report = self._fetch_report()

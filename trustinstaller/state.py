@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from trustinstaller import _fs, documents
 from trustinstaller.clock import Clock, iso, utc_now
@@ -29,6 +29,7 @@ LOCK_FILE = "install.lock"
 
 # What _read answers for a file that is there but is not JSON.
 _UNREADABLE = object()
+_Doc = TypeVar("_Doc")
 
 
 class StateDir:
@@ -85,14 +86,9 @@ class StateDir:
         A status file that is there but unreadable is a StateError, never "open": read as
         empty, it would unlock a locked session.
         """
-        data = self._read(STATUS_FILE)
-        if data is None:
-            return Status()
-        try:
-            return documents.status_from_json(data)
-        except ValueError as exc:
-            why = f"{STATUS_FILE} is not a status this version wrote; remove it only if no "
-            raise StateError(str(self.path), why + "install ran in this session") from exc
+        status = self._read_doc(STATUS_FILE, documents.status_from_json,
+                                "remove it only if no install ran in this session")  # fmt: skip
+        return Status() if status is None else status
 
     def write_status(self, status: Status) -> Status:
         """Replace the status file atomically (0600), stamped with the time; the stamped one."""
@@ -108,14 +104,8 @@ class StateDir:
         A journal that is there but unreadable is a StateError: read as "nothing in flight",
         a half-done install would never be rolled back.
         """
-        data = self._read(JOURNAL_FILE)
-        if data is None:
-            return None
-        try:
-            return documents.journal_from_json(data)
-        except ValueError as exc:
-            why = f"{JOURNAL_FILE} is not a journal this version wrote; undo its install by "
-            raise StateError(str(self.path), why + "hand, then remove it") from exc
+        return self._read_doc(JOURNAL_FILE, documents.journal_from_json,
+                              "undo its install by hand, then remove it")  # fmt: skip
 
     def write_journal(self, journal: Journal) -> None:
         """Replace the journal atomically (0600); called before each step it records."""
@@ -126,6 +116,18 @@ class StateDir:
         with _fs.opened_dir(self.path) as dfd:
             _fs.remove(dfd, JOURNAL_FILE)
             _fs.sync_dir(dfd)
+
+    def _read_doc(self, name: str, decode: Callable[[object], _Doc], fix: str) -> _Doc | None:
+        """Decode file ``name``; None when it is not there, StateError when it is not ours."""
+        data = self._read(name)
+        if data is None:
+            return None
+        try:
+            return decode(data)
+        except ValueError as exc:
+            kind = name.removesuffix(".json")
+            why = f"{name} is not a {kind} this version wrote; {fix}"
+            raise StateError(str(self.path), why) from exc
 
     def _read(self, name: str) -> object:
         try:
