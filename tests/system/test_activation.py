@@ -132,6 +132,33 @@ def test_status_follows_the_state_and_sigterm_stops_cleanly(
     assert FAKE_ENV["AWS_SECRET_ACCESS_KEY"] not in log
 
 
+def test_status_is_sent_with_each_state_change_before_the_answer(
+    tmp_path: Path,
+    config: Config,
+    moto: MotoServer,
+    test_ca: Issued,
+    notify_socket: NotifySocket,
+) -> None:
+    """STATUS=installing and STATUS=locked are both queued when the PUT's answer arrives."""
+    arn = moto.put_secret("activation-status-order-ca", test_ca.pem)
+    path = tmp_path / "activated.sock"
+    listener = listening_socket(path)
+    proc = spawn_activated(
+        write_config(config, tmp_path / "c.toml"), listener, notify_socket, log=tmp_path / "d.log"
+    )
+    try:
+        notify_socket.wait_for(lambda m: m.get("READY") == "1", proc=proc)
+        code, doc = put(path, manifest(arn))
+        assert code == 200, doc
+        # Read at once, without waiting: a once-a-second poll would not have sent them yet.
+        states = [m["STATUS"].split(":", 1)[0] for m in queued(notify_socket) if "STATUS" in m]
+        assert states[-2:] == ["installing", "locked"], states
+    finally:
+        code = stop(proc)
+        listener.close()
+    assert code == 0
+
+
 def test_locked_daemon_exits_when_idle_and_the_next_one_answers_locked(
     tmp_path: Path, config: Config, notify_socket: NotifySocket
 ) -> None:
