@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from trustinstaller import manifest
+from trustinstaller.documents import Source
 from trustinstaller.errors import ManifestError
 
 ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:corp-root-AbCdEf"
@@ -85,7 +86,7 @@ def test_ref_path_and_status_form() -> None:
     """A reference names its place in the manifest and serialises without the partition."""
     ref = manifest.parse(doc(toolCertificates=[entry(ARN2), entry()])).certificates[1]
     assert ref.path == "toolCertificates[1]"
-    assert ref.as_dict() == {"level": "tool", "index": 1, "arn": ARN}
+    assert ref.source() == Source("tool", 1, ARN)
 
 
 @pytest.mark.parametrize(

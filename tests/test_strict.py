@@ -25,6 +25,7 @@ from tests.support.tls import https_server
 from tests.test_install import manifest, unique
 from trustinstaller import _run, validate, verify
 from trustinstaller.config import Config
+from trustinstaller.documents import status_to_json
 from trustinstaller.installer import Installer
 
 _KU = {
@@ -132,7 +133,7 @@ def test_ca_without_key_usage_is_installed_with_a_warning_naming_strict_clients(
     """The CA is installed; the result, the status and ``check`` carry the strict warning."""
     ca = root(ku=None)
     arn = moto.put_secret(unique(), ca.pem)
-    status = Installer(config).submit(manifest([arn]))
+    status = status_to_json(Installer(config).submit(manifest([arn])))
     assert status["state"] == "locked"
     [cert] = status["certificates"]
     assert "os" in cert["stores"]

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from trustinstaller import documents, log
 from trustinstaller.clock import iso
 from trustinstaller.documents import CertEntry, Entry, Journal, Phase
-from trustinstaller.errors import TrustInstallerError
+from trustinstaller.errors import StoreError, TrustInstallerError
 from trustinstaller.state import StateDir
 from trustinstaller.stores import Recorder, Store
 
@@ -85,7 +85,9 @@ def apply(
                 return
             try:
                 step(store)
-            except TrustInstallerError as exc:
+            # Any failure of an optional store, not only ours: its owner controls what its
+            # commands see and print, so the kind of error is the owner's choice too.
+            except Exception as exc:
                 if not store.optional:
                     raise
                 with skipped_lock:
@@ -150,10 +152,22 @@ def apply(
 
 
 def rollback(journal: Journal, resolve: Callable[[str], Store]) -> None:
-    """Undo a journal's entries, stores in reverse order of first appearance."""
+    """Undo a journal's entries, stores in reverse order of first appearance.
+
+    Every store is rolled back even when one fails, so that no store can keep the others from
+    being undone; then the first failure is raised (the journal stays for the next start).
+    """
     by_store = journal.by_store()
+    failures: list[TrustInstallerError] = []
     for name in reversed(list(by_store)):
-        resolve(name).rollback(by_store[name])
+        try:
+            resolve(name).rollback(by_store[name])
+        except TrustInstallerError as exc:
+            failures.append(exc)
+        except Exception as exc:  # noqa: BLE001 (reported below, after the other stores)
+            failures.append(StoreError(name, f"rollback failed ({type(exc).__name__})"))
+    if failures:
+        raise failures[0]
 
 
 def recover(
