@@ -492,3 +492,33 @@ def test_good_certificate_as_binary_is_still_refused(binary: Callable[[], bytes]
     """A good certificate stored as SecretBinary is refused with 'must be a string secret'."""
     with pytest.raises(RefusedError, match="must be a string secret"):
         validate.validate(ARN, secret_string=None, secret_binary=binary(), now=NOW)
+
+
+def test_a_name_outside_rfc5280_length_limits_is_a_warning_not_an_escaping_warning() -> None:
+    """A 10-character countryName installs with our warning; cryptography's own never escapes.
+
+    pytest turns warnings into errors here, as Hypothesis found with a mutated certificate:
+    a warning raised while the name is parsed must not leave validate() as an exception.
+    """
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    private = ec.generate_private_key(ec.SECP256R1())
+    with pytest.warns(UserWarning, match="length"):  # cryptography warns as it builds it too
+        attr = x509.NameAttribute(NameOID.COUNTRY_NAME, "TEN CHARS.", _validate=False)
+    name = x509.Name([attr])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(private.public_key())
+        .serial_number(7)
+        .not_valid_before(NOW - dt.timedelta(days=1))
+        .not_valid_after(NOW + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(private, hashes.SHA256())
+    )
+    pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    ca = validate.validate("t.pem", secret_string=pem, secret_binary=None, now=NOW)
+    assert ca.subject == "C=TEN CHARS."
+    assert "breaks RFC 5280 (Attribute's length must be >= 2 and <= 2" in ca.warnings[0]

@@ -130,13 +130,20 @@ def check_certificate(source: str, cert: x509.Certificate, now: dt.datetime) -> 
     if now > not_after:
         raise RefusedError(source, f"expired: notAfter was {iso(not_after)}, now is {iso(now)}")
     _check_key(source, cert)
-    try:
-        # cryptography parses names lazily: a broken one fails here, not on load.
-        subject, issuer = cert.subject, cert.issuer
-    except _MALFORMED as exc:
-        raise RefusedError(source, "has a malformed subject or issuer name") from exc
+    # cryptography parses names lazily: a broken one fails here, not on load. An attribute
+    # outside RFC 5280's length limits (a 10-character countryName, say) only warns: that is
+    # recorded as our warning, never printed, and never raised where warnings are errors.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            subject, issuer = cert.subject, cert.issuer
+        except _MALFORMED as exc:
+            raise RefusedError(source, "has a malformed subject or issuer name") from exc
 
-    found: list[str] = []
+    found: list[str] = [
+        f"its subject or issuer breaks RFC 5280 ({str(w.message)[:120]}); installed with a warning"
+        for w in caught
+    ][:1]
     try:
         bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
         if not bc.ca:
