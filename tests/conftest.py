@@ -62,6 +62,15 @@ def config(tmp_path: Path, os_root: DebianPaths, moto: MotoServer) -> Config:
     )
 
 
+@pytest.fixture
+def shims(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A directory first on PATH for this test, for command shims."""
+    d = tmp_path / "shims"
+    d.mkdir()
+    monkeypatch.setenv("PATH", f"{d}:{os.environ['PATH']}")
+    return d
+
+
 @pytest.fixture(scope="session")
 def test_ca() -> Issued:
     """A valid self-signed root CA."""

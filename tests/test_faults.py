@@ -57,15 +57,6 @@ def store_state(config: Config) -> dict[str, Any]:
 
 
 @pytest.fixture
-def shims(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A directory first on PATH for this test, for command shims."""
-    d = tmp_path / "shims"
-    d.mkdir()
-    monkeypatch.setenv("PATH", f"{d}:{os.environ['PATH']}")
-    return d
-
-
-@pytest.fixture
 def three_cas(moto: MotoServer) -> list[str]:
     """Three valid CAs in Secrets Manager."""
     return [moto.put_secret(unique(), make_ca(f"fault {i}").pem) for i in range(3)]

@@ -7,7 +7,6 @@ left as a killed process leaves it, and a configuration the code cannot cope wit
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -41,15 +40,6 @@ def store_state(config: Config, *, env: bool = True) -> dict[str, Any]:
         state["env"] = osroot.snapshot_tree(config.runtime_env_dir)
         state["env_exists"] = config.runtime_env_dir.exists()
     return state
-
-
-@pytest.fixture
-def shims(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A directory first on PATH for this test, for command shims."""
-    d = tmp_path / "shims"
-    d.mkdir()
-    monkeypatch.setenv("PATH", f"{d}:{os.environ['PATH']}")
-    return d
 
 
 @pytest.fixture
