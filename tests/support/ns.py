@@ -1,7 +1,8 @@
 """A private mount namespace whose trust store is a throwaway copy of the host's.
 
 Inside it, the real default paths (/etc/ssl, /usr/local/share/ca-certificates,
-/etc/ca-certificates, and the Java hook's dpkg state) are bind mounts of copies
+/etc/ca-certificates, the Java hook's dpkg state, and /etc/chromium and /etc/opt, which hold
+Chromium's and Google Chrome's managed policies) are bind mounts of copies
 under a scratch directory, and /run and /etc/firefox (Firefox's policies) are
 tmpfs. Nothing done inside reaches the host's own trust store. A holder process
 (``sleep infinity``) keeps the namespace alive; commands enter it with ``nsenter``.
@@ -32,12 +33,17 @@ PRIVATE_DIRS = (
     "/etc/ca-certificates",
     "/var/lib/ca-certificates-java",
     "/var/lib/dpkg",
+    # Chromium's and Google Chrome's managed-policy directories live under these.
+    "/etc/chromium",
+    "/etc/opt",
 )
 
 _SETUP = r"""
 set -eu
 scratch=$1
 shift
+# Chromium's policy root, so that a host without Chromium gains at most an empty directory.
+[ -d /etc/chromium ] || mkdir -m 0755 /etc/chromium
 for d in "$@"; do
     [ -d "$d" ] || continue
     copy="$scratch/copies$d"
