@@ -7,6 +7,8 @@ packages="ca-certificates libnss3-tools openssl curl util-linux python3 python3-
 # The clients the end-to-end tests prove (tests/test_clients.py): Chromium reads NSS, Node reads
 # NODE_EXTRA_CA_CERTS, and ca-certificates-java's update hook feeds the JVM's keystore.
 packages="$packages chromium nodejs default-jre-headless ca-certificates-java"
+# Selenium drives Chromium through Debian's chromedriver (tests/test_chromium_policy.py).
+packages="$packages chromium-driver"
 # Firefox reads only its policies file (tests/test_firefox_browser.py drives it with npm's
 # puppeteer-core, which the Makefile installs from tests/js/package-lock.json).
 packages="$packages firefox-esr"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,34 @@ os.environ.pop("AWS_PROFILE", None)
 os.environ.pop("AWS_ENDPOINT_URL", None)
 os.environ.pop("AWS_ENDPOINT_URL_SECRETS_MANAGER", None)
 os.environ["PATH"] = os.environ.get("PATH", "/usr/bin:/bin") + ":/usr/sbin:/sbin"
+
+
+# The host's browser policy directories: no test may change them (the namespaces bind copies).
+HOST_POLICY_DIRS = ("/etc/chromium", "/etc/opt", "/etc/firefox")
+
+
+def _tree(top: str) -> dict[str, tuple[int, str]]:
+    """Every entry under ``top`` with its mode and, for a file, its SHA-256; {} when missing."""
+    out: dict[str, tuple[int, str]] = {}
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in [*dirnames, *filenames]:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            digest = ""
+            if os.path.isfile(path) and not os.path.islink(path):
+                with open(path, "rb") as f:
+                    digest = hashlib.sha256(f.read()).hexdigest()
+            out[path] = (st.st_mode, digest)
+    return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def host_policies_untouched() -> Iterator[None]:
+    """Fail the run if any test changed the host's own browser policy directories."""
+    before = {d: _tree(d) for d in HOST_POLICY_DIRS}
+    yield
+    after = {d: _tree(d) for d in HOST_POLICY_DIRS}
+    assert after == before, "a test changed the host's browser policy directories"
 
 
 @pytest.fixture(scope="session")
@@ -57,8 +86,10 @@ def config(tmp_path: Path, os_root: DebianPaths, moto: MotoServer) -> Config:
         endpoint_url=moto.endpoint,
         os_store=os_root,
         request_timeout=5.0,
-        # Never the host's /etc/firefox: tests that want the Firefox store name a file here.
+        # Never the host's /etc/firefox or /etc/chromium: tests that want the policy stores
+        # name a path here, or run in a private namespace.
         firefox_policies=(),
+        chromium_policies=(),
     )
 
 

@@ -168,6 +168,9 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory, moto: MotoServer) -> Itera
         'socket = "/run/trustinstaller/trustinstaller.sock"\n'
         f'endpoint_url = "{moto.endpoint}"\n'
         'browser_users = ["ti-browser"]\n'
+        # Chromium's trust here must come from the user's NSS databases alone:
+        # tests/test_chromium_policy.py proves the managed policy.
+        "chromium_policies = []\n"
     )
     with https_server(ca) as url, PrivateNamespace(base / "ns") as ns:
         user = add_browser_user(ns)

@@ -318,21 +318,23 @@ exec "$@"
 
 
 @pytest.mark.root
-@pytest.mark.parametrize(
-    ("legacy", "expected"), [("no", ".local/share/pki/nssdb"), ("yes", ".pki/nssdb")]
-)
-def test_neither_key_keeps_roots_default(tmp_path: Path, legacy: str, expected: str) -> None:
-    """With neither key: root's own database, ~/.pki/nssdb if it exists, else the newer path."""
+@pytest.mark.parametrize("legacy", ["no", "yes"])
+def test_neither_key_means_no_nss_database(tmp_path: Path, legacy: str) -> None:
+    """With neither key, no NSS database at all, whatever root's home holds: Chromium trusts
+    through its managed policy, and the defaults probe nothing on the host."""
     home = Account.lookup("root").home
     done = subprocess.run(
         ["unshare", "--mount", "--propagation", "private", "sh", "-c", ROOT_HOME_OVERLAY, "sh",
          str(tmp_path), legacy, str(home), sys.executable, "-c",
          "from trustinstaller import config\n"
-         "for db in config.from_mapping({}).nss_databases: print(db.spec, db.owner)"],
+         "c = config.from_mapping({})\n"
+         "print(len(c.nss_databases), *c.chromium_policies)"],
         capture_output=True, text=True, timeout=60, check=False, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == [f"sql:{home / expected} None"]
+    assert done.stdout.split() == [
+        "0", "/etc/chromium/policies/managed", "/etc/opt/chrome/policies/managed"
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -456,7 +458,7 @@ def test_verify_cli_exit_codes(tmp_path: Path) -> None:
     cfg = tmp_path / "config.toml"
     cfg.write_text(
         f'state_dir = "{tmp_path / "state"}"\nnss_databases = ["sql:{tmp_path / "nodb"}"]\n'
-        "firefox_policies = []\n"
+        "firefox_policies = []\nchromium_policies = []\n"
     )
     with https_server(ca) as url:
         done = cli("--config", str(cfg), "verify", url, "--json")

@@ -246,6 +246,7 @@ def _verify(args: argparse.Namespace, cfg: config.Config) -> int:
         runner=_run.run,
         timeout=args.timeout,
         firefox_policies=cfg.firefox_policies,
+        chromium_policies=cfg.chromium_policies,
     )
     if args.json:
         print(json.dumps([v.as_dict() for v in verdicts], indent=2))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import pwd
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -12,6 +11,7 @@ from typing import Any
 
 from trustinstaller._run import Account
 from trustinstaller.errors import ConfigError
+from trustinstaller.stores import chromium
 from trustinstaller.stores.debian import DebianPaths
 from trustinstaller.stores.firefox import default_policies
 from trustinstaller.stores.nss import NssDatabase
@@ -20,20 +20,6 @@ from trustinstaller.stores.runtime_env import SAFE_VALUE
 ENV_VAR = "TRUSTINSTALLER_CONFIG"
 DEFAULT_PATH = Path("/etc/trustinstaller/config.toml")
 DEFAULT_STATE_DIR = Path("/run/trustinstaller")
-
-
-def default_nss_databases() -> tuple[NssDatabase, ...]:
-    """Root's NSS database, where Chromium run as root would look for it."""
-    try:
-        home = Path(pwd.getpwuid(0).pw_dir)
-    except KeyError:
-        home = Path("/root")
-    # Chromium M146+ uses ~/.pki/nssdb only if it already exists, else ~/.local/share/pki/nssdb.
-    # Root's own home: no other user can change the answer.
-    legacy = home / ".pki" / "nssdb"
-    if legacy.is_dir():
-        return (NssDatabase(legacy),)
-    return (NssDatabase(home / ".local" / "share" / "pki" / "nssdb"),)
 
 
 def user_nss_databases(user: Account) -> tuple[NssDatabase, ...]:
@@ -53,7 +39,9 @@ class Config:
 
     socket: Path = DEFAULT_STATE_DIR / "trustinstaller.sock"
     state_dir: Path = DEFAULT_STATE_DIR
-    nss_databases: tuple[NssDatabase, ...] = field(default_factory=default_nss_databases)
+    # Chromium and Chrome trust through their managed policy, for every user and HOME: an NSS
+    # database is only for what that policy does not reach, and only when asked for.
+    nss_databases: tuple[NssDatabase, ...] = ()
     allowed_uids: tuple[int, ...] = (0,)
     socket_group: str | None = None
     endpoint_url: str | None = None
@@ -70,6 +58,8 @@ class Config:
     runtime_dir: Path | None = None
     # Firefox's policies.json files; default: /etc/firefox/policies/policies.json if installed.
     firefox_policies: tuple[Path, ...] = field(default_factory=default_policies)
+    # Managed-policy directories that get CACertificates: Chromium's and Google Chrome's.
+    chromium_policies: tuple[Path, ...] = chromium.DEFAULT_DIRS
 
     def __post_init__(self) -> None:
         # ``sql:DIR`` strings are accepted for root's databases (tests, older callers).
@@ -102,6 +92,7 @@ _KEYS = (
         "endpoint_url",
         "os_store",
         "firefox_policies",
+        "chromium_policies",
     }
 )
 
@@ -199,6 +190,16 @@ def from_mapping(data: Mapping[str, Any], *, source: str = "config") -> Config:
             if f == Path("/") or ".." in f.parts:
                 raise fail("firefox_policies", f"{str(f)!r}: name a file, without '..'")
         kw["firefox_policies"] = tuple(dict.fromkeys(paths))
+    if "chromium_policies" in data:
+        dirs = data["chromium_policies"]
+        if not isinstance(dirs, list):
+            raise fail("chromium_policies", "must be a list of directories like "
+                       "'/etc/chromium/policies/managed', or [] for none")  # fmt: skip
+        paths = [_abs_path(d, "chromium_policies", fail) for d in dirs]
+        for d in paths:
+            if d == Path("/") or ".." in d.parts:
+                raise fail("chromium_policies", f"{str(d)!r}: name a directory, without '..'")
+        kw["chromium_policies"] = tuple(dict.fromkeys(paths))
     return Config(**kw)
 
 

@@ -110,6 +110,14 @@ def apply(
     def install(store: Store) -> None:
         store.install(certs, writer.recorder(store.name))
 
+    notes: dict[str, list[str]] = {}
+
+    def notice(store: Store) -> None:
+        found = store.notices(certs)
+        with skipped_lock:
+            for fingerprint, warnings in found.items():
+                notes.setdefault(fingerprint, []).extend(warnings)
+
     with concurrent.futures.ThreadPoolExecutor(
         max_workers=max(1, len(parallel)), thread_name_prefix="store"
     ) as pool:
@@ -119,6 +127,7 @@ def apply(
             on_every_store(tolerant(install))
             writer.update(phase=Phase.VERIFYING)
             on_every_store(tolerant(lambda s: s.verify(certs)))
+            on_every_store(tolerant(notice))
             by_store = writer.journal.by_store()
             for s in stores:
                 if s.name in skipped:
@@ -143,7 +152,7 @@ def apply(
                 warnings=(*c.warnings, *(
                     f"not installed in {name}, which failed and was rolled back alone: {why}"
                     for name, why in skipped.items()
-                )),
+                ), *notes.get(c.fingerprint_sha256, ())),
             )
             for c in certificates
         )  # fmt: skip

@@ -2,7 +2,8 @@
 
 Each trust path does its own real TLS handshake against the URL: Python's ``ssl`` with only the
 OS bundle, then with only the combined bundle, then NSS's ``tstclnt`` with each NSS database,
-then Python's ``ssl`` with what each Firefox policy installs plus Mozilla's roots (certifi).
+then Python's ``ssl`` with what each Firefox policy installs plus Mozilla's roots (certifi), then
+with the CAs Chromium takes from each managed-policy directory plus the same public roots.
 Each bundle is tried twice, as the two kinds of OpenSSL client decide: ``openssl default`` (curl,
 Python <= 3.12's ssl) and ``python/urllib3 strict`` (Python >= 3.13's ssl, urllib3 and so
 requests and boto3), which adds X509_V_FLAG_X509_STRICT and refuses some CAs the first accepts.
@@ -34,6 +35,7 @@ from typing import Any
 from trustinstaller import _fs
 from trustinstaller._run import Runner
 from trustinstaller.errors import BadURLError, HostError, PolicyError, StoreError, VerifyError
+from trustinstaller.stores import chromium
 from trustinstaller.stores.firefox import installed_paths
 from trustinstaller.stores.nss import NssDatabase, NssStore
 
@@ -250,11 +252,7 @@ def firefox_context(policies: Path) -> tuple[ssl.SSLContext | None, str, list[st
         entries = installed_paths(data)
     except PolicyError as exc:
         return None, f"not a policies file Firefox can use: {exc}", []
-    import certifi
-
-    ctx = ssl.create_default_context(cafile=certifi.where())
-    # NSS does not apply OpenSSL's strict RFC 5280 checks, which Python 3.13 turns on.
-    ctx.verify_flags &= ~getattr(ssl, "VERIFY_X509_STRICT", 0)
+    ctx = public_roots_context()
     notes: list[str] = []
     for entry in entries:
         if not entry.startswith("/"):
@@ -273,6 +271,16 @@ def firefox_context(policies: Path) -> tuple[ssl.SSLContext | None, str, list[st
     return ctx, "", notes
 
 
+def public_roots_context() -> ssl.SSLContext:
+    """A context trusting certifi's (Mozilla's) roots, verifying as a browser does."""
+    import certifi
+
+    ctx = ssl.create_default_context(cafile=certifi.where())
+    # Neither NSS nor Chromium applies OpenSSL's strict RFC 5280 checks, which Python 3.13 turns on.
+    ctx.verify_flags &= ~getattr(ssl, "VERIFY_X509_STRICT", 0)
+    return ctx
+
+
 def _read_regular(path: str) -> bytes:
     """The start of a regular file; a FIFO or device an entry names must not hang or feed us."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
@@ -289,13 +297,55 @@ def check_firefox(host: str, port: int, policies: Path, *, timeout: float) -> Ve
         detail = "no such file; nothing installed?" if why == MISSING else why
         return Verdict(FIREFOX, str(policies), False, why if why == MISSING else "bad policy",
                        detail)  # fmt: skip
-    verdict = replace(handshake(ctx, host, port, timeout=timeout), trust_path=FIREFOX,
-                      location=str(policies))  # fmt: skip
+    return _policy_handshake(ctx, host, port, FIREFOX, str(policies), timeout=timeout,
+                             unknown="the chain ends in no CA that the policy installs, nor in "
+                             "Mozilla's roots", notes=notes)  # fmt: skip
+
+
+CHROMIUM = "chromium policy"
+
+
+def check_chromium(host: str, port: int, directory: Path, *, timeout: float) -> Verdict:
+    """A handshake that trusts what Chromium takes from a managed directory, plus public roots.
+
+    Chromium takes ``CACertificates`` from the last file by name that sets it, whoever wrote
+    it; the public roots stand in for Chrome's own root store.
+    """
+    try:
+        with _fs.opened_dir(directory) as fd:
+            winner, ders = chromium.effective(chromium.listing(fd))
+    except FileNotFoundError:
+        return Verdict(CHROMIUM, str(directory), False, MISSING, "no such directory; nothing "
+                       "installed?")  # fmt: skip
+    except OSError as exc:
+        return Verdict(CHROMIUM, str(directory), False, "bad policy",
+                       f"cannot read it: {exc.strerror or exc}")  # fmt: skip
+    if winner is None:
+        return Verdict(CHROMIUM, str(directory), False, MISSING, "no file there sets "
+                       "CACertificates; nothing installed?")  # fmt: skip
+    ctx = public_roots_context()
+    notes = []
+    for der in ders:
+        try:
+            ctx.load_verify_locations(cadata=der)
+        except ssl.SSLError:
+            notes.append(f"an entry of {winner} is not a certificate; Chromium skips it too")
+    return _policy_handshake(ctx, host, port, CHROMIUM, str(directory), timeout=timeout,
+                             unknown=f"the chain ends in no CA that {winner} lists (the file "
+                             "Chromium takes CACertificates from), nor in public roots",
+                             notes=notes)  # fmt: skip
+
+
+def _policy_handshake(
+    ctx: ssl.SSLContext, host: str, port: int, path: str, location: str, *, timeout: float,
+    unknown: str, notes: Sequence[str],
+) -> Verdict:  # fmt: skip
+    """A browser policy's handshake verdict, with ``unknown`` for a CA it does not hold."""
+    verdict = replace(handshake(ctx, host, port, timeout=timeout), trust_path=path,
+                      location=location)  # fmt: skip
     if verdict.accepted or verdict.reason.startswith("TLS error:"):
         return verdict
-    msg = verdict.detail
-    if verdict.reason == UNKNOWN_CA:
-        msg = "the chain ends in no CA that the policy installs, nor in Mozilla's roots"
+    msg = unknown if verdict.reason == UNKNOWN_CA else verdict.detail
     return replace(verdict, detail="; ".join([msg, *notes]))
 
 
@@ -308,6 +358,7 @@ def verify_url(
     runner: Runner,
     timeout: float = 15.0,
     firefox_policies: Sequence[Path] = (),
+    chromium_policies: Sequence[Path] = (),
 ) -> list[Verdict]:
     """Every trust path's verdict on the server at ``url``."""
     host, port = parse_url(url)
@@ -318,6 +369,7 @@ def verify_url(
     ]
     verdicts += [check_nss(host, port, db, runner, timeout=timeout) for db in nss_databases]
     verdicts += [check_firefox(host, port, p, timeout=timeout) for p in firefox_policies]
+    verdicts += [check_chromium(host, port, d, timeout=timeout) for d in chromium_policies]
     return verdicts
 
 

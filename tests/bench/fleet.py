@@ -79,6 +79,7 @@ def agents(base: Path, count: int, endpoint: str, tree: str | None) -> Iterator[
                 endpoint_url=endpoint,
                 os_store=paths,
                 firefox_policies=(),  # never the host's /etc/firefox
+                chromium_policies=(),  # nor its /etc/chromium
             )
             cfg_path = write_config(replace(cfg), home / "config.toml")
             log = (home / "agent.log").open("wb")

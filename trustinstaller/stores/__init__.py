@@ -7,14 +7,17 @@ rollback after a crash at any point knows everything that may have happened.
 
 from __future__ import annotations
 
+import base64
 import contextlib
-from collections.abc import Sequence
+import os
+import stat
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from trustinstaller import _fs
 from trustinstaller.documents import Entry, Mkdir, Write
-from trustinstaller.errors import UnsafePathError
+from trustinstaller.errors import StoreError, UnsafePathError
 
 if TYPE_CHECKING:  # annotations only: keeps cryptography off the path to ready
     from trustinstaller.validate import TrustedCA
@@ -53,6 +56,14 @@ class Store(Protocol):
     def rollback(self, entries: Sequence[Entry]) -> None:
         """Undo every recorded step; idempotent, and safe on a partial journal."""
 
+    def notices(self, certs: Sequence[TrustedCA]) -> Mapping[str, Sequence[str]]:
+        """Warnings about installed certificates, by fingerprint (another policy distrusts one)."""
+
+
+# A directory a browser reads as its own user: every component we make must be world-readable.
+PUBLIC_DIR_MODE = 0o755
+PUBLIC_FILE_MODE = 0o644
+
 
 def undo_files(entries: Sequence[Entry]) -> list[str]:
     """Undo ``write`` and ``mkdir`` entries: remove the files, then the directories made.
@@ -77,3 +88,85 @@ def undo_files(entries: Sequence[Entry]) -> list[str]:
         if isinstance(e, Mkdir):
             _fs.rmdir(Path(e.path))
     return removed
+
+
+def open_public_dir(directory: Path, record: Recorder | None = None) -> int:
+    """A descriptor on root's ``directory`` by the checked walk, never through a symlink.
+
+    With ``record``, each missing component is recorded, then made 0755 whatever the umask,
+    since a browser reads it as its own user; without, a missing one is FileNotFoundError.
+    """
+    try:
+        return _fs.open_dir(directory)
+    except FileNotFoundError:
+        if record is None or directory.parent == directory:
+            raise
+    os.close(open_public_dir(directory.parent, record))
+    record(Mkdir(str(directory)))
+    fd = _fs.open_dir(directory, create=True, mode=PUBLIC_DIR_MODE)
+    os.fchmod(fd, PUBLIC_DIR_MODE)
+    return fd
+
+
+@contextlib.contextmanager
+def public_dir(directory: Path) -> Iterator[int]:
+    """Context-managed ``open_public_dir`` without making anything."""
+    fd = open_public_dir(directory)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def replace_file(
+    dir_fd: int, directory: Path, name: str, original: bytes | None, data: bytes, record: Recorder
+) -> None:
+    """Replace ``name`` (``original`` as just read) with ``data``, 0644, atomically.
+
+    Its original bytes and mode are recorded first; nothing is recorded or written when the
+    file already holds ``data``.
+    """
+    if original == data:
+        return
+    mode = None
+    if original is not None:
+        mode = stat.S_IMODE(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    saved = None if original is None else base64.b64encode(original).decode()
+    record(Write(str(directory), name, original=saved, mode=mode))
+    _fs.atomic_write(dir_fd, name, data, PUBLIC_FILE_MODE)
+
+
+def restore_files(store: str, entries: Sequence[Entry]) -> None:
+    """Undo ``replace_file`` and ``open_public_dir``: original bytes back, new files and dirs gone.
+
+    A directory that is no longer empty (something else put a file there), or a symlink now,
+    stays.
+    """
+    for e in reversed(entries):
+        if not isinstance(e, Write):
+            continue
+        try:
+            with _fs.opened_dir(Path(e.dir)) as fd:
+                if e.original is None:
+                    _fs.remove(fd, e.name)
+                    _fs.sync_dir(fd)
+                else:
+                    mode = e.mode if e.mode is not None else PUBLIC_FILE_MODE
+                    _fs.atomic_write(fd, e.name, base64.b64decode(e.original), mode)
+        except FileNotFoundError:
+            continue  # the directory went: the file went with it
+        except OSError as exc:
+            raise StoreError(store, f"cannot restore {Path(e.dir, e.name)}: "
+                             f"{exc.strerror or exc}") from exc  # fmt: skip
+    for e in reversed(entries):
+        if isinstance(e, Mkdir):
+            _fs.rmdir(Path(e.path))
+
+
+def path_error(store: str, exc: OSError, default: Path) -> StoreError:
+    """A store's error for a failed write or read of root's ``default`` path."""
+    if isinstance(exc, UnsafePathError):
+        return StoreError(store, f"{exc.filename} {exc.strerror}; refusing to write "
+                          "through it: remove it and submit again")  # fmt: skip
+    return StoreError(store, f"cannot write {exc.filename or default}: "
+                      f"{exc.strerror or exc}")  # fmt: skip

@@ -130,6 +130,10 @@ class DebianStore:
                 f"update-ca-certificates: {', '.join(missing)}",
             )
 
+    def notices(self, certs: Sequence[TrustedCA]) -> dict[str, list[str]]:
+        """None: nothing beside this store can undo what it installs."""
+        return {}
+
     def rollback(self, entries: Sequence[Entry]) -> None:
         """Remove our files, rebuild the bundle and links, and tell the hooks."""
         removed = undo_files(entries)

@@ -13,21 +13,25 @@ Quirks this module exists for, one per line:
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import json
 import os
 import shutil
-import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trustinstaller import _fs
-from trustinstaller.documents import Entry, Mkdir, Write
-from trustinstaller.errors import PolicyError, StoreError, UnsafePathError
-from trustinstaller.stores import Recorder
+from trustinstaller.documents import Entry
+from trustinstaller.errors import PolicyError, StoreError
+from trustinstaller.stores import (
+    Recorder,
+    open_public_dir,
+    path_error,
+    public_dir,
+    replace_file,
+    restore_files,
+)
 from trustinstaller.stores.debian import DebianPaths, cert_filename
 
 if TYPE_CHECKING:  # annotations only: keeps cryptography off the path to ready
@@ -35,8 +39,6 @@ if TYPE_CHECKING:  # annotations only: keeps cryptography off the path to ready
 
 POLICIES = Path("/etc/firefox/policies/policies.json")
 PREFIX = "firefox:"
-MODE = 0o644
-DIR_MODE = 0o755
 
 
 def default_policies() -> tuple[Path, ...]:
@@ -106,10 +108,6 @@ def _kind(value: object) -> str:
     return names.get(type(value), "number")
 
 
-def _mode(dir_fd: int, name: str) -> int:
-    return stat.S_IMODE(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
-
-
 def _dump(doc: dict[str, Any]) -> bytes:
     return (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
@@ -133,41 +131,37 @@ class FirefoxStore:
         if not self.policies.is_absolute():
             raise StoreError(self.name, f"{self.policies} is not an absolute path")
         try:
-            with self._dir() as fd:
+            with public_dir(self.policies.parent) as fd:
                 original = _fs.read_file(fd, self.policies.name)
         except FileNotFoundError:
             return  # the directory is made at install
         except OSError as exc:
-            raise self._os_error(exc) from exc
+            raise path_error(self.name, exc, self.policies) from exc
         if original is not None:
             self._merged(original, [])
 
     def install(self, certs: Sequence[TrustedCA], record: Recorder) -> None:
         """Merge our files' paths into the policies; record the original bytes before writing."""
         try:
-            fd = self._open_dir(self.policies.parent, record)
+            fd = open_public_dir(self.policies.parent, record)
             try:
                 original = _fs.read_file(fd, self.policies.name)
-                mode = None if original is None else _mode(fd, self.policies.name)
                 merged = self._merged(original, cert_paths(self.os_paths, certs))
-                if merged is None:
-                    return  # every path is there from before: nothing of ours to undo
-                record(Write(str(self.policies.parent), self.policies.name,
-                             original=None if original is None
-                             else base64.b64encode(original).decode(), mode=mode))  # fmt: skip
-                _fs.atomic_write(fd, self.policies.name, merged, MODE)
+                if merged is not None:  # else every path is there from before: nothing to undo
+                    replace_file(fd, self.policies.parent, self.policies.name, original, merged,
+                                 record)  # fmt: skip
             finally:
                 os.close(fd)
         except OSError as exc:
-            raise self._os_error(exc) from exc
+            raise path_error(self.name, exc, self.policies) from exc
 
     def verify(self, certs: Sequence[TrustedCA]) -> None:
         """The policy must name every certificate, and each named file must hold it."""
         try:
-            with self._dir() as fd:
+            with public_dir(self.policies.parent) as fd:
                 data = _fs.read_file(fd, self.policies.name)
         except OSError as exc:
-            raise self._os_error(exc) from exc
+            raise path_error(self.name, exc, self.policies) from exc
         if data is None:
             raise StoreError(self.name, f"{self.policies} is missing after the install")
         try:
@@ -194,53 +188,11 @@ class FirefoxStore:
 
     def rollback(self, entries: Sequence[Entry]) -> None:
         """Put the original bytes back (or remove the file), then the directories we made."""
-        for e in reversed(entries):
-            if not isinstance(e, Write):
-                continue
-            try:
-                with _fs.opened_dir(Path(e.dir)) as fd:
-                    if e.original is None:
-                        _fs.remove(fd, e.name)
-                        _fs.sync_dir(fd)
-                    else:
-                        _fs.atomic_write(fd, e.name, base64.b64decode(e.original),
-                                         e.mode if e.mode is not None else MODE)  # fmt: skip
-            except FileNotFoundError:
-                continue  # the directory went: the file went with it
-            except OSError as exc:
-                raise StoreError(self.name, f"cannot restore {Path(e.dir, e.name)}: "
-                                 f"{exc.strerror or exc}") from exc  # fmt: skip
-        for e in reversed(entries):
-            if isinstance(e, Mkdir):
-                # Not empty (something else put a file there), or a symlink now: it stays.
-                _fs.rmdir(Path(e.path))
+        restore_files(self.name, entries)
 
-    # -- the one place that turns the policy directory into a descriptor ----------------------
-
-    def _open_dir(self, directory: Path, record: Recorder | None = None) -> int:
-        """A descriptor on ``directory``, never through a symlink at its last component.
-
-        With ``record``, a missing directory (and any missing parent) is recorded, then made
-        0755. Every open of a policy directory goes through here or ``_dir``.
-        """
-        try:
-            return _fs.open_dir(directory)
-        except FileNotFoundError:
-            if record is None or directory.parent == directory:
-                raise
-        os.close(self._open_dir(directory.parent, record))
-        record(Mkdir(str(directory)))
-        fd = _fs.open_dir(directory, create=True, mode=DIR_MODE)
-        os.fchmod(fd, DIR_MODE)  # the umask must not hide it from the browser user
-        return fd
-
-    @contextlib.contextmanager
-    def _dir(self) -> Iterator[int]:
-        fd = self._open_dir(self.policies.parent)
-        try:
-            yield fd
-        finally:
-            os.close(fd)
+    def notices(self, certs: Sequence[TrustedCA]) -> dict[str, list[str]]:
+        """None: Firefox has no policy that could undo ours."""
+        return {}
 
     def _merged(self, original: bytes | None, install: Sequence[str]) -> bytes | None:
         try:
@@ -248,10 +200,3 @@ class FirefoxStore:
         except PolicyError as exc:
             raise StoreError(self.name, f"{self.policies}: {exc}; nothing was written: fix or "
                              "remove the file and submit again") from exc  # fmt: skip
-
-    def _os_error(self, exc: OSError) -> StoreError:
-        if isinstance(exc, UnsafePathError):
-            return StoreError(self.name, f"{exc.filename} {exc.strerror}; refusing to write "
-                              "through it: remove it and submit again")  # fmt: skip
-        return StoreError(self.name, f"cannot write {exc.filename or self.policies}: "
-                          f"{exc.strerror or exc}")  # fmt: skip

@@ -186,6 +186,10 @@ class NssStore:
                 self.name, f"certutil -L does not list {', '.join(wrong)} with trust {TRUST}"
             )
 
+    def notices(self, certs: Sequence[TrustedCA]) -> dict[str, list[str]]:
+        """None: nothing beside this store can undo what it installs."""
+        return {}
+
     def rollback(self, entries: Sequence[Entry]) -> None:
         """Delete the nicknames we added, then the database and directories we created."""
         if self.database.owner is None:

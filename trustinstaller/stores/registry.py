@@ -12,7 +12,7 @@ from pathlib import Path
 from trustinstaller import _run
 from trustinstaller.config import Config
 from trustinstaller.errors import StateError
-from trustinstaller.stores import Store, firefox
+from trustinstaller.stores import Store, chromium, firefox
 from trustinstaller.stores.debian import DebianStore
 from trustinstaller.stores.nss import NssDatabase, NssStore
 from trustinstaller.stores.runtime_env import RuntimeEnvStore
@@ -34,6 +34,7 @@ class Registry:
         cfg = self.config
         return [
             self.os_store(),
+            *(chromium.ChromiumPolicyStore(d) for d in cfg.chromium_policies),
             *(self.nss_store(db) for db in cfg.nss_databases),
             # After the OS store: the policies name the .crt files it writes.
             *(firefox.FirefoxStore(p, cfg.os_store) for p in cfg.firefox_policies),
@@ -56,6 +57,8 @@ class Registry:
             return self.nss_store(
                 next((d for d in cfg.nss_databases if d.directory == db.directory), db)
             )
+        if name.startswith(chromium.PREFIX):
+            return chromium.ChromiumPolicyStore(Path(name.removeprefix(chromium.PREFIX)))
         if name.startswith(firefox.PREFIX):
             return firefox.FirefoxStore(Path(name.removeprefix(firefox.PREFIX)), cfg.os_store)
         raise StateError(

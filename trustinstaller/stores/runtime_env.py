@@ -206,6 +206,10 @@ class RuntimeEnvStore:
         if env.decode("ascii", "replace") != env_file_text(self.directory):
             raise StoreError(self.name, f"{self.directory / ENV_FILE} is not what was written")
 
+    def notices(self, certs: Sequence[TrustedCA]) -> dict[str, list[str]]:
+        """None: nothing beside this store can undo what it installs."""
+        return {}
+
     def rollback(self, entries: Sequence[Entry]) -> None:
         """Remove the files we wrote, then the directory if we made it and it is empty."""
         undo_files(entries)

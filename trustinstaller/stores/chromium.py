@@ -1,0 +1,301 @@
+"""Chromium's and Google Chrome's managed policy: ``CACertificates`` in a root-owned JSON file.
+
+Chromium trusts the base64 DER certificates that the ``CACertificates`` policy lists, for every
+user and every HOME, with no NSS database at all. The store writes one file, ``FILENAME``, into
+each managed-policy directory, holding our CAs and every CA the other files there list.
+
+Quirks this module exists for, one per line:
+- Chromium reads every file in the directory, whatever its name (dot files too), as JSON with
+  comments and trailing commas; one it cannot parse, or whose top level is not an object, is
+  skipped.
+- When two files set one policy, the one whose name sorts last (byte order) wins: lists are not
+  merged, so our file sorts late and carries the union of the others' ``CACertificates``.
+- A winning value of the wrong type unsets the policy: any later file that sets the key at all
+  would undo ours, so it is refused before anything is written.
+- A malformed ``CACertificates`` entry is skipped silently and the others still apply; the
+  other files' entries are carried as they are written.
+- ``CADistrustedCertificates`` wins over ``CACertificates`` and NSS: a CA of ours listed there
+  is a warning that names the file.
+- The file is read as the browser's own uid, and Chromium checks neither owner nor mode: it is
+  root's, 0644, in directories anyone may search.
+- A running browser rereads the directory after 5-11 s, not reliably: start it after the lock.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import re
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from trustinstaller import _fs
+from trustinstaller.documents import Entry
+from trustinstaller.errors import PolicyError, StoreError, UnsafePathError
+from trustinstaller.stores import (
+    Recorder,
+    open_public_dir,
+    path_error,
+    public_dir,
+    replace_file,
+    restore_files,
+)
+
+if TYPE_CHECKING:  # annotations only: keeps cryptography off the path to ready
+    from trustinstaller.validate import TrustedCA
+
+PREFIX = "chromium:"
+# Sorts after the names image builders and platforms use ("00-base.json", "policy.json", ...).
+FILENAME = "zz-trustinstaller.json"
+KEY = "CACertificates"
+DISTRUST = "CADistrustedCertificates"
+# Debian's Chromium, then Google Chrome's; [] in the configuration turns the store off.
+DEFAULT_DIRS = (Path("/etc/chromium/policies/managed"), Path("/etc/opt/chrome/policies/managed"))
+
+# A string, or a comment; then a string, or a comma that only whitespace parts from a closing
+# bracket. Strings come first in each, so nothing inside one is ever taken for the others.
+_COMMENTS = re.compile(r'"(?:\\.|[^"\\])*"|//[^\n]*|/\*.*?\*/', re.DOTALL)
+_TRAILING_COMMAS = re.compile(r'"(?:\\.|[^"\\])*"|,(?=\s*[\]}])')
+
+
+def parse_policy(data: bytes) -> dict[str, Any]:
+    """A policy file as Chromium reads it; PolicyError when Chromium would skip it too.
+
+    Chromium's reader takes ``//`` and ``/* */`` comments and a trailing comma in an object
+    or a list, and control characters inside strings.
+    """
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise PolicyError("not UTF-8") from exc
+    text = _COMMENTS.sub(lambda m: m[0] if m[0].startswith('"') else " ", text)
+    text = _TRAILING_COMMAS.sub(lambda m: m[0] if m[0].startswith('"') else "", text)
+    try:
+        doc = json.loads(text, strict=False)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise PolicyError("not valid JSON") from exc
+    if not isinstance(doc, dict):
+        raise PolicyError("its top level is not a JSON object")
+    return doc
+
+
+@dataclass(frozen=True)
+class PolicyFile:
+    """One entry of a managed-policy directory, as far as root may read it."""
+
+    name: str
+    # What Chromium takes from it; None when Chromium skips it or it was not read.
+    policies: dict[str, Any] | None = None
+    # False for a symlink, a special file or one too large: its contents were not read.
+    read: bool = True
+    # Unparsed here, but its bytes name CACertificates: Chromium's reader may take it still.
+    names_key: bool = False
+
+    @classmethod
+    def from_bytes(cls, name: str, data: bytes) -> PolicyFile:
+        """Parse ``data`` as Chromium would; keep whether an unparsable file names the key."""
+        try:
+            return cls(name, parse_policy(data))
+        except PolicyError:
+            return cls(name, None, names_key=KEY.encode() in data)
+
+    @property
+    def sorts_after_ours(self) -> bool:
+        """Whether Chromium would take this file's value over ours."""
+        return os.fsencode(self.name) > os.fsencode(FILENAME)
+
+    def list_of(self, key: str) -> list[Any] | None:
+        """The file's value for ``key`` when it is a list, else None."""
+        value = (self.policies or {}).get(key)
+        return value if isinstance(value, list) else None
+
+
+def conflicts(files: Sequence[PolicyFile]) -> list[str]:
+    """Why Chromium might take another file's ``CACertificates`` over ours; empty when none."""
+    out = []
+    for f in files:
+        if f.name == FILENAME or not f.sorts_after_ours:
+            continue
+        if not f.read:
+            out.append(f"{f.name} sorts after {FILENAME} and was not read (a symlink, a special "
+                       "file or over 4 MiB), so it may set CACertificates")  # fmt: skip
+        elif f.policies is not None and KEY in f.policies:
+            out.append(f"{f.name} sets CACertificates and sorts after {FILENAME}, so Chromium "
+                       "would take its list instead of ours")  # fmt: skip
+        elif f.policies is None and f.names_key:
+            out.append(f"{f.name} sorts after {FILENAME} and names CACertificates; it is not "
+                       "JSON this agent reads, but Chromium's reader may take it")  # fmt: skip
+    return out
+
+
+def carried(files: Sequence[PolicyFile]) -> list[str]:
+    """Every ``CACertificates`` entry of the other files, in file order, each once."""
+    entries: dict[str, None] = {}
+    for f in files:
+        if f.name != FILENAME and not f.sorts_after_ours:
+            entries.update((e, None) for e in f.list_of(KEY) or [] if isinstance(e, str))
+    return list(entries)
+
+
+def document(entries: Sequence[str]) -> bytes:
+    """Our policy file: ``CACertificates`` with ``entries``, each once."""
+    return (json.dumps({KEY: list(dict.fromkeys(entries))}, indent=2) + "\n").encode("ascii")
+
+
+def encoded(certs: Sequence[TrustedCA]) -> list[str]:
+    """The policy's form of ``certs``: base64 DER, one string each."""
+    return [base64.b64encode(ca.der).decode("ascii") for ca in certs]
+
+
+def decoded(entries: Sequence[Any]) -> list[bytes]:
+    """The DER of each well-formed base64 entry; the others are skipped, as Chromium does."""
+    out = []
+    for e in entries:
+        if isinstance(e, str):
+            try:
+                out.append(base64.b64decode("".join(e.split()), validate=True))
+            except binascii.Error:
+                continue
+    return out
+
+
+def effective(files: Sequence[PolicyFile]) -> tuple[str | None, list[bytes]]:
+    """The file whose ``CACertificates`` Chromium takes (the last that sets it), and its DERs."""
+    winner = None
+    for f in sorted(files, key=lambda f: os.fsencode(f.name)):
+        if f.policies is not None and KEY in f.policies:
+            winner = f
+    if winner is None:
+        return None, []
+    return winner.name, decoded(winner.list_of(KEY) or [])
+
+
+def distrusted(files: Sequence[PolicyFile], certs: Sequence[TrustedCA]) -> dict[str, list[str]]:
+    """For each of ``certs`` that a ``CADistrustedCertificates`` lists: the files that list it."""
+    ours = {ca.der: ca.fingerprint_sha256 for ca in certs}
+    out: dict[str, list[str]] = {}
+    for f in files:
+        for der in decoded(f.list_of(DISTRUST) or []):
+            if der in ours:
+                out.setdefault(ours[der], []).append(f.name)
+    return out
+
+
+def listing(dir_fd: int) -> list[PolicyFile]:
+    """Every file Chromium would read in the directory ``dir_fd``, sorted as it sorts them.
+
+    Directories are left out, as Chromium leaves them. Nothing is followed: a symlink is listed
+    unread. Our own temporary files (a write a crash cut short) are left out too.
+    """
+    files = []
+    for name in os.listdir(dir_fd):
+        if name.startswith(f".{FILENAME}.") and name.endswith(".tmp"):
+            continue
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode):
+            continue
+        try:
+            data = _fs.read_file(dir_fd, name) if stat.S_ISREG(st.st_mode) else None
+        except (UnsafePathError, FileNotFoundError):
+            data = None  # too large, or swapped for a symlink since the stat
+        files.append(PolicyFile(name, read=False) if data is None
+                     else PolicyFile.from_bytes(name, data))  # fmt: skip
+    return sorted(files, key=lambda f: os.fsencode(f.name))
+
+
+@dataclass(frozen=True)
+class ChromiumPolicyStore:
+    """Writes ``CACertificates`` into one managed-policy directory of Chromium or Chrome."""
+
+    directory: Path
+    parallel: bool = True  # the policy holds the certificates themselves: no other store needed
+    optional: bool = False
+
+    @property
+    def name(self) -> str:
+        """The store's name in journal entries and status answers."""
+        return f"{PREFIX}{self.directory}"
+
+    @property
+    def path(self) -> Path:
+        """Our policy file."""
+        return self.directory / FILENAME
+
+    def preflight(self) -> None:
+        """Refuse, before anything is written, a file that would take precedence over ours."""
+        if not self.directory.is_absolute():
+            raise StoreError(self.name, f"{self.directory} is not an absolute path")
+        try:
+            with public_dir(self.directory) as fd:
+                self._refuse_conflicts(listing(fd))
+        except FileNotFoundError:
+            return  # made at install
+        except OSError as exc:
+            raise path_error(self.name, exc, self.path) from exc
+
+    def install(self, certs: Sequence[TrustedCA], record: Recorder) -> None:
+        """Write our file with the other files' CAs and ours; record what was there first."""
+        try:
+            fd = open_public_dir(self.directory, record)
+            try:
+                files = listing(fd)
+                self._refuse_conflicts(files)
+                data = document([*carried(files), *encoded(certs)])
+                replace_file(fd, self.directory, FILENAME, _fs.read_file(fd, FILENAME), data,
+                             record)  # fmt: skip
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise path_error(self.name, exc, self.path) from exc
+
+    def verify(self, certs: Sequence[TrustedCA]) -> None:
+        """Chromium, reading as any user, must take our file's list, and it must hold ``certs``."""
+        try:
+            with public_dir(self.directory) as fd:
+                files = listing(fd)
+                searchable = os.fstat(fd).st_mode & 0o005 == 0o005
+                st = _fs.check_file(fd, FILENAME, str(self.path))
+        except OSError as exc:
+            raise path_error(self.name, exc, self.path) from exc
+        self._refuse_conflicts(files)
+        if st is None:
+            raise StoreError(self.name, f"{self.path} is missing after the install")
+        if not searchable or st.st_mode & 0o044 != 0o044:
+            raise StoreError(self.name, f"{self.path} or its directory is not readable by every "
+                             "user, and Chromium reads it as the browser's user")  # fmt: skip
+        winner, ders = effective(files)
+        if winner != FILENAME:
+            raise StoreError(self.name, f"Chromium would take CACertificates from {winner}, "
+                             f"not from {self.path}")  # fmt: skip
+        missing = [ca.fingerprint_sha256 for ca in certs if ca.der not in ders]
+        if missing:
+            raise StoreError(self.name, f"{self.path} does not list {', '.join(missing)}")
+
+    def rollback(self, entries: Sequence[Entry]) -> None:
+        """Put back the bytes our file replaced (or remove it), then the directories we made."""
+        restore_files(self.name, entries)
+
+    def notices(self, certs: Sequence[TrustedCA]) -> dict[str, list[str]]:
+        """Each of ``certs`` that a file's ``CADistrustedCertificates`` lists, with the files."""
+        try:
+            with public_dir(self.directory) as fd:
+                files = listing(fd)
+        except OSError:
+            return {}  # verify has just read it; a later failure leaves the warning out
+        return {
+            fp: [f"{self.directory / n} lists it in CADistrustedCertificates, which wins: "
+                 "Chromium and Chrome will refuse it" for n in names]
+            for fp, names in distrusted(files, certs).items()
+        }  # fmt: skip
+
+    def _refuse_conflicts(self, files: Sequence[PolicyFile]) -> None:
+        found = conflicts(files)
+        if found:
+            raise StoreError(self.name, f"in {self.directory}: {'; '.join(found)}: rename it to "
+                             "sort before ours, or move its CAs into a file that does, and "
+                             "submit again")  # fmt: skip
