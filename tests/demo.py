@@ -3,10 +3,12 @@
 1. Start a local Secrets Manager (a moto server on 127.0.0.1) and store a freshly made CA in it.
 2. Start an HTTPS server on 127.0.0.1 whose certificate that CA signed.
 3. Make a private mount namespace with throwaway copies of /etc/ssl,
-   /usr/local/share/ca-certificates and /etc/ca-certificates, and a tmpfs on /run.
-4. In there, add a browser user (only in there), run the daemon with ``browser_users``, show
-   curl and headless Chromium (as the browser user) refusing the site, submit the manifest,
-   show both trusting it, and show a second manifest refused as locked, also after a restart.
+   /usr/local/share/ca-certificates, /etc/ca-certificates and the browsers' policy
+   directories, and a tmpfs on /run.
+4. In there, add a browser user (only in there), run the daemon with the default stores (no
+   ``browser_users``: nothing is done in any home), show curl and headless Chromium (as the
+   browser user, with a HOME made for each run) refusing the site, submit the manifest, show
+   both trusting it, and show a second manifest refused as locked, also after a restart.
 """
 
 from __future__ import annotations
@@ -33,7 +35,10 @@ CHROMIUM = (
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 )  # fmt: skip
 PAGE_TEXT = "trusted by trustinstaller"
+MANAGED = "/etc/chromium/policies/managed"
 HOST_FILES = ("/etc/ssl/certs/ca-certificates.crt",)
+HOST_TREES = ("/etc/ssl/certs", "/usr/local/share/ca-certificates", "/etc/chromium", "/etc/opt",
+              "/etc/firefox")  # fmt: skip
 
 
 def say(text: str) -> None:
@@ -49,9 +54,9 @@ def show(done: subprocess.CompletedProcess[str]) -> None:
 
 
 def host_fingerprint() -> dict[str, str]:
-    """Hashes of the host's trust store, to prove the demo left it alone."""
+    """Hashes of the host's trust store and browser policies, to prove the demo left them alone."""
     out = {}
-    for base in ("/etc/ssl/certs", "/usr/local/share/ca-certificates"):
+    for base in HOST_TREES:
         for p in sorted(Path(base).rglob("*")):
             if p.is_symlink():
                 out[str(p)] = "->" + os.readlink(p)
@@ -98,10 +103,9 @@ def main() -> int:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     after = host_fingerprint()
-    say("Host trust store")
+    say("Host trust store and browser policies")
     if after == before:
-        print(f"   unchanged ({len(after)} entries under /etc/ssl/certs and "
-              "/usr/local/share/ca-certificates)")  # fmt: skip
+        print(f"   unchanged ({len(after)} entries under {', '.join(HOST_TREES)})")
     else:
         print("   CHANGED: this is a bug", file=sys.stderr)
         ok = False
@@ -119,15 +123,18 @@ def run_in_namespace(
     with PrivateNamespace(scratch / "ns") as ns:
         say("Private mount namespace ready: /etc/ssl etc. are throwaway copies, /run is a tmpfs")
         user = add_browser_user(ns)
-        with config.open("a") as f:
-            f.write(f'browser_users = ["{user.name}"]\n')
         print(f"   browser user {user.name} (uid {user.uid}, home {user.home}), only in there")
-        print(f"   config {config}:\n{config.read_text()}")
+        print(f"   config {config} (no browser_users: nothing is done in any home):\n"
+              f"{config.read_text()}")  # fmt: skip
         profiles = iter(range(100))
 
         def chromium() -> subprocess.CompletedProcess[str]:
-            profile = user.home / f"profile-{next(profiles)}"
-            argv = user.argv([*CHROMIUM, f"--user-data-dir={profile}", "--dump-dom", url])
+            # A HOME and a profile made for this run, as automation tools launch Chromium.
+            home = user.home / f"run-{next(profiles)}"
+            home.mkdir()
+            os.chown(home, user.uid, user.uid)
+            argv = user.argv([*CHROMIUM, f"--user-data-dir={home}/profile", "--dump-dom", url],
+                             HOME=str(home))  # fmt: skip
             return ns.run(argv, timeout=180)
 
         def start_daemon() -> subprocess.Popen[bytes]:
@@ -151,7 +158,7 @@ def run_in_namespace(
         show(done)
         ok &= done.returncode == 60
 
-        say(f"Before: headless Chromium, as {user.name}, refuses it too")
+        say(f"Before: headless Chromium, as {user.name} with a fresh HOME, refuses it too")
         done = chromium()
         refused = "ERR_CERT_AUTHORITY_INVALID" in done.stderr and PAGE_TEXT not in done.stdout
         print(f"   {'ERR_CERT_AUTHORITY_INVALID' if refused else 'UNEXPECTED: ' + done.stderr}")
@@ -167,16 +174,16 @@ def run_in_namespace(
         show(done)
         ok &= done.returncode == 0 and "HTTP 200" in done.stdout
 
-        say(f"After: headless Chromium, as {user.name}, shows the page")
+        say(f"After: headless Chromium, as {user.name} with another fresh HOME, shows the page")
         done = chromium()
         reached = done.returncode == 0 and PAGE_TEXT in done.stdout
         print(f"   {'page: ' + PAGE_TEXT if reached else 'UNEXPECTED: ' + done.stderr}")
         ok &= reached
 
-        say(f"The NSS database Chromium reads, owned by {user.name}, lists the CA with trust C,,")
-        nssdb = user.home / ".local/share/pki/nssdb"
-        show(ns.run(user.argv(["certutil", "-L", "-d", f"sql:{nssdb}"])))
-        show(ns.run(["ls", "-ln", str(nssdb)]))
+        say("Chromium read the CA from its managed policy: root's file, 0644, for every user")
+        show(ns.run(["ls", "-l", MANAGED]))
+        show(ns.run(["head", "-c", "160", f"{MANAGED}/zz-trustinstaller.json"]))
+        print()
 
         say("A second manifest is refused: the configuration is locked (exit 4)")
         done = ns.run([*ti, "submit", str(manifest)], env=env)

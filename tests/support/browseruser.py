@@ -43,10 +43,10 @@ class BrowserUser:
     home: Path
 
     def argv(self, argv: Sequence[str], **env: str) -> list[str]:
-        """``argv`` run as this user with a clean environment holding HOME, PATH and ``env``."""
+        """``argv`` run as this user with a clean environment: HOME, USER, PATH, then ``env``."""
         return [
             "setpriv", f"--reuid={self.uid}", f"--regid={self.uid}", "--clear-groups", "--",
-            *clean_env(HOME=str(self.home), USER=self.name, **env), *argv,
+            *clean_env(**{"HOME": str(self.home), "USER": self.name, **env}), *argv,
         ]  # fmt: skip
 
     def remove_home(self) -> None:
