@@ -10,6 +10,7 @@ the third test takes is what the later ones check). The daemon reaches a real mo
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -231,6 +232,21 @@ def test_packaged_unit_writes_the_firefox_policy(
     assert modes.split() == ["755", "root", "644", "root"]
     status = json.loads(booted.run("trustinstaller", "status", "--json").stdout)
     assert f"firefox:{FIREFOX_POLICIES}" in status["certificates"][0]["stores"]
+
+
+def test_packaged_unit_writes_chromiums_and_chromes_managed_policy(
+    booted: debroot.Booted, root: Path, boot_ca: Issued
+) -> None:
+    """Under the hardened unit, both managed directories get CACertificates, root's and 0644."""
+    status = json.loads(booted.run("trustinstaller", "status", "--json").stdout)
+    for managed in ("/etc/chromium/policies/managed", "/etc/opt/chrome/policies/managed"):
+        path = f"{managed}/zz-trustinstaller.json"
+        doc = json.loads((root / path.lstrip("/")).read_text())
+        assert doc == {"CACertificates": [base64.b64encode(boot_ca.der).decode()]}
+        assert booted.run("stat", "-c", "%a %U", managed, path).stdout.split() == [
+            "755", "root", "644", "root"
+        ]  # fmt: skip
+        assert f"chromium:{managed}" in status["certificates"][0]["stores"]
 
 
 def test_second_manifest_is_refused_as_locked(booted: debroot.Booted, root: Path) -> None:
