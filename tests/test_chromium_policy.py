@@ -120,6 +120,23 @@ def test_a_file_that_would_win_over_ours_is_a_conflict(
     assert [c.split()[0] for c in found] == refused
 
 
+@pytest.mark.parametrize(
+    ("data", "refused"),
+    [
+        (policy(CACertificates=["QQ=="]), True),
+        (b'{"CACertificates": [] \\x}', True),
+        (policy(HomepageLocation="x"), False),
+        (b"not json", False),
+    ],
+)
+def test_a_file_another_user_may_write_cannot_lend_its_cas_to_every_user(
+    data: bytes, refused: bool
+) -> None:
+    """An earlier file that is not root's alone and may set CACertificates is a conflict."""
+    found = chromium.conflicts([PolicyFile.from_bytes("00-shared.json", data, safe=False)])
+    assert [c.split()[0] for c in found] == (["00-shared.json"] if refused else [])
+
+
 def test_every_other_files_entries_are_carried_once_in_file_order() -> None:
     """CACertificates of every earlier file, each entry once; ours, a later one and junk are not."""
     listing = files(
@@ -257,6 +274,23 @@ def test_a_later_file_that_sets_the_key_is_refused_before_anything_is_written(
         store.install([trusted(make_ca("x"))], journal)
     assert journal.entries == []
     assert snapshot(tmp_path) == before
+
+
+@pytest.mark.root
+def test_a_policy_file_the_browser_user_may_write_is_refused(tmp_path: Path) -> None:
+    """A CACertificates file that another uid owns, or that others may write, is refused: carried
+    into ours, it would let that user add trust for every user."""
+    directory = tmp_path / "managed"
+    directory.mkdir()
+    shared = directory / "00-shared.json"
+    shared.write_bytes(policy(CACertificates=[b64(make_ca("corp"))]))
+    store = ChromiumPolicyStore(directory)
+    for owner, mode in ((0, 0o666), (64123, 0o644)):
+        os.chown(shared, owner, owner)
+        shared.chmod(mode)
+        with pytest.raises(StoreError, match=r"00-shared\.json may set CACertificates and is not"):
+            store.preflight()
+    assert sorted(p.name for p in directory.iterdir()) == ["00-shared.json"]
 
 
 def test_a_symlinked_policy_directory_is_refused(tmp_path: Path) -> None:

@@ -95,14 +95,23 @@ class PolicyFile:
     read: bool = True
     # Unparsed here, but its bytes name CACertificates: Chromium's reader may take it still.
     names_key: bool = False
+    # Root's, and writable by no one else: only then may its CAs reach every user through ours.
+    safe: bool = True
 
     @classmethod
-    def from_bytes(cls, name: str, data: bytes) -> PolicyFile:
+    def from_bytes(cls, name: str, data: bytes, *, safe: bool = True) -> PolicyFile:
         """Parse ``data`` as Chromium would; keep whether an unparsable file names the key."""
         try:
-            return cls(name, parse_policy(data))
+            return cls(name, parse_policy(data), safe=safe)
         except PolicyError:
-            return cls(name, None, names_key=KEY.encode() in data)
+            return cls(name, None, names_key=KEY.encode() in data, safe=safe)
+
+    @property
+    def may_set_key(self) -> bool:
+        """Whether Chromium may take a CACertificates value from this file."""
+        if self.policies is None:
+            return not self.read or self.names_key
+        return KEY in self.policies
 
     @property
     def sorts_after_ours(self) -> bool:
@@ -119,7 +128,16 @@ def conflicts(files: Sequence[PolicyFile]) -> list[str]:
     """Why Chromium might take another file's ``CACertificates`` over ours; empty when none."""
     out = []
     for f in files:
-        if f.name == FILENAME or not f.sorts_after_ours:
+        if f.name == FILENAME:
+            continue
+        if not f.safe and f.may_set_key:
+            # Carried into ours, its CAs would reach every user even when another file overrides
+            # it today: whoever may write it would add trust for everyone.
+            out.append(f"{f.name} may set CACertificates and is not root's alone (another "
+                       "user owns it or may write it), so its CAs cannot be carried for every "
+                       "user")  # fmt: skip
+            continue
+        if not f.sorts_after_ours:
             continue
         if not f.read:
             out.append(f"{f.name} sorts after {FILENAME} and was not read (a symlink, a special "
@@ -199,12 +217,13 @@ def listing(dir_fd: int) -> list[PolicyFile]:
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         if stat.S_ISDIR(st.st_mode):
             continue
+        safe = st.st_uid in _fs.trusted_uids() and not st.st_mode & 0o022
         try:
             data = _fs.read_file(dir_fd, name) if stat.S_ISREG(st.st_mode) else None
         except (UnsafePathError, FileNotFoundError):
             data = None  # too large, or swapped for a symlink since the stat
-        files.append(PolicyFile(name, read=False) if data is None
-                     else PolicyFile.from_bytes(name, data))  # fmt: skip
+        files.append(PolicyFile(name, read=False, safe=safe) if data is None
+                     else PolicyFile.from_bytes(name, data, safe=safe))  # fmt: skip
     return sorted(files, key=lambda f: os.fsencode(f.name))
 
 
