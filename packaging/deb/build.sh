@@ -90,6 +90,7 @@ cp systemd/trustinstaller.socket "$work/debian/trustinstaller.socket"
 cp systemd/trustinstaller.tmpfiles "$work/debian/trustinstaller.tmpfiles"
 cp "$here/config.toml" "$here/requirements.txt" "$work/"
 cp README.md "$work/README.md"
+cp -r docs "$work/docs"
 cp -r "$wheels" "$work/wheelhouse"
 cat > "$work/debian/changelog" <<CHANGELOG
 trustinstaller ($version) $release; urgency=medium
