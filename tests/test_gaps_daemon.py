@@ -177,6 +177,18 @@ def test_socket_group_makes_the_socket_0660_for_that_group(
 
 
 @pytest.mark.root
+def test_a_peer_with_roots_gid_but_another_uid_may_not_submit(
+    config: Config, tmp_path: Path, open_dir: Path
+) -> None:
+    """allowed_uids is checked on the peer's uid: an outside uid whose gid is 0 still gets 403."""
+    sock = open_dir / "ti.sock"
+    cfg = write_config(replace(config, socket=sock, socket_group="root"), tmp_path / "c.toml")
+    with Daemon(cfg, sock):
+        assert client(OTHER_UID, 0, sock) == "HTTP/1.1 200 OK"
+        assert client(OTHER_UID, 0, sock, "PUT") == "HTTP/1.1 403 Forbidden"
+
+
+@pytest.mark.root
 def test_without_socket_group_the_socket_is_0600(
     config: Config, tmp_path: Path, open_dir: Path
 ) -> None:

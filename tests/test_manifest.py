@@ -226,6 +226,14 @@ REFUSED = [
     pytest.param(doc(credentials={**creds(), "region": "us-east-1"}), "credentials",
                  "unknown key 'region' (allowed: accessKeyId, secretAccessKey, sessionToken)",
                  id="unknown-credentials-key"),
+    # A key that differs from an allowed one only in case is refused, and the hint names it.
+    pytest.param(doc(Certificates=[entry()]), "", "unknown key 'Certificates' (allowed: "
+                 "certificates, credentials, toolCertificates); keys are case-sensitive: did "
+                 "you mean 'certificates'?", id="key-in-other-case"),
+    pytest.param(doc(certificates=[{"Location": entry()["location"]}]), "certificates[0]",
+                 "did you mean 'location'?", id="entry-key-in-other-case"),
+    pytest.param(doc(credentials={**creds(), "accesskeyid": "x"}), "credentials",
+                 "did you mean 'accessKeyId'?", id="credentials-key-in-other-case"),
     pytest.param(doc(**{"k" * 1000: 1}), "", "... (1000 characters) (allowed:",
                  id="long-unknown-key-quoted-short"),
     # Missing keys.

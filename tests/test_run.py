@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -26,6 +28,25 @@ def test_a_child_run_for_a_user_has_dropped_everything_before_it_runs() -> None:
     assert lines["Gid"].split() == ["65534"] * 4
     assert lines["Groups"].split() == []
     assert done.stdout.strip().splitlines()[-1] == "/"
+
+
+# Run by a fresh interpreter: give this process supplementary groups (adm, shadow), then run a
+# child for nobody and print the groups it has.
+GROUPS_CHILD = """
+import os, pathlib
+from trustinstaller import _run
+os.setgroups([4, 42])
+nobody = _run.Account("nobody", 65534, 65534, pathlib.Path("/nonexistent"))
+print(_run.run(["sh", "-c", "grep '^Groups:' /proc/self/status"], user=nobody).stdout)
+"""
+
+
+@pytest.mark.root
+def test_a_child_run_for_a_user_keeps_none_of_the_parents_supplementary_groups() -> None:
+    """A daemon that has supplementary groups (adm, shadow) passes none of them to the user."""
+    done = subprocess.run([sys.executable, "-c", GROUPS_CHILD], capture_output=True, text=True,
+                          timeout=60, check=True, stdin=subprocess.DEVNULL)  # fmt: skip
+    assert done.stdout.split() == ["Groups:"], done.stdout
 
 
 @pytest.mark.root

@@ -187,9 +187,12 @@ def _object(
         raise ManifestError(path, f"{where}must be an object, not {_type(value)}")
     unknown = sorted(k for k in value if k not in allowed)
     if unknown:
+        # Keys are case-sensitive, as the AWS APIs' are: say so when only the case is wrong.
+        meant = [a for a in sorted(allowed) if a.lower() == unknown[0].lower()]
+        hint = f"; keys are case-sensitive: did you mean {_quote(meant[0])}?" if meant else ""
         raise ManifestError(
             path,
-            f"unknown key {_quote(unknown[0])} (allowed: {', '.join(sorted(allowed))})",
+            f"unknown key {_quote(unknown[0])} (allowed: {', '.join(sorted(allowed))}){hint}",
         )
     missing = sorted(k for k in required if k not in value)
     if missing:
