@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # update-ca-certificates lives in /usr/sbin.
 export PATH := $(CURDIR)/$(BIN):/usr/local/sbin:/usr/sbin:/sbin:$(PATH)
 
-.PHONY: setup deps venv js lint test demo clean
+.PHONY: setup deps venv js lint test test-fast dist wheelhouse demo clean
 
 setup: deps venv js
 
@@ -29,6 +29,16 @@ $(JS)/node_modules/.installed: $(JS)/package.json $(JS)/package-lock.json
 
 js: deps $(JS)/node_modules/.installed
 
+# The suite's wheels for this machine's Python, from which the wheel test installs offline.
+HOST_PY := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+WHEELHOUSE := $(CURDIR)/build/wheels/cp$(subst .,,$(HOST_PY))
+wheelhouse: venv
+	packaging/wheelhouse.sh $(HOST_PY) >/dev/null
+
+# A wheel and an sdist in dist/python, for pip or pipx on any Linux with Python 3.11 or later.
+dist: venv
+	$(BIN)/python -m build --outdir dist/python
+
 lint: venv
 	$(BIN)/ruff check trustinstaller tests
 	$(BIN)/ruff format --check trustinstaller tests
@@ -36,10 +46,14 @@ lint: venv
 
 # After the host's suite: the suite again inside a Debian 13 root (test-release), then the boot
 # tests under a real systemd for Debian 12 and 13 (test-system); both in packaging/deb.mk.
-test: setup lint
-	$(BIN)/pytest
+test: setup lint wheelhouse
+	TRUSTINSTALLER_WHEELHOUSE=$(WHEELHOUSE) $(BIN)/pytest
 	$(MAKE) test-release RELEASE=trixie
 	$(MAKE) test-system
+
+# The suite without real browsers, races, floods and the boot test: for a quick loop.
+test-fast: venv
+	$(BIN)/pytest -m "not slow" -q -n 2
 
 demo: setup
 	$(BIN)/python -m tests.demo

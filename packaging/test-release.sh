@@ -18,18 +18,8 @@ case "$release" in
     *) echo "test-release: unsupported release '$release' (bookworm or trixie)" >&2; exit 2 ;;
 esac
 
-pip="$top/.venv/bin/pip"
-[ -x "$pip" ] || { echo "test-release: run 'make setup' first (needs $pip)" >&2; exit 1; }
-wheels="$top/build/wheels/cp${py/./}"
+wheels=$("$top/packaging/wheelhouse.sh" "$py")
 stamp="$(sha256sum "$top/packaging/requirements-test.txt" | cut -c1-16)"
-if [ "$(cat "$wheels/.stamp" 2>/dev/null)" != "$stamp" ]; then
-    rm -rf "$wheels"
-    mkdir -p "$wheels"
-    # setuptools: the editable install of this tree is built offline, without build isolation.
-    "$pip" download --quiet --disable-pip-version-check --python-version "$py" \
-        --only-binary=:all: -r "$top/packaging/requirements-test.txt" "setuptools>=68" -d "$wheels"
-    echo "$stamp" >"$wheels/.stamp"
-fi
 
 # The root's virtual environment is kept beside the cached root, for the same wheels and root:
 # later runs skip its installation. It lives at /opt/venv in the root, which an editable install
@@ -64,5 +54,7 @@ exec "$top/packaging/in-root.sh" "$release" --bind "$wheels:/wheels" --bind "$ve
         echo "$stamp" >/opt/venv/.trustinstaller-stamp
     fi
     export PATH=/opt/venv/bin:$PATH
+    # The wheel test installs the package from here, offline.
+    export TRUSTINSTALLER_WHEELHOUSE=/wheels
     python3 --version
     exec pytest -p no:cacheprovider "$@"' bash "$venv_stamp" "$@"

@@ -54,6 +54,23 @@ def host_policies_untouched() -> Iterator[None]:
     assert after == before, "a test changed the host's browser policy directories"
 
 
+# Suites that start real browsers, race a hostile user, flood sockets or boot systemd: each takes
+# tens of seconds to minutes. `make test-fast` leaves them out; `make test` runs everything.
+SLOW_SUITES = frozenset({
+    "test_chromium_policy.py", "test_clients.py", "test_faults.py", "test_firefox_browser.py",
+    "test_hardening.py", "test_namespace.py", "test_privsep.py", "test_review_attacks.py",
+    "test_review2_attacks.py", "test_socket_http.py", "test_throttling.py",
+    "test_wheel.py", "test_activation.py", "test_package.py", "test_sdnotify.py", "test_units.py",
+})  # fmt: skip
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test of a slow suite ``slow``, so that ``-m 'not slow'`` leaves it out."""
+    for item in items:
+        if item.path.name in SLOW_SUITES:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def moto() -> Iterator[MotoServer]:
     """One moto server for the whole run; tests use unique secret names."""

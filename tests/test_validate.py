@@ -288,7 +288,9 @@ def cert_block(body: str) -> str:
 def negative_serial() -> str:
     """A certificate whose serial number is negative (RFC 5280 says positive)."""
     issued = make_ca("neg", not_before=NOT_BEFORE, not_after=NOT_AFTER)
-    serial = issued.cert.serial_number.to_bytes(20, "big").lstrip(b"\0")
+    n = issued.cert.serial_number
+    # DER's INTEGER content: two's complement, so a leading 0 byte when the top bit is set.
+    serial = n.to_bytes(n.bit_length() // 8 + 1, "big")
     enc = bytes([2, len(serial)]) + serial
     flipped = bytes([2, len(serial), serial[0] | 0x80]) + serial[1:]
     return to_pem(patched(issued.der, enc, flipped))
