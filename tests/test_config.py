@@ -67,6 +67,11 @@ BAD = [
     ("firefox_policies", ["policies.json"], "firefox_policies: must be an absolute path"),
     ("firefox_policies", ["/"], "firefox_policies: '/': name a file"),
     ("firefox_policies", ["/etc/../x.json"], "firefox_policies: '/etc/../x.json': name a file"),
+    # chromium_policies: a list of absolute directory paths.
+    ("chromium_policies", "/etc/chromium/policies/managed", "chromium_policies: must be a list"),
+    ("chromium_policies", ["managed"], "chromium_policies: must be an absolute path"),
+    ("chromium_policies", ["/"], "chromium_policies: '/': name a directory"),
+    ("chromium_policies", ["/etc/../m"], "chromium_policies: '/etc/../m': name a directory"),
     # os_store: a table of known keys, each an absolute path.
     ("os_store", "/etc/ssl", "os_store: must be a table"),
     ("os_store", {"local_certs": "/x"}, "os_store.local_certs: unknown key"),
@@ -96,6 +101,13 @@ GOOD = [
     ("endpoint_url", "http://127.0.0.1:5000", "endpoint_url", "http://127.0.0.1:5000"),
     ("firefox_policies", [], "firefox_policies", ()),
     ("firefox_policies", ["/a/p.json", "/a/p.json"], "firefox_policies", (Path("/a/p.json"),)),
+    ("chromium_policies", [], "chromium_policies", ()),
+    (
+        "chromium_policies",
+        ["/a/m", "/b/m", "/a/m"],
+        "chromium_policies",
+        (Path("/a/m"), Path("/b/m")),
+    ),
     (
         "os_store",
         {"certs_conf": "/srv/ca.conf"},

@@ -180,27 +180,28 @@ def from_mapping(data: Mapping[str, Any], *, source: str = "config") -> Config:
         kw["os_store"] = DebianPaths(
             **{k: _abs_path(v, f"os_store.{k}", fail) for k, v in table.items()}
         )
-    if "firefox_policies" in data:
-        files = data["firefox_policies"]
-        if not isinstance(files, list):
-            raise fail("firefox_policies", "must be a list of paths like "
-                       "'/etc/firefox/policies/policies.json', or [] for none")  # fmt: skip
-        paths = [_abs_path(f, "firefox_policies", fail) for f in files]
-        for f in paths:
-            if f == Path("/") or ".." in f.parts:
-                raise fail("firefox_policies", f"{str(f)!r}: name a file, without '..'")
-        kw["firefox_policies"] = tuple(dict.fromkeys(paths))
-    if "chromium_policies" in data:
-        dirs = data["chromium_policies"]
-        if not isinstance(dirs, list):
-            raise fail("chromium_policies", "must be a list of directories like "
-                       "'/etc/chromium/policies/managed', or [] for none")  # fmt: skip
-        paths = [_abs_path(d, "chromium_policies", fail) for d in dirs]
-        for d in paths:
-            if d == Path("/") or ".." in d.parts:
-                raise fail("chromium_policies", f"{str(d)!r}: name a directory, without '..'")
-        kw["chromium_policies"] = tuple(dict.fromkeys(paths))
+    for key, kind, example in _POLICY_KEYS:
+        if key in data:
+            kw[key] = _policy_paths(data[key], key, kind, example, fail)
     return Config(**kw)
+
+
+# Browser policy keys: a list of absolute paths, each a file or a directory, [] for none.
+_POLICY_KEYS = (
+    ("firefox_policies", "file", "/etc/firefox/policies/policies.json"),
+    ("chromium_policies", "directory", "/etc/chromium/policies/managed"),
+)
+
+
+def _policy_paths(value: object, key: str, kind: str, example: str, fail: Any) -> tuple[Path, ...]:
+    """A browser policy key: absolute paths without '..', each once, in order."""
+    if not isinstance(value, list):
+        raise fail(key, f"must be a list of {kind} paths like '{example}', or [] for none")
+    paths = [_abs_path(v, key, fail) for v in value]
+    for path in paths:
+        if path == Path("/") or ".." in path.parts:
+            raise fail(key, f"{str(path)!r}: name a {kind}, without '..'")
+    return tuple(dict.fromkeys(paths))
 
 
 _NSS_SHAPE = (

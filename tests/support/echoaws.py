@@ -14,12 +14,14 @@ several kinds of error at once:
 from __future__ import annotations
 
 import contextlib
-import http.server
 import json
 import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from email.message import Message
+
+from tests.support.fakeaws import serving
 
 
 @dataclass
@@ -54,39 +56,18 @@ def error_for(secret_id: str, authorization: str, token: str) -> tuple[str, str]
 @contextlib.contextmanager
 def echoing_secretsmanager() -> Iterator[EchoAws]:
     """Run the echoing endpoint; yield where it listens and what it was sent."""
-    state: list[EchoAws] = []
+    echo = EchoAws(endpoint="")
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+    def answer(headers: Message, raw: bytes) -> tuple[int, bytes]:
+        body = json.loads(raw or b"{}")
+        authorization = headers.get("Authorization", "")
+        token = headers.get("X-Amz-Security-Token", "")
+        with echo.lock:
+            echo.authorizations.append(authorization)
+            echo.tokens.append(token)
+        code, message = error_for(str(body.get("SecretId", "")), authorization, token)
+        return 400, json.dumps({"__type": code, "message": message}).encode()
 
-        def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = json.loads(self.rfile.read(length) or b"{}")
-            authorization = self.headers.get("Authorization", "")
-            token = self.headers.get("X-Amz-Security-Token", "")
-            with state[0].lock:
-                state[0].authorizations.append(authorization)
-                state[0].tokens.append(token)
-            code, message = error_for(str(body.get("SecretId", "")), authorization, token)
-            payload = json.dumps({"__type": code, "message": message}).encode()
-            self.send_response(400)
-            self.send_header("Content-Type", "application/x-amz-json-1.1")
-            self.send_header("Content-Length", str(len(payload)))
-            self.send_header("x-amzn-RequestId", "echo-request-id")
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    state.append(EchoAws(endpoint=f"http://127.0.0.1:{httpd.server_address[1]}"))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield state[0]
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
+    with serving(answer, "echo-request-id") as endpoint:
+        echo.endpoint = endpoint
+        yield echo

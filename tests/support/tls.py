@@ -6,11 +6,11 @@ import contextlib
 import http.server
 import ssl
 import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 from tests.support.certs import Issued, make_leaf
+from tests.support.servers import running
 
 PAGE = b"<html><body><h1 id='ok'>trusted by trustinstaller</h1></body></html>\n"
 
@@ -38,16 +38,9 @@ def serve_leaf(leaf: Issued, host: str = "127.0.0.1") -> Iterator[str]:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(chain, keyfile)
         httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        httpd.daemon_threads = True
         httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
-        port = httpd.server_address[1]
-        t = threading.Thread(target=httpd.serve_forever, daemon=True)
-        t.start()
-        try:
+        with running(httpd) as port:
             yield f"https://{host}:{port}/"
-        finally:
-            httpd.shutdown()
-            httpd.server_close()
 
 
 @contextlib.contextmanager

@@ -34,17 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trustinstaller import _fs
+from trustinstaller import _fs, stores
 from trustinstaller.documents import Entry
 from trustinstaller.errors import PolicyError, StoreError, UnsafePathError
-from trustinstaller.stores import (
-    Recorder,
-    open_public_dir,
-    path_error,
-    public_dir,
-    replace_file,
-    restore_files,
-)
 
 if TYPE_CHECKING:  # annotations only: keeps cryptography off the path to ready
     from trustinstaller.validate import TrustedCA
@@ -250,37 +242,37 @@ class ChromiumPolicyStore:
         if not self.directory.is_absolute():
             raise StoreError(self.name, f"{self.directory} is not an absolute path")
         try:
-            with public_dir(self.directory) as fd:
+            with stores.public_dir(self.directory) as fd:
                 self._refuse_conflicts(listing(fd))
         except FileNotFoundError:
             return  # made at install
         except OSError as exc:
-            raise path_error(self.name, exc, self.path) from exc
+            raise stores.path_error(self.name, exc, self.path) from exc
 
-    def install(self, certs: Sequence[TrustedCA], record: Recorder) -> None:
+    def install(self, certs: Sequence[TrustedCA], record: stores.Recorder) -> None:
         """Write our file with the other files' CAs and ours; record what was there first."""
         try:
-            fd = open_public_dir(self.directory, record)
+            fd = stores.open_public_dir(self.directory, record)
             try:
                 files = listing(fd)
                 self._refuse_conflicts(files)
                 data = document([*carried(files), *encoded(certs)])
-                replace_file(fd, self.directory, FILENAME, _fs.read_file(fd, FILENAME), data,
+                stores.replace_file(fd, self.directory, FILENAME, _fs.read_file(fd, FILENAME), data,
                              record)  # fmt: skip
             finally:
                 os.close(fd)
         except OSError as exc:
-            raise path_error(self.name, exc, self.path) from exc
+            raise stores.path_error(self.name, exc, self.path) from exc
 
     def verify(self, certs: Sequence[TrustedCA]) -> None:
         """Chromium, reading as any user, must take our file's list, and it must hold ``certs``."""
         try:
-            with public_dir(self.directory) as fd:
+            with stores.public_dir(self.directory) as fd:
                 files = listing(fd)
                 searchable = os.fstat(fd).st_mode & 0o005 == 0o005
                 st = _fs.check_file(fd, FILENAME, str(self.path))
         except OSError as exc:
-            raise path_error(self.name, exc, self.path) from exc
+            raise stores.path_error(self.name, exc, self.path) from exc
         self._refuse_conflicts(files)
         if st is None:
             raise StoreError(self.name, f"{self.path} is missing after the install")
@@ -297,12 +289,12 @@ class ChromiumPolicyStore:
 
     def rollback(self, entries: Sequence[Entry]) -> None:
         """Put back the bytes our file replaced (or remove it), then the directories we made."""
-        restore_files(self.name, entries)
+        stores.restore_files(self.name, entries)
 
     def notices(self, certs: Sequence[TrustedCA]) -> dict[str, list[str]]:
         """Each of ``certs`` that a file's ``CADistrustedCertificates`` lists, with the files."""
         try:
-            with public_dir(self.directory) as fd:
+            with stores.public_dir(self.directory) as fd:
                 files = listing(fd)
         except OSError:
             return {}  # verify has just read it; a later failure leaves the warning out
