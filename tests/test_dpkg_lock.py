@@ -21,6 +21,7 @@ from tests.support import osroot
 from tests.support.certs import make_ca
 from tests.support.moto import MotoServer
 from tests.support.ns import PrivateNamespace
+from tests.support.shims import write_shim
 from tests.test_install import manifest, unique
 from tests.test_namespace import HAS_JAVA_HOOK, keytool_aliases
 from trustinstaller.stores.debian import dpkg_lock_holder
@@ -159,3 +160,48 @@ def test_install_under_a_dpkg_that_stays_busy_fails_cleanly(
     assert again.returncode == 0, again.stdout + again.stderr
     assert pem in ns.path("/etc/ssl/certs/ca-certificates.crt").read_text()
     assert len(keytool_aliases(ns)) == len(before_java) + 1
+
+
+@pytest.mark.skipif(not HAS_JAVA_HOOK, reason="needs ca-certificates-java (make deps)")
+def test_rollback_waits_for_a_busy_dpkg(
+    ns: PrivateNamespace, moto: MotoServer, tmp_path: Path
+) -> None:
+    """NSS fails verification after update-ca-certificates ran, and dpkg turns busy for 4 s just
+    then: the rollback waits for dpkg, and the OS bundle, its links and Java are as before."""
+    m, _ = one_ca_manifest(tmp_path, moto, "dpkg busy at rollback")
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(
+        config(tmp_path, moto, 60)
+        .read_text()
+        .replace("nss_databases = []", f'nss_databases = ["sql:{tmp_path / "nssdb"}"]')
+    )
+    holder = tmp_path / "holder.py"
+    holder.write_text(HOLDER)
+    journal = tmp_path / "state" / "journal.json"
+    # Only in the verify phase, after every store installed: start a holder of dpkg's lock,
+    # in a session of its own so that it outlives certutil, wait until it holds, and fail.
+    body = f"""case " $* " in *" -L "*)
+    if grep -q '"verifying"' {journal}; then
+        setsid {sys.executable} {holder} /var/lib/dpkg/lock 4 > "$STATE/held" 2>&1 < /dev/null &
+        while [ ! -s "$STATE/held" ]; do sleep 0.05; done
+        exit 1
+    fi;;
+esac"""
+    shims = tmp_path / "shims"
+    write_shim(shims, "certutil", body)
+    before = osroot.snapshot_tree(ns.path("/etc/ssl/certs"))
+    before_java = keytool_aliases(ns)
+    done = ns.run(
+        [sys.executable, "-m", "trustinstaller", "--config", str(cfg), "apply", str(m)],
+        env={"PATH": f"{shims}:/usr/local/bin:/usr/bin:/bin"},
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert (shims / "certutil.state" / "held").read_text().strip(), "the lock was never held"
+    assert "dpkg_busy" in done.stderr, done.stderr
+    assert "rollback failed" not in done.stderr, done.stderr
+    assert not journal.exists()
+    after = osroot.snapshot_tree(ns.path("/etc/ssl/certs"))
+    after.pop("java/cacerts", None)  # a rewritten keystore: compared by its entries below
+    before.pop("java/cacerts", None)
+    assert after == before
+    assert keytool_aliases(ns) == before_java
