@@ -300,3 +300,6 @@ def test_sourcing_loses_no_public_root(box_and_before: tuple[Box, dict[str, Prob
     # Every OS root reached by its hash link in the directory SSL_CERT_DIR names.
     done = box.ns.run(["sh", "-c", "ls /etc/ssl/certs | grep -c '^[0-9a-f]\\{8\\}\\.[0-9]$'"])
     assert int(done.stdout) >= len(os_roots) - 1, str(done)
+    # And ours: update-ca-certificates linked our .crt in, under its subject hash.
+    ours = box.ns.run(["sh", "-c", "for l in /etc/ssl/certs/????????.?; do readlink -f $l; done"])
+    assert "/usr/local/share/ca-certificates/trustinstaller/" in ours.stdout, str(ours)
