@@ -114,16 +114,28 @@ def test_holder_is_named_with_pid_and_command(tmp_path: Path, name: str) -> None
 def test_install_waits_for_a_busy_dpkg_then_succeeds(
     ns: PrivateNamespace, moto: MotoServer, tmp_path: Path
 ) -> None:
-    """dpkg's frontend lock held for 4 s: the install waits for it, and Java gets the CA."""
+    """dpkg's frontend lock held until the install is seen waiting, then 2 s more: the install
+    waits for it, then succeeds, and Java gets the CA."""
     m, pem = one_ca_manifest(tmp_path, moto, "dpkg busy a while")
     before_java = keytool_aliases(ns)
-    with held(ns, "/var/lib/dpkg/lock-frontend", 4):
-        start = time.monotonic()
-        done = apply(ns, config(tmp_path, moto, 60), m)
-        took = time.monotonic() - start
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "dpkg_busy" in done.stderr
-    assert took >= 3, took
+    log = tmp_path / "apply.log"
+    argv = [sys.executable, "-m", "trustinstaller", "--config", str(config(tmp_path, moto, 120)),
+            "apply", str(m)]  # fmt: skip
+    with held(ns, "/var/lib/dpkg/lock-frontend", 3600), log.open("w") as out:
+        proc = ns.popen(argv, stdout=out, stderr=out)
+        deadline = time.monotonic() + 120
+        while "dpkg_busy" not in log.read_text():
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        time.sleep(2)
+        assert proc.poll() is None, "the install did not wait: " + log.read_text()
+    returncode = proc.wait(timeout=300)
+    text = log.read_text()
+    assert returncode == 0, text
+    waited = [json.loads(line) for line in text.splitlines() if '"dpkg_free"' in line]
+    assert waited, text
+    assert waited[0]["duration_ms"] >= 2000, text
     status = json.loads((tmp_path / "state" / "status.json").read_text())
     assert status["state"] == "locked"
     fp = status["certificates"][0]["fingerprint_sha256"]
@@ -166,7 +178,7 @@ def test_install_under_a_dpkg_that_stays_busy_fails_cleanly(
 def test_rollback_waits_for_a_busy_dpkg(
     ns: PrivateNamespace, moto: MotoServer, tmp_path: Path
 ) -> None:
-    """NSS fails verification after update-ca-certificates ran, and dpkg turns busy for 4 s just
+    """NSS fails verification after update-ca-certificates ran, and dpkg turns busy for 8 s just
     then: the rollback waits for dpkg, and the OS bundle, its links and Java are as before."""
     m, _ = one_ca_manifest(tmp_path, moto, "dpkg busy at rollback")
     cfg = tmp_path / "config.toml"
@@ -182,7 +194,7 @@ def test_rollback_waits_for_a_busy_dpkg(
     # in a session of its own so that it outlives certutil, wait until it holds, and fail.
     body = f"""case " $* " in *" -L "*)
     if grep -q '"verifying"' {journal}; then
-        setsid {sys.executable} {holder} /var/lib/dpkg/lock 4 > "$STATE/held" 2>&1 < /dev/null &
+        setsid {sys.executable} {holder} /var/lib/dpkg/lock 8 > "$STATE/held" 2>&1 < /dev/null &
         while [ ! -s "$STATE/held" ]; do sleep 0.05; done
         exit 1
     fi;;
