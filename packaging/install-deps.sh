@@ -12,6 +12,9 @@ packages="$packages chromium-driver"
 # Firefox reads only its policies file (tests/test_firefox_browser.py drives it with npm's
 # puppeteer-core, which the Makefile installs from tests/js/package-lock.json).
 packages="$packages firefox-esr"
+# git reads GIT_SSL_CAINFO from the env file (tests/test_env_clients.py). util-linux, above,
+# brings su, which starts the login shells of tests/test_login_shell.py.
+packages="$packages git"
 # Debian's nodejs comes without npm; NodeSource's nodejs carries it and conflicts with the
 # package, so ask for npm only when no npm is on PATH.
 if ! command -v npm >/dev/null 2>&1; then

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import osroot
+from tests.support import clientenv, osroot
 from tests.support.certs import Issued, make_ca
 from tests.support.moto import FAKE_ENV, MotoServer, moto_server
 from trustinstaller.config import Config
@@ -24,6 +24,8 @@ os.environ.pop("AWS_PROFILE", None)
 os.environ.pop("AWS_ENDPOINT_URL", None)
 os.environ.pop("AWS_ENDPOINT_URL_SECRETS_MANAGER", None)
 os.environ["PATH"] = os.environ.get("PATH", "/usr/bin:/bin") + ":/usr/sbin:/sbin"
+# Nor this machine's own trust: what every test and the clients they start see is the agent's.
+clientenv.scrub()
 
 
 # The host's browser policy directories: no test may change them (the namespaces bind copies).

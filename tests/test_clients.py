@@ -28,7 +28,7 @@ from tests.support.moto import MotoServer
 from tests.support.ns import PrivateNamespace
 from tests.support.tls import https_server
 from tests.test_install import manifest, unique
-from trustinstaller.stores.runtime_env import BUNDLE_KEYS, CUSTOM_KEY, pem_ders
+from trustinstaller.stores.runtime_env import BUNDLE_KEYS, CUSTOM_KEYS, DIR_KEY, pem_ders
 
 pytestmark = pytest.mark.root
 
@@ -239,14 +239,18 @@ def test_requests_trusts_the_ca_through_trustinstaller_env(sandbox: Sandbox) -> 
 
 
 def test_env_prints_every_variable(sandbox: Sandbox) -> None:
-    """``trustinstaller env`` names the combined bundle four times and our CAs' PEM once."""
+    """``trustinstaller env`` names the combined bundle in each replacing variable, our CAs' PEM
+    in each adding one, and the OS's hashed directory in SSL_CERT_DIR."""
     done = sandbox.agent("env")
     assert done.returncode == 0, str(done)
     pairs = dict(line.split("=", 1) for line in done.stdout.splitlines())
     assert {k: pairs[k] for k in BUNDLE_KEYS} == dict.fromkeys(
         BUNDLE_KEYS, f"'{RUNTIME_DIR}/ca-bundle.pem'"
     )
-    assert pairs[CUSTOM_KEY] == f"'{RUNTIME_DIR}/custom-cas.pem'"
+    assert {k: pairs[k] for k in CUSTOM_KEYS} == dict.fromkeys(
+        CUSTOM_KEYS, f"'{RUNTIME_DIR}/custom-cas.pem'"
+    )
+    assert pairs[DIR_KEY] == "'/etc/ssl/certs'"
     env_file = sandbox.run(["cat", ENV_FILE])
     assert done.stdout in env_file.stdout
 

@@ -58,16 +58,32 @@ class Journal:
 # -- the environment text -------------------------------------------------------
 
 
-def test_env_pairs_name_the_bundle_four_times_and_our_cas_once() -> None:
-    """The four bundle variables, NODE_EXTRA_CA_CERTS, and Playwright's Firefox policies file."""
-    assert runtime_env.env_pairs(Path("/run/ti-env")) == [
-        ("SSL_CERT_FILE", "/run/ti-env/ca-bundle.pem"),
-        ("REQUESTS_CA_BUNDLE", "/run/ti-env/ca-bundle.pem"),
-        ("CURL_CA_BUNDLE", "/run/ti-env/ca-bundle.pem"),
-        ("AWS_CA_BUNDLE", "/run/ti-env/ca-bundle.pem"),
-        ("NODE_EXTRA_CA_CERTS", "/run/ti-env/custom-cas.pem"),
+def test_env_pairs_point_replacing_variables_at_the_full_bundle() -> None:
+    """Replacing variables name the full bundle, adding ones our CAs, SSL_CERT_DIR the OS's."""
+    bundle, custom = "/run/ti-env/ca-bundle.pem", "/run/ti-env/custom-cas.pem"
+    assert runtime_env.env_pairs(Path("/run/ti-env"), Path("/x/certs")) == [
+        ("SSL_CERT_FILE", bundle),
+        ("REQUESTS_CA_BUNDLE", bundle),
+        ("CURL_CA_BUNDLE", bundle),
+        ("AWS_CA_BUNDLE", bundle),
+        ("HTTPLIB2_CA_CERTS", bundle),
+        ("GIT_SSL_CAINFO", bundle),
+        ("PIP_CERT", bundle),
+        ("GRPC_DEFAULT_SSL_ROOTS_FILE_PATH", bundle),
+        ("CLOUDSDK_CORE_CUSTOM_CA_CERTS_FILE", bundle),
+        ("NIX_SSL_CERT_FILE", bundle),
+        ("NODE_EXTRA_CA_CERTS", custom),
+        ("DENO_CERT", custom),
+        ("SSL_CERT_DIR", "/x/certs"),
         ("PLAYWRIGHT_FIREFOX_POLICIES_JSON", "/run/ti-env/firefox-policies.json"),
     ]
+    assert dict(runtime_env.env_pairs(Path("/run/ti-env")))["SSL_CERT_DIR"] == "/etc/ssl/certs"
+
+
+def test_store_names_the_os_stores_hashed_directory(tmp_path: Path) -> None:
+    """The env file's SSL_CERT_DIR is the directory holding the OS bundle the store copies."""
+    store = RuntimeEnvStore(tmp_path / "env", tmp_path / "etc-ssl-certs" / "ca-certificates.crt")
+    assert f"SSL_CERT_DIR='{tmp_path / 'etc-ssl-certs'}'\n" in store.env_text()
 
 
 @pytest.mark.parametrize(
@@ -94,7 +110,7 @@ def test_a_path_sh_and_systemd_would_read_differently_is_refused(path: str) -> N
 
 
 def test_env_file_is_sourced_by_sh_to_the_exact_paths(tmp_path: Path) -> None:
-    """``set -a; . env`` in a real sh exports exactly the five paths."""
+    """``set -a; . env`` in a real sh exports exactly the paths the file names."""
     env_file = tmp_path / "env"
     env_file.write_text(runtime_env.env_file_text(Path("/run/trustinstaller-env")))
     done = subprocess.run(
@@ -111,7 +127,7 @@ def test_env_file_has_only_comments_and_assignments() -> None:
     import re
 
     for line in runtime_env.env_file_text(Path("/run/x")).splitlines():
-        assert line.startswith("#") or re.fullmatch(r"[A-Z_]+='[^'\\\n]*'", line), line
+        assert line.startswith("#") or re.fullmatch(r"[A-Z][A-Z0-9_]*='[^'\\\n]*'", line), line
 
 
 # -- the bundles ----------------------------------------------------------------

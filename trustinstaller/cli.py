@@ -230,7 +230,8 @@ def _env(args: argparse.Namespace, cfg: config.Config) -> int:
         print(f"trustinstaller: no trust environment in {escape(directory)}: no CA installed yet; "
               "nothing to set", file=sys.stderr)  # fmt: skip
         return EXIT_OK
-    sys.stdout.write(runtime_env.render_env(runtime_env.env_pairs(directory), export=args.export))
+    pairs = runtime_env.env_pairs(directory, runtime_env.hashed_dir(cfg.os_store.bundle))
+    sys.stdout.write(runtime_env.render_env(pairs, export=args.export))
     return EXIT_OK
 
 

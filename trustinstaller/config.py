@@ -73,7 +73,7 @@ class Config:
 
 
 _PATH_KEYS = {"socket", "state_dir", "runtime_dir"}
-_OS_KEYS = {"local_certs_dir", "etc_certs_dir", "certs_dir", "certs_conf", "hooks_dir"}
+_OS_KEYS = {"local_certs_dir", "etc_certs_dir", "certs_dir", "certs_conf", "hooks_dir", "dpkg_dir"}
 _TIMEOUT_KEYS = {
     "update_timeout",
     "certutil_timeout",

@@ -16,11 +16,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support.clientenv import BASE_PATH, clean_env
 from tests.support.ns import PrivateNamespace
 
 NAME = "ti-browser"
-# Clean environments for the clients: nothing from the test run leaks into them.
-BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def free_uid(start: int = 64100) -> int:
@@ -54,17 +53,6 @@ class BrowserUser:
         shutil.rmtree(self.home, ignore_errors=True)
 
 
-def clean_env(**env: str) -> list[str]:
-    """An ``env -i`` prefix with PATH, the C locale and ``env``."""
-    return [
-        "env",
-        "-i",
-        f"PATH={BASE_PATH}",
-        "LC_ALL=C.UTF-8",
-        *(f"{k}={v}" for k, v in env.items()),
-    ]
-
-
 def add_browser_user(ns: PrivateNamespace, name: str = NAME) -> BrowserUser:
     """Create the user inside ``ns`` only, with a fresh home under /tmp owned by it."""
     uid = free_uid()
@@ -90,3 +78,6 @@ def add_browser_user(ns: PrivateNamespace, name: str = NAME) -> BrowserUser:
     if name in Path("/etc/passwd").read_text():
         raise RuntimeError("the host's /etc/passwd changed: the bind leaked")
     return BrowserUser(name, uid, home)
+
+
+__all__ = ["BASE_PATH", "BrowserUser", "add_browser_user", "clean_env", "free_uid"]

@@ -7,17 +7,25 @@ Quirks this module exists for, one per line:
 - A plain run after files are removed leaves dangling hash links; ``--fresh`` rebuilds them.
 - Hooks (Java's keystore) learn about removals only from ``-path`` lines on stdin.
 - It builds the bundle by appending to ``ca-certificates.crt.new``, which a kill leaves behind.
+- Java's hook runs ``dpkg --triggers-only --pending``, which fails while apt or dpkg holds one of
+  dpkg's locks (``lock-frontend``, then ``lock``); the script still exits 0 and prints ``E:``.
+  So we wait for both locks to be free first, as apt does with its lock timeout.
+- dpkg's locks are fcntl record locks on the whole file: F_GETLK tells who holds one.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
+import stat
+import struct
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from trustinstaller import _fs, pem
+from trustinstaller import _fs, log, pem
 from trustinstaller._run import Runner
 from trustinstaller.documents import Entry, Mkdir, Update, Write
 from trustinstaller.errors import HostError, StoreError, UnsafePathError
@@ -28,6 +36,11 @@ if TYPE_CHECKING:  # annotations only: keeps cryptography off the path to ready
 
 SUBDIR = "trustinstaller"
 BUNDLE = "ca-certificates.crt"
+# In the order apt and dpkg take them: the frontend lock, then the database lock.
+DPKG_LOCKS = ("lock-frontend", "lock")
+DPKG_POLL = 0.25
+# struct flock on 64-bit Linux: l_type, l_whence, l_start, l_len, l_pid, and tail padding.
+_FLOCK = struct.Struct("@hhqqi4x")
 
 
 @dataclass(frozen=True)
@@ -39,6 +52,8 @@ class DebianPaths:
     certs_dir: Path = Path("/usr/share/ca-certificates")
     certs_conf: Path = Path("/etc/ca-certificates.conf")
     hooks_dir: Path = Path("/etc/ca-certificates/update.d")
+    # dpkg's state: Java's hook runs dpkg, which needs the locks in it.
+    dpkg_dir: Path = Path("/var/lib/dpkg")
 
     @property
     def our_dir(self) -> Path:
@@ -49,6 +64,67 @@ class DebianPaths:
     def bundle(self) -> Path:
         """The OS bundle that OpenSSL, curl and friends read."""
         return self.etc_certs_dir / BUNDLE
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    """Who holds one of dpkg's locks: the lock file, the pid (0 when not visible) and command."""
+
+    path: str
+    pid: int
+    command: str
+
+    def __str__(self) -> str:
+        if self.pid <= 0:
+            return f"{self.path} is held by a process in another PID namespace"
+        return f"{self.path} is held by pid {self.pid} ({self.command or 'command unknown'})"
+
+
+def dpkg_lock_holder(dpkg_dir: Path) -> LockHolder | None:
+    """Who holds dpkg's frontend or database lock, or None when both are free (or absent)."""
+    try:
+        with _fs.opened_dir(dpkg_dir) as dir_fd:
+            for name in DPKG_LOCKS:
+                pid = _lock_owner(dir_fd, name)
+                if pid is not None:
+                    return LockHolder(str(dpkg_dir / name), pid, _command(pid))
+    except FileNotFoundError:
+        return None  # no dpkg here: nothing to wait for
+    return None
+
+
+def _lock_owner(dir_fd: int, name: str) -> int | None:
+    """The pid holding a conflicting fcntl lock on ``name`` (0 if unknown), or None."""
+    try:
+        # Read-only and never followed: F_GETLK needs no write access, and we take no lock.
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+                     dir_fd=dir_fd)  # fmt: skip
+    except FileNotFoundError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        probe = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
+        l_type, _, _, _, l_pid = _FLOCK.unpack(fcntl.fcntl(fd, fcntl.F_GETLK, probe))
+    finally:
+        os.close(fd)
+    if l_type == fcntl.F_UNLCK:
+        return None
+    return max(int(l_pid), 0)  # -1: an open-file-description lock, which has no owning pid
+
+
+def _command(pid: int) -> str:
+    """The holder's command line, as printable ASCII: it is the holder's own text."""
+    if pid <= 0:
+        return ""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            raw = f.read(512)
+    except OSError:
+        return ""
+    words = raw.rstrip(b"\0").split(b"\0")
+    text = " ".join(w.decode("ascii", "replace") for w in words)
+    return "".join(c if c.isprintable() and c.isascii() else "?" for c in text)[:160]
 
 
 def cert_filename(ca: TrustedCA) -> str:
@@ -92,6 +168,16 @@ class DebianStore:
         except OSError as exc:
             raise StoreError(self.name, f"cannot write {exc.filename or self.paths.our_dir}: "
                              f"{exc.strerror or exc}") from exc  # fmt: skip
+        # Before the Update entry: a timeout here leaves the bundle as it was, so the
+        # rollback only removes our files and needs no dpkg.
+        holder = self._wait_for_dpkg(self.timeout)
+        if holder is not None:
+            raise StoreError(
+                self.name,
+                f"dpkg is busy: {holder}; waited {self.timeout:g} s (update_timeout) for it, "
+                "as Java's keystore hook runs dpkg. The OS bundle is unchanged; submit again "
+                "when apt or dpkg is done",
+            )
         record(Update())
         self._update()
 
@@ -138,8 +224,21 @@ class DebianStore:
         """Remove our files, rebuild the bundle and links, and tell the hooks."""
         removed = undo_files(entries)
         if any(isinstance(e, Update) for e in entries):
-            self._update(fresh=True, timeout=self.rollback_timeout)
-            self._tell_hooks_removed(removed)
+            # Rebuilt even while dpkg stays busy, so the OS bundle never keeps a removed CA;
+            # only Java's hook then fails, and the journal stays for the next start to retry.
+            holder = self._wait_for_dpkg(self.rollback_timeout)
+            try:
+                self._update(fresh=True, timeout=self.rollback_timeout)
+            except HostError as exc:
+                if holder is None:
+                    raise
+                raise StoreError(
+                    self.name,
+                    f"dpkg is busy: {holder}; the OS bundle was rebuilt without our CAs, but "
+                    "Java's keystore hook could not run dpkg: the next start retries it",
+                ) from exc
+            # A retry at the next start finds our files gone already: tell the hooks again.
+            self._tell_hooks_removed(removed or [e.name for e in entries if isinstance(e, Write)])
 
     def _args(self) -> list[str]:
         p = self.paths
@@ -155,6 +254,37 @@ class DebianStore:
     def rollback_timeout(self) -> float:
         """Undoing must not give up sooner than doing: a --fresh rebuild is the slowest run."""
         return max(2 * self.timeout, 120.0)
+
+    def _hooks_need_dpkg(self) -> bool:
+        """Whether any hook will run (Java's runs dpkg); a temporary root has none."""
+        try:
+            with _fs.opened_dir(self.paths.hooks_dir) as fd:
+                return bool(os.listdir(fd))
+        except OSError:
+            return False
+
+    def _wait_for_dpkg(self, timeout: float) -> LockHolder | None:
+        """Wait up to ``timeout`` for dpkg's locks to be free; the holder if they never were."""
+        if not self._hooks_need_dpkg():
+            return None
+        try:
+            holder = dpkg_lock_holder(self.paths.dpkg_dir)
+            if holder is None:
+                return None
+            start = time.monotonic()
+            log.get().warning("dpkg_busy", store=self.name, path=holder.path, reason=str(holder))
+            while holder is not None:
+                left = start + timeout - time.monotonic()
+                if left <= 0:
+                    return holder
+                time.sleep(min(DPKG_POLL, left))
+                holder = dpkg_lock_holder(self.paths.dpkg_dir)
+        except UnsafePathError as exc:
+            raise StoreError(self.name, f"{exc.filename} {exc.strerror}; refusing to read "
+                             "dpkg's locks through it: fix that component") from exc  # fmt: skip
+        log.get().info("dpkg_free", store=self.name,
+                       duration_ms=round((time.monotonic() - start) * 1000))  # fmt: skip
+        return None
 
     def _update(self, *, fresh: bool = False, timeout: float | None = None) -> None:
         # The script appends to <bundle>.new and removes it only on a normal exit: one killed

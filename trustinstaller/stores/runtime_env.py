@@ -8,9 +8,13 @@ Quirks this module exists for, one per line:
 - Python requests and botocore trust certifi's bundle, never /etc/ssl: REQUESTS_CA_BUNDLE and
   AWS_CA_BUNDLE redirect them.
 - SSL_CERT_FILE and CURL_CA_BUNDLE *replace* the default roots, so they name the OS roots plus
-  ours, never ours alone.
+  ours, never ours alone. So do the other BUNDLE_KEYS, each one client's own name for its roots.
+- httplib2 reads only HTTPLIB2_CA_CERTS, else certifi; grpcio only GRPC_DEFAULT_SSL_ROOTS_FILE_PATH,
+  else the roots.pem compiled into it: neither looks at SSL_CERT_FILE or the OS store.
 - Node trusts its own compiled-in roots; NODE_EXTRA_CA_CERTS *adds* to them (read once, at
-  startup), so it names only our CAs.
+  startup), so it names only our CAs. Deno's DENO_CERT adds to its Mozilla roots the same way.
+- SSL_CERT_DIR replaces OpenSSL's (and Go's) hashed directory: it names the OS's own, which
+  update-ca-certificates rehashes with our .crt files linked in, so it holds the OS roots and ours.
 - The state directory is 0700 (lock, journal): the browser user could not read a file in it, so
   this directory sits beside it, 0755 with 0644 files.
 - A minimal container may have no OS bundle at all: certifi's roots stand in for it.
@@ -44,8 +48,18 @@ if TYPE_CHECKING:  # annotations only: keeps cryptography off the path to ready
 BUNDLE = "ca-bundle.pem"
 CUSTOM = "custom-cas.pem"
 ENV_FILE = "env"
-BUNDLE_KEYS = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "AWS_CA_BUNDLE")
-CUSTOM_KEY = "NODE_EXTRA_CA_CERTS"
+# Each replaces its client's roots, so each names the full bundle (the README's table says whose).
+BUNDLE_KEYS = (
+    "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "AWS_CA_BUNDLE",
+    "HTTPLIB2_CA_CERTS", "GIT_SSL_CAINFO", "PIP_CERT", "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH",
+    "CLOUDSDK_CORE_CUSTOM_CA_CERTS_FILE", "NIX_SSL_CERT_FILE",
+)  # fmt: skip
+# Each adds to its client's roots, so each names our CAs alone.
+CUSTOM_KEYS = ("NODE_EXTRA_CA_CERTS", "DENO_CERT")
+CUSTOM_KEY = CUSTOM_KEYS[0]
+# Replaces the hashed directory: names the OS's, which holds the OS roots and ours.
+DIR_KEY = "SSL_CERT_DIR"
+DEFAULT_CERTS_DIR = DebianPaths().etc_certs_dir
 FIREFOX_POLICIES = "firefox-policies.json"
 FIREFOX_KEY = "PLAYWRIGHT_FIREFOX_POLICIES_JSON"
 
@@ -53,10 +67,16 @@ FIREFOX_KEY = "PLAYWRIGHT_FIREFOX_POLICIES_JSON"
 SAFE_VALUE = re.compile(r"[A-Za-z0-9/._+@-]+")
 
 
-def env_pairs(directory: Path) -> list[tuple[str, str]]:
-    """The variables that point clients at the files in ``directory``."""
-    bundle = str(directory / BUNDLE)
-    return [*((k, bundle) for k in BUNDLE_KEYS), (CUSTOM_KEY, str(directory / CUSTOM)),
+def hashed_dir(os_bundle: Path) -> Path:
+    """The OS's hashed certificate directory: update-ca-certificates writes its bundle there."""
+    return os_bundle.parent
+
+
+def env_pairs(directory: Path, certs_dir: Path = DEFAULT_CERTS_DIR) -> list[tuple[str, str]]:
+    """The variables naming the files in ``directory``, and the hashed ``certs_dir``."""
+    bundle, custom = str(directory / BUNDLE), str(directory / CUSTOM)
+    return [*((k, bundle) for k in BUNDLE_KEYS), *((k, custom) for k in CUSTOM_KEYS),
+            (DIR_KEY, str(certs_dir)),
             (FIREFOX_KEY, str(directory / FIREFOX_POLICIES))]  # fmt: skip
 
 
@@ -75,11 +95,11 @@ def render_env(pairs: Sequence[tuple[str, str]], *, export: bool = False) -> str
     return "".join(f"{prefix}{k}={quote(v)}\n" for k, v in pairs)
 
 
-def env_file_text(directory: Path) -> str:
+def env_file_text(directory: Path, certs_dir: Path = DEFAULT_CERTS_DIR) -> str:
     """The environment file: a comment, then plain assignments (systemd has no ``export``)."""
     return (
         "# Written by trustinstaller. Use as a systemd EnvironmentFile=, or in sh:\n"
-        "#   set -a; . THIS_FILE; set +a\n" + render_env(env_pairs(directory))
+        "#   set -a; . THIS_FILE; set +a\n" + render_env(env_pairs(directory, certs_dir))
     )
 
 
@@ -130,6 +150,10 @@ class RuntimeEnvStore:
     # Where the OS store writes our .crt files, which the Firefox policy names.
     certs_dir: Path = field(default_factory=lambda: DebianPaths().our_dir)
 
+    def env_text(self) -> str:
+        """The environment file for this directory and the OS store's hashed directory."""
+        return env_file_text(self.directory, hashed_dir(self.os_bundle))
+
     def firefox_policies(self, certs: Sequence[TrustedCA]) -> bytes:
         """The policies document for Playwright's Firefox: our certificate files only."""
         return policies_document([str(self.certs_dir / cert_filename(ca)) for ca in certs])
@@ -137,6 +161,7 @@ class RuntimeEnvStore:
     def preflight(self) -> None:
         """The parent must be root's own; an existing directory must be ours and readable by all."""
         quote(str(self.directory))
+        quote(str(hashed_dir(self.os_bundle)))
         try:
             with _fs.opened_dir(self.directory.parent) as parent:
                 st = os.stat(self.directory.name, dir_fd=parent, follow_symlinks=False)
@@ -164,7 +189,7 @@ class RuntimeEnvStore:
             (BUNDLE, combined_pem(base, certs)),
             (CUSTOM, custom_pem(certs)),
             (FIREFOX_POLICIES, self.firefox_policies(certs)),
-            (ENV_FILE, env_file_text(self.directory).encode("ascii")),
+            (ENV_FILE, self.env_text().encode("ascii")),
         )
         try:
             try:
@@ -203,7 +228,7 @@ class RuntimeEnvStore:
             raise StoreError(
                 self.name, f"{self.directory / FIREFOX_POLICIES} is not what was written"
             )
-        if env.decode("ascii", "replace") != env_file_text(self.directory):
+        if env.decode("ascii", "replace") != self.env_text():
             raise StoreError(self.name, f"{self.directory / ENV_FILE} is not what was written")
 
     def notices(self, certs: Sequence[TrustedCA]) -> dict[str, list[str]]:
