@@ -62,7 +62,8 @@ SLOW_SUITES = frozenset({
     "test_chromium_policy.py", "test_clients.py", "test_faults.py", "test_firefox_browser.py",
     "test_hardening.py", "test_namespace.py", "test_privsep.py", "test_review_attacks.py",
     "test_review2_attacks.py", "test_socket_http.py", "test_throttling.py",
-    "test_wheel.py", "test_activation.py", "test_package.py", "test_sdnotify.py", "test_units.py",
+    "test_wheel.py", "test_env_clients.py", "test_dpkg_lock.py", "test_login_shell.py",
+    "test_activation.py", "test_package.py", "test_sdnotify.py", "test_units.py",
 })  # fmt: skip
 
 
