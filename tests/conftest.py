@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -111,6 +113,15 @@ def config(tmp_path: Path, os_root: DebianPaths, moto: MotoServer) -> Config:
         firefox_policies=(),
         chromium_policies=(),
     )
+
+
+@pytest.fixture
+def public_tmp() -> Iterator[Path]:
+    """A scratch directory every user may search, outside pytest's 0700 tree: a browser's view."""
+    d = Path(tempfile.mkdtemp(prefix="ti-public-"))
+    d.chmod(0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

@@ -105,7 +105,8 @@ def files(*pairs: tuple[str, bytes | None]) -> list[PolicyFile]:
         ([("zzz.json", policy(HomepageLocation="x"))], []),
         ([("~late", policy(CACertificates=[]))], ["~late"]),
         ([("zzz.json", None)], ["zzz.json"]),
-        ([("a.json", None)], []),
+        # Unread anywhere: its CAs would be lost to ours, or its own value could win.
+        ([("a.json", None)], ["a.json"]),
         ([("zzz.json", b'{"CACertificates": [] \\x}')], ["zzz.json"]),
         ([("zzz.json", b"not json at all")], []),
         # Upper case and digits sort before lower case: Chromium compares bytes.
@@ -121,19 +122,23 @@ def test_a_file_that_would_win_over_ours_is_a_conflict(
 
 
 @pytest.mark.parametrize(
-    ("data", "refused"),
+    ("data", "safe", "public", "refused"),
     [
-        (policy(CACertificates=["QQ=="]), True),
-        (b'{"CACertificates": [] \\x}', True),
-        (policy(HomepageLocation="x"), False),
-        (b"not json", False),
+        (policy(CACertificates=["QQ=="]), False, True, True),
+        (b'{"CACertificates": [] \\x}', False, True, True),
+        (policy(HomepageLocation="x"), False, True, True),
+        (b"not json", False, True, True),
+        (policy(CACertificates=["QQ=="]), True, False, True),
+        (policy(HomepageLocation="x"), True, False, False),
     ],
 )
 def test_a_file_another_user_may_write_cannot_lend_its_cas_to_every_user(
-    data: bytes, refused: bool
+    data: bytes, safe: bool, public: bool, refused: bool
 ) -> None:
-    """An earlier file that is not root's alone and may set CACertificates is a conflict."""
-    found = chromium.conflicts([PolicyFile.from_bytes("00-shared.json", data, safe=False)])
+    """A file another user may write is a conflict whatever it holds; one not every user may
+    read is a conflict when it may set CACertificates."""
+    one = PolicyFile.from_bytes("00-shared.json", data, safe=safe, public=public)
+    found = chromium.conflicts([one])
     assert [c.split()[0] for c in found] == (["00-shared.json"] if refused else [])
 
 
@@ -210,13 +215,13 @@ def snapshot(top: Path) -> dict[str, tuple[int, bytes | None]]:
 
 
 def test_install_makes_a_world_readable_file_and_rollback_removes_it_and_its_dirs(
-    tmp_path: Path,
+    public_tmp: Path,
 ) -> None:
     """Under umask 077, missing directories are made 0755 and recorded, the file 0644; then gone."""
-    directory = tmp_path / "etc" / "opt" / "chrome" / "policies" / "managed"
-    (tmp_path / "etc").mkdir()
+    directory = public_tmp / "etc" / "opt" / "chrome" / "policies" / "managed"
+    (public_tmp / "etc").mkdir()
     store, ca, journal = ChromiumPolicyStore(directory), trusted(make_ca("a")), Journal()
-    before = snapshot(tmp_path)
+    before = snapshot(public_tmp)
     old = os.umask(0o077)
     try:
         store.preflight()
@@ -224,8 +229,8 @@ def test_install_makes_a_world_readable_file_and_rollback_removes_it_and_its_dir
     finally:
         os.umask(old)
     made = [e.path for e in journal.entries if isinstance(e, Mkdir)]
-    assert made == [str(tmp_path / "etc/opt"), str(tmp_path / "etc/opt/chrome"),
-                    str(tmp_path / "etc/opt/chrome/policies"), str(directory)]  # fmt: skip
+    assert made == [str(public_tmp / "etc/opt"), str(public_tmp / "etc/opt/chrome"),
+                    str(public_tmp / "etc/opt/chrome/policies"), str(directory)]  # fmt: skip
     for d in map(Path, made):
         assert stat.S_IMODE(d.stat().st_mode) == 0o755
     assert stat.S_IMODE((directory / FILENAME).stat().st_mode) == 0o644
@@ -234,19 +239,19 @@ def test_install_makes_a_world_readable_file_and_rollback_removes_it_and_its_dir
     }
     store.verify([ca])
     store.rollback(journal.entries)
-    assert snapshot(tmp_path) == before
+    assert snapshot(public_tmp) == before
 
 
-def test_other_files_are_carried_and_rollback_restores_every_byte(tmp_path: Path) -> None:
+def test_other_files_are_carried_and_rollback_restores_every_byte(public_tmp: Path) -> None:
     """Another file's CAs go into ours beside our CA; rollback puts back our file's old bytes."""
-    directory = tmp_path / "managed"
+    directory = public_tmp / "managed"
     directory.mkdir()
     corp = make_ca("corp")
     (directory / "00-corp.json").write_bytes(policy(CACertificates=[b64(corp)], X=1))
     (directory / "50-other.json").write_bytes(b"{ not json")
     (directory / FILENAME).write_bytes(b'{"CACertificates": []}\n')
     (directory / FILENAME).chmod(0o640)
-    before = snapshot(tmp_path)
+    before = snapshot(public_tmp)
     store, ca, journal = ChromiumPolicyStore(directory), trusted(make_ca("ours")), Journal()
     store.preflight()
     store.install([ca], journal)
@@ -255,7 +260,7 @@ def test_other_files_are_carried_and_rollback_restores_every_byte(tmp_path: Path
     assert doc == {"CACertificates": [b64(corp), base64.b64encode(ca.der).decode()]}
     assert [type(e) for e in journal.entries] == [Write]
     store.rollback(journal.entries)
-    assert snapshot(tmp_path) == before
+    assert snapshot(public_tmp) == before
 
 
 def test_a_later_file_that_sets_the_key_is_refused_before_anything_is_written(
@@ -288,7 +293,7 @@ def test_a_policy_file_the_browser_user_may_write_is_refused(tmp_path: Path) -> 
     for owner, mode in ((0, 0o666), (64123, 0o644)):
         os.chown(shared, owner, owner)
         shared.chmod(mode)
-        with pytest.raises(StoreError, match=r"00-shared\.json may set CACertificates and is not"):
+        with pytest.raises(StoreError, match=r"00-shared\.json is not root's alone"):
             store.preflight()
     assert sorted(p.name for p in directory.iterdir()) == ["00-shared.json"]
 

@@ -147,6 +147,11 @@ def restore_files(store: str, entries: Sequence[Entry]) -> None:
             continue
         try:
             with _fs.opened_dir(Path(e.dir)) as fd:
+                # A kill between atomic_write's fsync and its rename leaves its temporary file,
+                # which a browser reading every file of a policy directory would take too.
+                for name in os.listdir(fd):
+                    if name.startswith(f".{e.name}.") and name.endswith(".tmp"):
+                        _fs.remove(fd, name)
                 if e.original is None:
                     _fs.remove(fd, e.name)
                     _fs.sync_dir(fd)

@@ -58,22 +58,65 @@ _TRAILING_COMMAS = re.compile(r'"(?:\\.|[^"\\])*"|,(?=\s*[\]}])')
 def parse_policy(data: bytes) -> dict[str, Any]:
     """A policy file as Chromium reads it; PolicyError when Chromium would skip it too.
 
-    Chromium's reader takes ``//`` and ``/* */`` comments and a trailing comma in an object
-    or a list, and control characters inside strings.
+    Chromium's reader takes ``//`` and ``/* */`` comments, a trailing comma in an object or a
+    list, ``\\xNN`` escapes and control characters inside strings; it refuses NaN and
+    Infinity, a lone surrogate and nesting deeper than 200.
     """
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise PolicyError("not UTF-8") from exc
-    text = _COMMENTS.sub(lambda m: m[0] if m[0].startswith('"') else " ", text)
+    text = _COMMENTS.sub(lambda m: _string(m[0]) if m[0].startswith('"') else " ", text)
     text = _TRAILING_COMMAS.sub(lambda m: m[0] if m[0].startswith('"') else "", text)
+    if _depth(text) > MAX_DEPTH:
+        raise PolicyError(f"nested deeper than {MAX_DEPTH}")
     try:
-        doc = json.loads(text, strict=False)
-    except (json.JSONDecodeError, RecursionError) as exc:
+        doc = json.loads(text, strict=False, parse_constant=_no_constant)
+    except (json.JSONDecodeError, RecursionError, ValueError) as exc:
         raise PolicyError("not valid JSON") from exc
     if not isinstance(doc, dict):
         raise PolicyError("its top level is not a JSON object")
+    if _has_lone_surrogate(doc):
+        raise PolicyError("holds a lone surrogate")
     return doc
+
+
+# Chromium's JSON reader refuses to nest deeper than this (base::JSONReader's default).
+MAX_DEPTH = 200
+_ESCAPE = re.compile(r"\\(x[0-9A-Fa-f]{2}|.)", re.DOTALL)
+_BRACKETS = re.compile(r'"(?:\\.|[^"\\])*"|[\[\]{}]')
+
+
+def _string(token: str) -> str:
+    """A JSON string token with Chromium's ``\\xNN`` escapes turned into ``\\u00NN``."""
+    return _ESCAPE.sub(lambda m: f"\\u00{m[1][1:]}" if m[1][0] == "x" and len(m[1]) == 3
+                       else m[0], token)  # fmt: skip
+
+
+def _depth(text: str) -> int:
+    """The deepest nesting of brackets outside strings."""
+    depth = deepest = 0
+    for m in _BRACKETS.finditer(text):
+        if m[0] in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif m[0] in "]}":
+            depth -= 1
+    return deepest
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _has_lone_surrogate(value: object) -> bool:
+    if isinstance(value, str):
+        return any("\ud800" <= c <= "\udfff" for c in value)
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_lone_surrogate(v) for v in value)
+    return False
 
 
 @dataclass(frozen=True)
@@ -87,16 +130,21 @@ class PolicyFile:
     read: bool = True
     # Unparsed here, but its bytes name CACertificates: Chromium's reader may take it still.
     names_key: bool = False
-    # Root's, and writable by no one else: only then may its CAs reach every user through ours.
+    # Root's, and writable by no one else: else whoever may write it could, one write later,
+    # list a CA for every user or distrust ours.
     safe: bool = True
+    # Readable by every user: else its CAs reach only root's Chromium, not every user's.
+    public: bool = True
 
     @classmethod
-    def from_bytes(cls, name: str, data: bytes, *, safe: bool = True) -> PolicyFile:
+    def from_bytes(
+        cls, name: str, data: bytes, *, safe: bool = True, public: bool = True
+    ) -> PolicyFile:
         """Parse ``data`` as Chromium would; keep whether an unparsable file names the key."""
         try:
-            return cls(name, parse_policy(data), safe=safe)
+            return cls(name, parse_policy(data), safe=safe, public=public)
         except PolicyError:
-            return cls(name, None, names_key=KEY.encode() in data, safe=safe)
+            return cls(name, None, names_key=KEY.encode() in data, safe=safe, public=public)
 
     @property
     def may_set_key(self) -> bool:
@@ -122,18 +170,23 @@ def conflicts(files: Sequence[PolicyFile]) -> list[str]:
     for f in files:
         if f.name == FILENAME:
             continue
-        if not f.safe and f.may_set_key:
-            # Carried into ours, its CAs would reach every user even when another file overrides
-            # it today: whoever may write it would add trust for everyone.
-            out.append(f"{f.name} may set CACertificates and is not root's alone (another "
-                       "user owns it or may write it), so its CAs cannot be carried for every "
-                       "user")  # fmt: skip
+        if not f.safe:
+            out.append(f"{f.name} is not root's alone (another user owns it or may write "
+                       "it): one write there could add a CA for every user, or distrust "
+                       "ours")  # fmt: skip
+            continue
+        if not f.read:
+            # Chromium reads it (a symlink's target, a file over 4 MiB) or blocks on it (a FIFO):
+            # its CAs would be lost to ours, or its own value could win.
+            out.append(f"{f.name} was not read (a symlink, a special file or over 4 MiB), so "
+                       "what Chromium takes from it cannot be told")  # fmt: skip
+            continue
+        if not f.public and f.may_set_key:
+            out.append(f"{f.name} may set CACertificates and not every user may read it: "
+                       "carried into ours, its CAs would reach every user")  # fmt: skip
             continue
         if not f.sorts_after_ours:
             continue
-        if not f.read:
-            out.append(f"{f.name} sorts after {FILENAME} and was not read (a symlink, a special "
-                       "file or over 4 MiB), so it may set CACertificates")  # fmt: skip
         elif f.policies is not None and KEY in f.policies:
             out.append(f"{f.name} sets CACertificates and sorts after {FILENAME}, so Chromium "
                        "would take its list instead of ours")  # fmt: skip
@@ -209,13 +262,17 @@ def listing(dir_fd: int) -> list[PolicyFile]:
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         if stat.S_ISDIR(st.st_mode):
             continue
-        safe = st.st_uid in _fs.trusted_uids() and not st.st_mode & 0o022
+        # A symlink's own mode means nothing; root's is refused as unread, not as another's.
+        safe = st.st_uid in _fs.trusted_uids() and (
+            stat.S_ISLNK(st.st_mode) or not st.st_mode & 0o022
+        )
+        public = st.st_mode & 0o004 == 0o004
         try:
             data = _fs.read_file(dir_fd, name) if stat.S_ISREG(st.st_mode) else None
         except (UnsafePathError, FileNotFoundError):
             data = None  # too large, or swapped for a symlink since the stat
-        files.append(PolicyFile(name, read=False, safe=safe) if data is None
-                     else PolicyFile.from_bytes(name, data, safe=safe))  # fmt: skip
+        files.append(PolicyFile(name, read=False, safe=safe, public=public) if data is None
+                     else PolicyFile.from_bytes(name, data, safe=safe, public=public))  # fmt: skip
     return sorted(files, key=lambda f: os.fsencode(f.name))
 
 
@@ -279,6 +336,12 @@ class ChromiumPolicyStore:
         if not searchable or st.st_mode & 0o044 != 0o044:
             raise StoreError(self.name, f"{self.path} or its directory is not readable by every "
                              "user, and Chromium reads it as the browser's user")  # fmt: skip
+        unsearchable = [str(d) for d in (self.directory, *self.directory.parents)
+                        if os.stat(d).st_mode & 0o001 == 0]  # fmt: skip
+        if unsearchable:
+            raise StoreError(self.name, f"{unsearchable[-1]} is not searchable by every "
+                             "user: Chromium, run as the browser's user, reads nothing under "
+                             "it")  # fmt: skip
         winner, ders = effective(files)
         if winner != FILENAME:
             raise StoreError(self.name, f"Chromium would take CACertificates from {winner}, "
