@@ -9,7 +9,11 @@ supplementary groups, then gid, then uid, all three of each (Popen's ``extra_gro
 ``group`` and ``user``, done in C between fork and exec, so safe beside threads). It starts
 in ``/``, not in a directory the user controls, and gets a minimal environment of its own:
 nothing of the daemon's (which may hold AWS credentials) reaches a process the user may
-read. Its output is read up to a cap and treated as untrusted.
+read. Its output is read up to a cap and treated as untrusted: the caller may parse it, but it
+never goes into a HostError, whose message reaches the status, the answers and the log. The
+user chooses what its process prints (a PKCS #11 module it lists in its own pkcs11.txt runs
+inside the certutil we start), so a failure is told in our words only: the command, how it
+ended, and whose process it was.
 """
 
 from __future__ import annotations
@@ -159,20 +163,38 @@ def run(argv: Sequence[str], **options: Unpack[RunOptions]) -> Result:
     except BaseException:
         _kill(proc)
         raise
+    # A user's words never reach our errors (see the module's docstring).
+    whose = "" if user is None else f", as user {user.name}; its output is the user's: not shown"
     if not finished:
         reaped = _kill(proc)
         raise HostError(
             args,
             f"timed out after {timeout:g} s and was killed"
             + ("" if reaped else f"; it could not be reaped within {_REAP:g} s (traced?)"),
-            output=_text(err) or _text(out),
+            output="" if user is not None else _text(err) or _text(out),
+            note=whose,
         )
     result = Result(args, proc.returncode, _text(out), _text(err))
     if check and proc.returncode != 0:
         raise HostError(
-            args, "failed", returncode=proc.returncode, output=result.stderr or result.stdout
+            args,
+            _ended(proc.returncode),
+            returncode=proc.returncode if proc.returncode > 0 else None,
+            output="" if user is not None else result.stderr or result.stdout,
+            note=whose,
         )
     return result
+
+
+def _ended(returncode: int) -> str:
+    """How a command that did not succeed ended, in our words: a signal has a name."""
+    if returncode >= 0:
+        return "failed"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = f"signal {-returncode}"
+    return f"was killed by {name}"
 
 
 def _collect(

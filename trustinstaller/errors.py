@@ -157,15 +157,22 @@ class HostError(TrustInstallerError):
     outcome = Outcome.STORE_FAILED
 
     def __init__(
-        self, argv: Sequence[str], reason: str, *, returncode: int | None = None, output: str = ""
+        self,
+        argv: Sequence[str],
+        reason: str,
+        *,
+        returncode: int | None = None,
+        output: str = "",
+        note: str = "",
     ) -> None:
         self.argv = list(argv)
         self.returncode = returncode
         self.output = output
         self.reason = reason
+        self.note = note
         detail = f" (exit {returncode})" if returncode is not None else ""
         tail = _last_lines(output)
-        msg = f"{' '.join(self.argv)}: {reason}{detail}"
+        msg = f"{' '.join(self.argv)}: {reason}{detail}{note}"
         super().__init__(f"{msg}\n{tail}" if tail else msg)
 
     def problems(self) -> list[Problem]:
@@ -267,6 +274,18 @@ class BusyError(TrustInstallerError):
             f"state directory {state_dir}: another install is in progress; "
             "wait for it and check 'trustinstaller status'"
         )
+
+
+def own_words(exc: BaseException) -> str:
+    """``exc``'s message if it is one of ours, else only its type: for a store a user controls.
+
+    Our errors are built from our own values (a HostError of a user's command carries none of
+    its output, see ``_run``). Any other exception's message may quote what the user's process
+    sent (``int('SECURITY NOTICE ...')``), so only its type name is told.
+    """
+    if isinstance(exc, TrustInstallerError):
+        return " ".join(str(exc).split())[:500]
+    return f"failed ({type(exc).__name__})"
 
 
 REDACTED = "[redacted]"

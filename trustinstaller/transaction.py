@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from trustinstaller import documents, log
 from trustinstaller.clock import iso
 from trustinstaller.documents import CertEntry, Entry, Journal, Phase
-from trustinstaller.errors import StoreError, TrustInstallerError
+from trustinstaller.errors import StoreError, TrustInstallerError, own_words
 from trustinstaller.state import StateDir
 from trustinstaller.stores import Recorder, Store
 
@@ -91,7 +91,8 @@ def apply(
                 if not store.optional:
                     raise
                 with skipped_lock:
-                    skipped[store.name] = " ".join(str(exc).split())[:500]
+                    # Our words only: the owner's process may have printed anything at all.
+                    skipped[store.name] = own_words(exc)
                 log.get().warning("store_skipped", store=store.name, error=skipped[store.name])
 
         return run

@@ -34,7 +34,7 @@ from typing import Any
 
 from trustinstaller import _fs
 from trustinstaller._run import Runner
-from trustinstaller.errors import BadURLError, HostError, PolicyError, StoreError, VerifyError
+from trustinstaller.errors import BadURLError, HostError, PolicyError, StoreError
 from trustinstaller.stores import chromium
 from trustinstaller.stores.firefox import installed_paths
 from trustinstaller.stores.nss import NssDatabase, NssStore
@@ -44,6 +44,7 @@ EXPIRED = "expired"
 NOT_YET_VALID = "not yet valid"
 NAME_MISMATCH = "name mismatch"
 MISSING = "missing"
+CANNOT_CONNECT = "cannot connect"
 
 # The two ways an OpenSSL client verifies, as `verify` names them.
 OPENSSL_DEFAULT = "openssl default"
@@ -155,7 +156,8 @@ def check_bundle(
 def handshake(ctx: ssl.SSLContext, host: str, port: int, *, timeout: float) -> Verdict:
     """One real TLS handshake with ``ctx``: accepted, or why not (trust path and place unset).
 
-    Raise VerifyError when the server cannot be reached at all: no path can be judged then.
+    A server that cannot be reached is this path's verdict (``cannot connect``), not the end of
+    ``verify``: every other path is still tried and reported.
     """
     try:
         with (
@@ -169,7 +171,7 @@ def handshake(ctx: ssl.SSLContext, host: str, port: int, *, timeout: float) -> V
     except ssl.SSLError as exc:
         return Verdict("", "", False, f"TLS error: {exc.reason}", str(exc))
     except OSError as exc:
-        raise VerifyError(f"{host}:{port}: cannot connect: {exc.strerror or exc}") from exc
+        return Verdict("", "", False, CANNOT_CONNECT, f"{host}:{port}: {exc.strerror or exc}")
     return Verdict("", "", True)
 
 
@@ -212,7 +214,13 @@ def _tstclnt(
     timeout: float,
     fds: tuple[int, ...] = (),
 ) -> Verdict:
-    """Run tstclnt against ``spec`` as the database's owner; its verdict."""
+    """Run tstclnt against ``spec`` as the database's owner; its verdict.
+
+    Whatever it says is this path's verdict alone, and never stops ``verify``. In a user's
+    database the user's own PKCS #11 module runs inside that tstclnt and prints what it likes:
+    its verdict is then told in our words only (a reason from our table, the NSS error name we
+    matched, the exit status), never a line of its output.
+    """
     where = str(db.directory)
     argv = ["tstclnt", "-Q", "-h", host, "-p", str(port), "-d", spec]
     try:
@@ -222,12 +230,25 @@ def _tstclnt(
     if result.returncode == 0:
         return Verdict("nss", where, True)
     output = f"{result.stderr}\n{result.stdout}"
-    if any(word in output for word in _NSS_UNREACHABLE):
-        raise VerifyError(f"{host}:{port}: cannot connect (tstclnt: {output.strip()[:200]})")
+    unreachable = next((word for word in _NSS_UNREACHABLE if word in output), None)
+    if unreachable is not None:
+        detail = unreachable if db.owner is not None else output.strip()[:200]
+        return Verdict("nss", where, False, CANNOT_CONNECT, f"{host}:{port}: tstclnt: {detail}")
     if "SEC_ERROR_BAD_DATABASE" in output:
         return Verdict("nss", where, False, MISSING, "no database there; nothing installed?")
+    if db.owner is not None:
+        return _user_verdict(where, output, result.returncode)
     reason, detail = classify_nss(output)
     return Verdict("nss", where, False, reason, detail)
+
+
+def _user_verdict(where: str, output: str, returncode: int) -> Verdict:
+    """A refusal by tstclnt in a user's database, in our words: the NSS error we know, if any."""
+    for name, reason in _NSS_REASONS.items():
+        if name in output:
+            return Verdict("nss", where, False, reason, f"tstclnt: {name}")
+    return Verdict("nss", where, False, "refused", f"tstclnt exited {returncode}; its output is "
+                   "the database owner's: not shown")  # fmt: skip
 
 
 FIREFOX = "firefox"

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 from trustinstaller import _fs, log
 from trustinstaller._run import Account, Runner
 from trustinstaller.documents import AddCert, CreateDb, Entry, Mkdir
-from trustinstaller.errors import HostError, StoreError, UnsafePathError
+from trustinstaller.errors import HostError, StoreError, UnsafePathError, own_words
 from trustinstaller.stores import Recorder, nss_user
 
 if TYPE_CHECKING:  # annotations only: keeps cryptography off the path to ready
@@ -203,7 +203,7 @@ class NssStore:
         except Exception as exc:  # noqa: BLE001 (the user chooses what goes wrong here; see above)
             log.get().warning("user_rollback_incomplete", store=self.name,
                               owner=self.database.owner.name,
-                              error=f"{type(exc).__name__}: {str(exc)[:500]}")  # fmt: skip
+                              error=own_words(exc))  # fmt: skip
 
     def _rollback(self, entries: Sequence[Entry]) -> None:
         adds = [e.nickname for e in entries if isinstance(e, AddCert)]
@@ -360,7 +360,7 @@ class NssStore:
             # The fd path means nothing to a reader: name the database instead.
             named = [a.replace(access.spec, self.database.spec) for a in exc.argv]
             raise HostError(named, exc.reason, returncode=exc.returncode,
-                            output=exc.output) from exc  # fmt: skip
+                            output=exc.output, note=exc.note) from exc  # fmt: skip
         return result.stdout
 
 
