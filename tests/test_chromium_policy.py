@@ -27,6 +27,7 @@ from tests.support.browseruser import BrowserUser, add_browser_user, clean_env
 from tests.support.certs import Issued, make_ca
 from tests.support.moto import MotoServer
 from tests.support.ns import PrivateNamespace
+from tests.support.probe import CHROMIUM_FLAGS, Probe
 from tests.support.tls import https_server
 from tests.test_firefox import Journal, trusted
 from tests.test_install import manifest, unique
@@ -35,11 +36,6 @@ from trustinstaller.errors import PolicyError, StoreError
 from trustinstaller.stores import chromium
 from trustinstaller.stores.chromium import FILENAME, ChromiumPolicyStore, PolicyFile
 
-PAGE_TEXT = "trusted by trustinstaller"
-CHROMIUM_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-)  # fmt: skip
 MANAGED = "/etc/chromium/policies/managed"
 CHROME_MANAGED = "/etc/opt/chrome/policies/managed"
 
@@ -358,23 +354,6 @@ try:
 finally:
     driver.quit()
 """
-
-
-@dataclass
-class Probe:
-    """What one client run printed, and whether it reached the page."""
-
-    returncode: int
-    stdout: str
-    stderr: str
-
-    @property
-    def reached(self) -> bool:
-        """The client exited 0 and printed the page."""
-        return self.returncode == 0 and PAGE_TEXT in self.stdout
-
-    def __str__(self) -> str:
-        return f"exit {self.returncode}\n{self.stdout[-2000:]}\n--- stderr\n{self.stderr[-2000:]}"
 
 
 @dataclass

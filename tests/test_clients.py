@@ -26,6 +26,7 @@ from tests.support.browseruser import BrowserUser, add_browser_user, clean_env
 from tests.support.certs import Issued, make_ca
 from tests.support.moto import MotoServer
 from tests.support.ns import PrivateNamespace
+from tests.support.probe import CHROMIUM_FLAGS, PAGE_TEXT, Probe
 from tests.support.tls import https_server
 from tests.test_install import manifest, unique
 from trustinstaller.stores.runtime_env import BUNDLE_KEYS, CUSTOM_KEYS, DIR_KEY, pem_ders
@@ -36,13 +37,8 @@ CLIENTS = ("chromium", "curl", "node", "keytool", "tstclnt", "certutil", "setpri
 # The default runtime_dir: beside the state directory /run/trustinstaller, in the namespace's /run.
 RUNTIME_DIR = "/run/trustinstaller-env"
 ENV_FILE = f"{RUNTIME_DIR}/env"
-PAGE_TEXT = "trusted by trustinstaller"
 NOW = dt.datetime.now(dt.UTC)
 
-CHROMIUM_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-)  # fmt: skip
 
 REQUESTS_PROBE = """
 import sys, requests
@@ -63,25 +59,6 @@ https.get(process.argv[1], (res) => {
   res.on('end', () => { console.log(res.statusCode); console.log(body); });
 }).on('error', (e) => { console.log('ERROR', e.code, e.message); process.exit(1); });
 """
-
-
-@dataclass
-class Probe:
-    """What one client run printed, and whether it reached the page."""
-
-    returncode: int
-    stdout: str
-    stderr: str
-
-    @property
-    def reached(self) -> bool:
-        """The client exited 0 and printed the page."""
-        return self.returncode == 0 and PAGE_TEXT in self.stdout
-
-    def __str__(self) -> str:
-        return (
-            f"exit {self.returncode}\n--- stdout\n{self.stdout}\n--- stderr\n{self.stderr[-3000:]}"
-        )
 
 
 @dataclass
