@@ -23,7 +23,7 @@ from trustinstaller.config import Config
 from trustinstaller.documents import Status
 from trustinstaller.errors import ActivationError, ConfigError, UnsafePathError
 from trustinstaller.installer import Installer
-from trustinstaller.server import Server
+from trustinstaller.server import OTHER_REQUEST, Server
 
 IDLE_ENV = "TRUSTINSTALLER_IDLE_EXIT"
 # Seconds between looks at the idle timer; STATUS= is sent on each state change, not polled.
@@ -174,10 +174,12 @@ def serve(installer: Installer, *, idle_exit: float | None = None) -> None:
         while not stop.wait(_TICK):
             # Busy while any connection is being served: request threads (and the pools an
             # install starts from them) are the only non-daemon threads besides this one.
+            # A connection from a uid outside allowed_uids does not count: it may only read the
+            # status, lives at most request_timeout, and is ended when the daemon stops.
             others = set(threading.enumerate()) - {threading.current_thread(),
                                                    threading.main_thread()}  # fmt: skip
             locked = installer.status().locked
-            busy = not locked or any(not t.daemon for t in others)
+            busy = not locked or any(not t.daemon and t.name != OTHER_REQUEST for t in others)
             now = time.monotonic()
             if busy or inherited is None or idle_exit is None:
                 idle_since = now
@@ -188,6 +190,7 @@ def serve(installer: Installer, *, idle_exit: float | None = None) -> None:
         installer.state.on_write = None
         sdnotify.notify("STOPPING=1", f"STATUS=stopping ({', '.join(stopped_by) or 'error'})")
         server.shutdown()
+        server.drop_others()
         # Joins every request thread, so an install in flight finishes before we exit.
         server.server_close()
         log.get().info("daemon_stopped", reason=stopped_by[0] if stopped_by else "error")

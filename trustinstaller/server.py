@@ -38,11 +38,24 @@ RESERVED_SLOTS = 8
 MAX_PER_OTHER_UID = 8
 # RFC 9110's Content-Length is 1*DIGIT: Python's int() would also take "+2", "0_2", "-0".
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,16}")
-_TOO_MANY = (
-    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-    b"Connection: close\r\nContent-Length: 45\r\n\r\n"
-    b'{"error": "too many connections; try again"}\n'
-)
+# Request threads' names: the idle exit waits for the first kind only.
+REQUEST = "request"
+OTHER_REQUEST = "request-other"
+
+
+def _unavailable(error: str) -> bytes:
+    """A whole 503 answer, sent from the accept thread without a handler."""
+    body = json.dumps({"error": error}).encode() + b"\n"
+    return (
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+        b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+
+
+_TOO_MANY = _unavailable("too many connections; try again")
+# A thread could not be started (the service's task limit, or memory, is used up). The slot is
+# given back at once, so the daemon serves again as soon as threads can be had.
+_NO_THREAD = _unavailable("cannot start a thread right now; try again")
 
 
 class DeadlineReader(io.RawIOBase):
@@ -93,16 +106,26 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.rfile.close()  # the socket's own reader: its reference would keep the socket open
         self.reader = DeadlineReader(self.request, self.server.request_timeout)
         self.rfile = io.BufferedReader(self.reader)
+        self.privileged = self._peer()[1] in self.server.slots.privileged
 
     def handle_one_request(self) -> None:
-        """Serve one request; only reading it is bounded by the deadline, never the install."""
-        self.reader.start()
+        """Serve one request; only reading it is bounded by the deadline, never the install.
+
+        A peer outside allowed_uids gets one request per connection, read within one
+        request_timeout from the accept: that is its connection's lifetime and idle limit, so a
+        keep-alive that polls the status cannot hold a thread, a slot, or a locked daemon that
+        would exit when idle.
+        """
+        if self.privileged:
+            self.reader.start()
         super().handle_one_request()
 
     def parse_request(self) -> bool:
         """Parse the request line and headers; refuse a Content-Length that is not plain digits."""
         if not super().parse_request():
             return False
+        if not self.privileged:
+            self.close_connection = True  # one request per connection (see handle_one_request)
         lengths = self.headers.get_all("Content-Length") or []
         if len(lengths) > 1:
             self.send_error(400, "more than one Content-Length header")
@@ -224,6 +247,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_header(k.capitalize(), v)
         if code >= 400:
             self.close_connection = True
+        if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
         with contextlib.suppress(OSError):
@@ -253,25 +277,71 @@ class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         self.allowed_uids = frozenset(installer.config.allowed_uids)
         self.request_timeout = installer.config.request_timeout
         self.slots = Slots(self.allowed_uids | {0})
+        # The request threads server_close() joins (ThreadingMixIn keeps its own the same way).
+        self._threads: Any = socketserver._Threads()  # type: ignore[attr-defined]
+        # Connections from uids outside allowed_uids, so that a stop can end them at once.
+        self._others: set[socket.socket] = set()
+        self._others_lock = threading.Lock()
         super().__init__(str(sock.getsockname()), Handler, bind_and_activate=False)
         self.socket.close()
         self.socket = sock
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        """Serve in a thread, unless the peer's uid may not take another slot now."""
-        if not self.slots.take(client_address[1]):
-            with contextlib.suppress(OSError):
-                request.sendall(_TOO_MANY)
-            self.shutdown_request(request)
+        """Serve in a thread, unless the peer's uid may not take another slot now.
+
+        Not ThreadingMixIn's: it records the thread before starting it, so a thread that cannot
+        start keeps its slot for ever and is joined (and raises) when the server closes.
+        """
+        uid = client_address[1]
+        if not self.slots.take(uid):
+            self._refuse(request, _TOO_MANY)
             return
-        super().process_request(request, client_address)
+        privileged = uid in self.slots.privileged
+        t = threading.Thread(target=self.process_request_thread, args=(request, client_address),
+                             name=REQUEST if privileged else OTHER_REQUEST,
+                             daemon=self.daemon_threads)  # fmt: skip
+        if not privileged:
+            with self._others_lock:
+                self._others.add(request)
+        try:
+            t.start()
+        except RuntimeError:  # "can't start new thread": the task limit or memory is used up
+            self._forget(request)
+            self.slots.give_back(uid)
+            log.get().warning("connection_refused", peer_uid=uid, reason="no_thread")
+            self._refuse(request, _NO_THREAD)
+            return
+        if self.block_on_close:
+            # Recorded only once started: server_close() joins each one.
+            self._threads.append(t)
+
+    def _refuse(self, request: socket.socket, answer: bytes) -> None:
+        with contextlib.suppress(OSError):
+            request.sendall(answer)
+        self.shutdown_request(request)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         """Serve one connection, then give its slot back."""
         try:
             super().process_request_thread(request, client_address)
         finally:
+            self._forget(request)
             self.slots.give_back(client_address[1])
+
+    def _forget(self, request: socket.socket) -> None:
+        with self._others_lock:
+            self._others.discard(request)
+
+    def drop_others(self) -> None:
+        """End every connection from a uid outside allowed_uids now: the daemon is stopping.
+
+        Such a peer may only read the status, and must not hold a stopping daemon (the idle
+        exit of a locked one included) for the rest of its request_timeout.
+        """
+        with self._others_lock:
+            for conn in self._others:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
 
     def get_request(self) -> tuple[socket.socket, Any]:
         """Accept; the address is ("unix", the peer's uid from SO_PEERCRED)."""
