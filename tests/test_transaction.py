@@ -20,6 +20,7 @@ class Recording:
     log: list[str]
     fails: type[Exception] | None = None
     seen: list[Entry] = field(default_factory=list)
+    optional: bool = False
 
     def rollback(self, entries: Sequence[Entry]) -> None:
         """Record the call, then fail if told to."""
@@ -54,6 +55,27 @@ def test_every_store_is_rolled_back_before_the_first_failure_is_raised(
     assert log == ["c", "b", "a"]
     assert caught.value.store == failing
     assert all(s.seen == [Mkdir(f"/x/{s.name}")] for s in stores.values())
+
+
+@pytest.mark.parametrize(
+    ("order", "users", "expected"),
+    [
+        ("abc", "", "cba"),
+        ("abc", "b", "cab"),
+        ("abcd", "bc", "dacb"),
+        ("abc", "abc", "cba"),
+        ("abc", "a", "cba"),
+        ("abc", "c", "bac"),
+    ],
+)
+def test_users_databases_are_rolled_back_after_roots_stores(
+    order: str, users: str, expected: str
+) -> None:
+    """Root's stores first, in reverse order; then the users' (optional) ones, also reversed."""
+    log: list[str] = []
+    stores = {n: Recording(n, log, optional=n in users) for n in order}
+    transaction.rollback(journal(*order), stores.__getitem__)
+    assert "".join(log) == expected
 
 
 def test_the_first_of_several_failures_is_raised_after_all_ran() -> None:

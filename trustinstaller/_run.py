@@ -21,14 +21,17 @@ from __future__ import annotations
 import contextlib
 import os
 import selectors
+import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypedDict, Unpack
 
+from trustinstaller import _contain, log
 from trustinstaller.errors import HostError
 
 DEFAULT_TIMEOUT = 120.0
@@ -99,6 +102,44 @@ class Runner(Protocol):
     def __call__(self, argv: Sequence[str], **options: Unpack[RunOptions]) -> Result: ...
 
 
+class UserBudget:
+    """One deadline for all of one user's steps in an install, its rollback included.
+
+    It starts with the user's first step. Each step's timeout is cut to what is left, and once
+    nothing is left a step is not started: the user's store fails (and is skipped, being
+    optional) in our words, and root's stores and the lock go on. However the user's module
+    spreads its delays over the steps, the user holds the install for ``seconds`` at most.
+    """
+
+    def __init__(self, runner: Runner, user: Account, seconds: float) -> None:
+        self._runner, self._user, self._seconds = runner, user, seconds
+        self._ends: float | None = None
+        self._lock = threading.Lock()
+
+    def left(self) -> float:
+        with self._lock:
+            if self._ends is None:
+                self._ends = time.monotonic() + self._seconds
+            return self._ends - time.monotonic()
+
+    def __call__(self, argv: Sequence[str], **options: Unpack[RunOptions]) -> Result:
+        left = self.left()
+        if left <= 0:
+            raise HostError(tuple(argv), f"not run: {self._used()}")
+        asked = options.get("timeout", DEFAULT_TIMEOUT)
+        options["timeout"] = min(asked, left)
+        try:
+            return self._runner(argv, **options)
+        except HostError as exc:
+            if left >= asked or not exc.reason.startswith("timed out"):
+                raise
+            # Cut short by the budget, not by its own timeout: say which.
+            raise HostError(exc.argv, f"killed: {self._used()}", note=exc.note) from exc
+
+    def _used(self) -> str:
+        return f"user {self._user.name}'s steps took their user_store_timeout ({self._seconds:g} s)"
+
+
 def command_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment for a child: ours, a PATH with the sbin directories, the C locale."""
     env = dict(os.environ)
@@ -134,6 +175,8 @@ def run(argv: Sequence[str], **options: Unpack[RunOptions]) -> Result:
     gid: int | None = None
     groups: list[int] | None = None
     cwd: str | None = None
+    contain: _contain.Containment | None = None
+    cell = _contain.Cell()
     if user is not None:
         child_env = {**user.env(), **(env or {})}
         if user.uid != os.geteuid():
@@ -142,9 +185,22 @@ def run(argv: Sequence[str], **options: Unpack[RunOptions]) -> Result:
             # Dropped in the child, groups first, then gid, then uid; and out of any directory
             # of ours or the user's before it execs.
             uid, gid, groups, cwd = user.uid, user.gid, [], "/"
+            contain = _contain.detect()
+    if contain is not None and contain.available and uid is not None and gid is not None:
+        # Root starts the wrapper, which enters the step's cgroups and PID namespace and only
+        # then drops (see _contain). The command is found here, so a missing one is told as
+        # it is without the wrapper.
+        found = shutil.which(args[0], path=child_env.get("PATH", USER_PATH))
+        if found is None:
+            raise HostError(args, "cannot run: No such file or directory")
+        cell = contain.cell()
+        popen_args: tuple[str, ...] = tuple(contain.wrap([found, *args[1:]], uid, gid, cell))
+        uid = gid = groups = None
+    else:
+        contain, popen_args = None, args
     try:
         proc = subprocess.Popen(
-            args,
+            popen_args,
             stdin=subprocess.DEVNULL if input is None else subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -157,16 +213,25 @@ def run(argv: Sequence[str], **options: Unpack[RunOptions]) -> Result:
             cwd=cwd,
         )
     except OSError as exc:
+        if contain is not None:
+            contain.release(cell)
         raise HostError(args, f"cannot run: {exc.strerror or exc}") from exc
     try:
-        out, err, finished = _collect(proc, input, timeout)
-    except BaseException:
-        _kill(proc)
-        raise
+        try:
+            out, err, finished = _collect(proc, input, timeout)
+        except BaseException:
+            _kill(proc, contain, cell)
+            raise
+        if not finished:
+            reaped = _kill(proc, contain, cell)
+    finally:
+        # Whatever the step left behind (a process that detached into a session of its own)
+        # goes with its cgroup; its PID namespace ended with its init.
+        if contain is not None and not contain.release(cell):
+            log.get().warning("user_step_left_over", command=args[0], cgroups=len(cell.dirs))
     # A user's words never reach our errors (see the module's docstring).
     whose = "" if user is None else f", as user {user.name}; its output is the user's: not shown"
     if not finished:
-        reaped = _kill(proc)
         raise HostError(
             args,
             f"timed out after {timeout:g} s and was killed"
@@ -261,7 +326,11 @@ def _collect(
     return bytes(bufs[out_fd]), bytes(bufs[err_fd]), True
 
 
-def _kill(proc: subprocess.Popen[bytes]) -> bool:
+def _kill(
+    proc: subprocess.Popen[bytes],
+    contain: _contain.Containment | None = None,
+    cell: _contain.Cell | None = None,
+) -> bool:
     """SIGKILL the child's process group; wait for it, but never without end. True if reaped.
 
     A child traced by another process (a user may trace its own) is reported to its tracer
@@ -269,6 +338,8 @@ def _kill(proc: subprocess.Popen[bytes]) -> bool:
     without a bound would hand that user the daemon. An unreaped child stays a zombie, and
     subprocess reaps it later.
     """
+    if contain is not None and cell is not None:
+        contain.end(proc, cell)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     try:

@@ -48,6 +48,8 @@ class Config:
     os_store: DebianPaths = field(default_factory=DebianPaths)
     update_timeout: float = 300.0
     certutil_timeout: float = 30.0
+    # All of one user's steps in one install, rollback included (see _run.UserBudget).
+    user_store_timeout: float = 20.0
     request_timeout: float = 10.0
     # Bounds the whole fetch phase: throttled and 5xx calls are retried until it runs out.
     fetch_timeout: float = 60.0
@@ -77,6 +79,7 @@ _OS_KEYS = {"local_certs_dir", "etc_certs_dir", "certs_dir", "certs_conf", "hook
 _TIMEOUT_KEYS = {
     "update_timeout",
     "certutil_timeout",
+    "user_store_timeout",
     "request_timeout",
     "fetch_timeout",
     "idle_exit",

@@ -8,11 +8,12 @@ the clock and the Secrets Manager client factory), so that the daemon, the
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from trustinstaller import _run, documents, fetch, log, manifest, state, transaction
+from trustinstaller import _contain, _run, documents, fetch, log, manifest, state, transaction
 from trustinstaller.clock import Clock, iso, utc_now
 from trustinstaller.config import Config
 from trustinstaller.documents import CertEntry, FetchReport, State, Status
@@ -67,7 +68,7 @@ class Installer:
 
     @property
     def registry(self) -> Registry:
-        """The configured stores, and the store a journal entry names."""
+        """The configured stores, and the store a journal entry names; a new one each time."""
         return Registry(self.config, self.runner)
 
     # -- lifecycle -----------------------------------------------------------
@@ -78,6 +79,9 @@ class Installer:
         ``wait`` is how long to wait for a concurrent install (``apply``) to finish first.
         """
         self.state.ensure()
+        if os.geteuid() == 0 and any(db.owner for db in self.config.nss_databases):
+            # What a step run as a user gets on this host (README, "In a container").
+            self.logger.info("user_steps_contained", **_contain.detect().describe())
         with self.state.exclusive(wait=wait):
             self._recover()
         return self.status()
@@ -117,10 +121,11 @@ class Installer:
         planned = self._fetch_and_validate(parsed.certificates, parsed.credentials, now)
         del parsed  # the credentials are not needed past the fetch
         certs = [p.ca for p in planned]
-        stores = self.registry.all() if certs else []
+        registry = self.registry  # one for the install: its users' budgets span the rollback
+        stores = registry.all() if certs else []
         entries = tuple(self._cert_status(p, [s.name for s in stores]) for p in planned)
         if certs:
-            entries = transaction.apply(stores, certs, self.state, entries, self.registry.named)
+            entries = transaction.apply(stores, certs, self.state, entries, registry.named)
         status = self.state.write_status(self._locked_status(entries))
         self.state.clear_journal()
         for e in entries:

@@ -73,6 +73,12 @@ ALLOWED_FIELDS = frozenset(
         "subject",
         "version",
         "warnings",
+        # user_steps_contained: what a step run as a user gets on this host.
+        "pid_namespace",
+        "cgroup",
+        "limits",
+        "tasks_max",
+        "memory_max",
     }
 )
 

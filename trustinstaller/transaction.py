@@ -162,16 +162,25 @@ def apply(
 
 
 def rollback(journal: Journal, resolve: Callable[[str], Store]) -> None:
-    """Undo a journal's entries, stores in reverse order of first appearance.
+    """Undo a journal's entries, stores in reverse order of first appearance, users' last.
 
     Every store is rolled back even when one fails, so that no store can keep the others from
     being undone; then the first failure is raised (the journal stays for the next start).
+    A user's own database (an optional store, which depends on no other) comes after root's
+    stores, so that a user who stalls its steps cannot hold root's rollback back.
     """
     by_store = journal.by_store()
     failures: list[TrustInstallerError] = []
+    stores: list[tuple[str, Store]] = []
     for name in reversed(list(by_store)):
         try:
-            resolve(name).rollback(by_store[name])
+            stores.append((name, resolve(name)))
+        except TrustInstallerError as exc:
+            failures.append(exc)
+    stores.sort(key=lambda named: named[1].optional)  # stable: the order stays within each
+    for name, store in stores:
+        try:
+            store.rollback(by_store[name])
         except TrustInstallerError as exc:
             failures.append(exc)
         except Exception as exc:  # noqa: BLE001 (reported below, after the other stores)

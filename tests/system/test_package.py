@@ -125,6 +125,9 @@ def booted(root: Path, moto: MotoServer) -> Iterator[debroot.Booted]:
         f"ReadWritePaths={' '.join(BROWSER_DIRS)}\n"
         "CapabilityBoundingSet=CAP_SETUID CAP_SETGID\n"
         "SystemCallFilter=@setuid\n"
+        # A cgroup of its own for each step run as the user, with its own task limit.
+        "Delegate=pids memory\n"
+        "ProtectControlGroups=no\n"
     )
     debroot.mask_consoles(root)
     system = debroot.Booted(root, root.parent / "systemd.log")
@@ -311,6 +314,22 @@ def test_journal_has_the_audit_events_and_no_secret(booted: debroot.Booted) -> N
     assert '"event": "cert_installed"' in out
     assert '"event": "daemon_ready"' in out
     assert FAKE_ENV["AWS_SECRET_ACCESS_KEY"] not in out
+
+
+def test_a_users_steps_run_in_cgroups_of_their_own_under_the_unit(
+    booted: debroot.Booted,
+) -> None:
+    """Under the drop-in, each step run as the browser user gets its own task limit."""
+    out = booted.run("journalctl", "-u", "trustinstaller", "--no-pager", "-o", "cat").stdout
+    found = [json.loads(line) for line in out.splitlines() if "user_steps_contained" in line]
+    assert found, out[-3000:]
+    assert "pids" in (found[-1]["limits"] or ""), found[-1]
+    assert found[-1]["tasks_max"] == 64, found[-1]
+    # None is left behind: the step cgroups are gone once the install has ended.
+    find = ("find /sys/fs/cgroup -maxdepth 6 -name 'trustinstaller-step-*' "
+            "-path '*trustinstaller.service*' 2>/dev/null || true")  # fmt: skip
+    cgroups = booted.run("sh", "-c", find).stdout
+    assert cgroups == "", cgroups
 
 
 def test_memory_deny_write_execute_would_break_the_java_hook(

@@ -6,7 +6,7 @@ of an install, and the recovery asks it for the store each journal entry names.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from trustinstaller import _run
@@ -24,10 +24,15 @@ NSS_PREFIX = "nss:"
 
 @dataclass(frozen=True)
 class Registry:
-    """The stores of one configuration, each run through ``runner``."""
+    """The stores of one configuration, each run through ``runner``.
+
+    One registry serves one install, or one recovery: the steps of each user's databases share
+    that user's ``user_store_timeout``, across both databases and the rollback.
+    """
 
     config: Config
     runner: _run.Runner = _run.run
+    budgets: dict[str, _run.UserBudget] = field(default_factory=dict, compare=False)
 
     def all(self) -> list[Store]:
         """Every configured store, in the order an install takes them."""
@@ -73,7 +78,14 @@ class Registry:
 
     def nss_store(self, db: NssDatabase) -> NssStore:
         """One NSS database's store."""
-        return NssStore(self.runner, db, timeout=self.config.certutil_timeout)
+        runner = self.runner
+        if db.owner is not None:
+            budget = self.budgets.get(db.owner.name)
+            if budget is None:
+                budget = _run.UserBudget(self.runner, db.owner, self.config.user_store_timeout)
+                self.budgets[db.owner.name] = budget
+            runner = budget
+        return NssStore(runner, db, timeout=self.config.certutil_timeout)
 
     def env_store(self) -> RuntimeEnvStore:
         """The runtime trust environment's store."""

@@ -1,0 +1,320 @@
+"""A user's step is contained: its own task and memory limits, and nothing of it outlives it.
+
+Everything a step runs as a browser user (a certutil that loads the user's PKCS #11 module, say)
+runs in a PID namespace and a cgroup of its own where the host allows it (trustinstaller/
+_contain.py). These tests run real processes as a real second uid; the attack at the end is the
+one that vetoed the install for everyone: the user's module forks until the service's task
+limit is full, so that root's update-ca-certificates cannot fork.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests import test_review_attacks
+from tests.support.attack import gcc
+from tests.test_review_attacks import INSTALL_BOUND, Hostile
+from trustinstaller import _contain, _run
+
+pytestmark = pytest.mark.root
+
+hostile = test_review_attacks.hostile
+
+NOBODY = _run.Account("nobody", 65534, 65534, Path("/nonexistent"))
+
+# /proc/self/cgroup and the cgroup lines of /proc/self/mountinfo, as hosts show them.
+HYBRID_CGROUP = "8:pids:/svc\n4:memory:/m/svc\n1:cpu:/\n0::/svc\n"
+HYBRID_MOUNTS = (
+    "31 23 0:28 / /sys/fs/cgroup rw - tmpfs tmpfs ro\n"
+    "35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n"
+    "39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids\n"
+    "32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu\n"
+    "41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n"
+)
+V2_MOUNTS = "30 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n"
+
+
+@pytest.mark.parametrize(
+    ("proc_cgroup", "mountinfo", "expected"),
+    [
+        (
+            HYBRID_CGROUP,
+            HYBRID_MOUNTS,
+            [
+                (1, frozenset({"pids"}), Path("/sys/fs/cgroup/pids/svc")),
+                (1, frozenset({"memory"}), Path("/sys/fs/cgroup/memory/m/svc")),
+                (2, frozenset(), Path("/sys/fs/cgroup/unified/svc")),
+            ],
+        ),
+        # Pure v2, under systemd: one line, one mount.
+        (
+            "0::/system.slice/trustinstaller.service\n",
+            V2_MOUNTS,
+            [(2, frozenset(), Path("/sys/fs/cgroup/system.slice/trustinstaller.service"))],
+        ),
+        # A container's cgroup namespace: the mount's root is our own cgroup.
+        (
+            "0::/\n",
+            "30 23 0:26 /docker/abc /sys/fs/cgroup ro - cgroup2 cgroup2 rw\n",
+            [(2, frozenset(), Path("/sys/fs/cgroup"))],
+        ),
+        (
+            "5:memory:/docker/abc/x\n",
+            "35 31 0:32 /docker/abc /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n",
+            [(1, frozenset({"memory"}), Path("/sys/fs/cgroup/memory/x"))],
+        ),
+        # No cgroup filesystem mounted, or none with our controllers: nothing.
+        (HYBRID_CGROUP, "22 1 0:21 / /proc rw - proc proc rw\n", []),
+        ("1:cpu,cpuacct:/x\n", HYBRID_MOUNTS, []),
+        ("garbage\n\n", HYBRID_MOUNTS, []),
+    ],
+)
+def test_own_cgroups_are_found_from_proc(
+    proc_cgroup: str, mountinfo: str, expected: list[tuple[int, frozenset[str], Path]]
+) -> None:
+    assert _contain.hierarchies(proc_cgroup, mountinfo) == expected
+
+
+def _modes() -> dict[str, _contain.Containment]:
+    """Each way this host can contain a step, and the fallback with neither."""
+    full = _contain.detect()
+    assert full.unshare is not None, "this host can make PID namespaces: the test needs one"
+    assert any("pids" in h.controllers for h in full.hierarchies), full.describe()
+    return {
+        "namespace and cgroups": full,
+        "namespace only": _contain.Containment(full.unshare, True, ()),
+        "cgroups only": _contain.Containment(None, True, full.hierarchies),
+    }
+
+
+@pytest.fixture(params=["namespace and cgroups", "namespace only", "cgroups only"])
+def mode(request: pytest.FixtureRequest) -> Iterator[_contain.Containment]:
+    chosen = _modes()[request.param]
+    saved = _contain._found
+    _contain._found = chosen
+    try:
+        yield chosen
+    finally:
+        _contain._found = saved
+
+
+def _marker() -> str:
+    """A sleep duration no other process here uses, to find the user's leftovers by."""
+    return f"3600.{random.randrange(10**8):08d}"
+
+
+def _left(marker: str) -> list[str]:
+    done = subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True, text=True,
+                          check=False)  # fmt: skip
+    return done.stdout.split()
+
+
+def test_a_step_that_detaches_leaves_nothing_behind(mode: _contain.Containment) -> None:
+    """A process that leaves the step's session (setsid) is gone once the step has ended."""
+    marker = _marker()
+    script = f"setsid sleep {marker} </dev/null >/dev/null 2>&1 & sleep 0.2; id -u"
+    done = _run.run(["sh", "-c", script], user=NOBODY)
+    assert done.stdout.strip() == str(NOBODY.uid)
+    deadline = time.monotonic() + 5
+    while _left(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _left(marker) == []
+
+
+def test_a_step_killed_at_its_timeout_leaves_nothing_behind(mode: _contain.Containment) -> None:
+    marker = _marker()
+    script = f"setsid sleep {marker} </dev/null >/dev/null 2>&1 & exec sleep {marker}"
+    with pytest.raises(_run.HostError, match="timed out after 1 s and was killed"):
+        _run.run(["sh", "-c", script], user=NOBODY, timeout=1)
+    assert _left(marker) == []
+
+
+def test_a_step_runs_as_the_user_with_its_limits(mode: _contain.Containment) -> None:
+    """The dropped step: the user's uid and gid, no other group, in its cgroups."""
+    script = (
+        "id -u; id -g; id -G; grep -E '^(Uid|Gid|Groups):' /proc/self/status; cat /proc/self/cgroup"
+    )
+    out = _run.run(["sh", "-c", script], user=NOBODY).stdout.splitlines()
+    assert out[:3] == [str(NOBODY.uid), str(NOBODY.gid), str(NOBODY.gid)]
+    assert out[3].split()[1:] == [str(NOBODY.uid)] * 4
+    assert out[4].split()[1:] == [str(NOBODY.gid)] * 4
+    assert out[5].split() == ["Groups:"]
+    for h in mode.hierarchies:
+        line = next(x for x in out[6:] if _controller_matches(x, h))
+        step = h.path / Path(line.split(":", 2)[2]).name
+        assert step.name.startswith("trustinstaller-step-"), line
+        if "pids" in h.controllers:
+            assert not step.exists()  # removed after the step
+    # And made with their limits.
+    seen = _limits_while_running(mode)
+    if any("pids" in h.controllers for h in mode.hierarchies):
+        assert seen["pids.max"] == str(_contain.TASKS_MAX)
+    if any("memory" in h.controllers for h in mode.hierarchies):
+        assert int(seen["memory"]) == _contain.MEMORY_MAX
+
+
+def _controller_matches(line: str, h: _contain.Hierarchy) -> bool:
+    names = line.split(":", 2)[1].split(",") if line.count(":") >= 2 else []
+    if h.version == 2:
+        return line.startswith("0::")
+    return bool(h.controllers & set(names))
+
+
+def _limits_while_running(mode: _contain.Containment) -> dict[str, str]:
+    """The limits of a step's cgroups, as made for it."""
+    cell_seen: dict[str, str] = {}
+    cell = mode.cell()
+    try:
+        for h, d in cell.dirs:
+            if "pids" in h.controllers:
+                cell_seen["pids.max"] = (d / "pids.max").read_text().strip()
+            if "memory" in h.controllers:
+                name = "memory.max" if h.version == 2 else "memory.limit_in_bytes"
+                cell_seen["memory"] = (d / name).read_text().strip()
+    finally:
+        assert mode.release(cell)
+    return cell_seen
+
+
+def test_a_fork_bomb_in_a_step_stops_at_its_task_limit() -> None:
+    """The step's forks fail at TASKS_MAX, and root's own fork still works meanwhile."""
+    full = _modes()["namespace and cgroups"]
+    saved = _contain._found
+    _contain._found = full
+    try:
+        marker = _marker()
+        # The system's Python, which any uid may run: fork until fork fails, count, hold.
+        script = (
+            "import os, sys, time\n"
+            "n = 0\n"
+            "while n < 500:\n"
+            "    try:\n"
+            "        pid = os.fork()\n"
+            "    except OSError:\n"
+            "        break\n"
+            "    if pid == 0:\n"
+            f"        os.execvp('sleep', ['sleep', '{marker}'])\n"
+            "    n += 1\n"
+            "print(n)\n"
+        )
+        done = _run.run(["/usr/bin/python3", "-c", script], user=NOBODY, check=False, timeout=60)
+    finally:
+        _contain._found = saved
+    forked = int(done.stdout.strip() or "0")
+    # Python itself holds a task or more; the rest are the sleeps it could start.
+    assert 0 < forked < _contain.TASKS_MAX, done
+    assert _left(marker) == []
+
+
+# The user's module: in every certutil that opens the user's database, it starts a detached
+# process (a session of its own) that forks until fork fails, and holds every child. Without a
+# task limit of the step's own, that fills the service's: root's update-ca-certificates then
+# cannot fork, nor can its rollback.
+BOMB_C = r"""
+#include <signal.h>
+#include <string.h>
+#include <fcntl.h>
+#include <unistd.h>
+__attribute__((constructor)) static void bomb(void) {
+    char comm[32] = "";
+    int fd = open("/proc/self/comm", O_RDONLY);
+    if (fd >= 0) { if (read(fd, comm, sizeof comm - 1) < 0) comm[0] = 0; close(fd); }
+    if (strncmp(comm, "certutil", 8) != 0) return;
+    if (fork() != 0) return;
+    setsid();
+    for (int i = 0; i < 100000; i++) {
+        pid_t p = fork();
+        if (p == 0) { for (;;) pause(); }
+        if (p < 0) usleep(1000);
+    }
+    for (;;) pause();
+}
+"""
+
+# Stands in for the unit's TasksMax: the daemon, its threads and every child count here.
+SERVICE_TASKS = 200
+
+
+def test_a_users_fork_bomb_cannot_veto_the_install(hostile: Hostile) -> None:
+    """With the service's task limit full of the user's processes, root still installs.
+
+    The agent runs in a pids cgroup of its own (the unit's TasksMax, in small). The browser
+    user's module forks without end in every certutil run as the user. The install must lock
+    with the CA in the OS store, and none of the user's processes may be left afterwards.
+    """
+    pids_root = Path("/sys/fs/cgroup/pids")
+    assert (pids_root / "cgroup.procs").exists(), "no pids cgroup hierarchy here"
+    home = hostile.user.home
+    lib = gcc(BOMB_C, home / "libbomb.so", "-shared", "-fPIC")
+    lib.chmod(0o755)
+    db = home / ".pki" / "nssdb"
+    made = hostile.as_user(
+        f"mkdir -p {db} && certutil -N -d sql:{db} --empty-password "
+        f"&& printf 'library={lib}\\nname=mine\\n\\n' >> {db}/pkcs11.txt"
+    )
+    assert made.returncode == 0, made.stderr
+    # The user's own certutil just ran the module too: let that bomb go before the install.
+    _kill_user(hostile.user.uid)
+    service = pids_root / f"ti-test-service-{os.getpid()}-{random.randrange(10**6)}"
+    service.mkdir()
+    try:
+        (service / "pids.max").write_text(f"{SERVICE_TASKS}\n")
+        enter = 'echo $$ > "$1/cgroup.procs" && shift && exec "$@"'
+        done = hostile.ns.run(
+            [
+                "sh",
+                "-c",
+                enter,
+                "sh",
+                str(service),
+                *_agent(hostile, "apply", str(hostile.manifest)),
+            ],
+            timeout=INSTALL_BOUND * 2,
+        )
+        status = hostile.ns.run(_agent(hostile, "status"), timeout=30)
+        left = _user_pids(hostile.user.uid)
+        in_service = (service / "cgroup.procs").read_text().split()
+    finally:
+        _kill_user(hostile.user.uid)
+        _remove(service)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "state: locked" in status.stdout, status.stdout
+    assert "-> os," in status.stdout, status.stdout
+    assert left == [], f"the user's processes outlived the install: {len(left)}"
+    assert in_service == [], in_service
+
+
+def _agent(hostile: Hostile, *args: str) -> list[str]:
+    return [sys.executable, "-m", "trustinstaller", "--config", str(hostile.config), *args]
+
+
+def _user_pids(uid: int) -> list[str]:
+    done = subprocess.run(["pgrep", "-U", str(uid)], capture_output=True, text=True, check=False)
+    return done.stdout.split()
+
+
+def _kill_user(uid: int) -> None:
+    for _ in range(50):
+        if not _user_pids(uid):
+            return
+        subprocess.run(["pkill", "-KILL", "-U", str(uid)], check=False)
+        time.sleep(0.1)
+
+
+def _remove(cgroup: Path) -> None:
+    for _ in range(50):
+        pids = (cgroup / "cgroup.procs").read_text().split()
+        if not pids:
+            break
+        for pid in pids:
+            subprocess.run(["kill", "-KILL", pid], check=False)
+        time.sleep(0.1)
+    cgroup.rmdir()

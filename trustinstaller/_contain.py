@@ -1,0 +1,365 @@
+"""Where a process run for a user lives: a PID namespace and a cgroup of its own.
+
+A user's step (a ``certutil`` or ``tstclnt`` in the user's NSS database, which loads whatever
+PKCS #11 module the user lists) must not be able to use up the daemon's tasks or memory, and
+must leave nothing behind when it ends. Two kernel tools do this, each when the host allows it:
+
+- **A PID namespace** (``unshare --pid --fork``, needs CAP_SYS_ADMIN): the step's command is
+  init, so when the command exits, or we kill it, the kernel kills every process it
+  started, including those that left its process group or session.
+- **A cgroup per step** (a writable ``pids`` and ``memory`` hierarchy: cgroup v1, or cgroup v2
+  delegated by systemd's ``Delegate=``): its ``pids.max`` and memory limit bound what the step
+  can take, and killing its members (``cgroup.kill`` on v2) ends it without a PID namespace.
+
+What was found is logged once (``user_steps_contained``). With neither, a step still runs in a
+session of its own whose process group is killed at a timeout, as before; the README says what
+each case gets. Everything here runs as root before the drop, from root's own binaries: the
+wrapper writes its own PID into the cgroups, ``unshare`` makes the namespace, and root's own
+interpreter drops to the user and execs the command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# A step may hold this many tasks (processes and threads) at once: certutil needs one or two.
+TASKS_MAX = 64
+# And this much memory.
+MEMORY_MAX = 512 * 1024 * 1024
+# How long the members of an ended step's cgroup may take to be gone before we give up on it.
+_EMPTY = 2.0
+_SBIN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+# The wrapper's script: write our PID into each cgroup.procs named, then exec the rest.
+_ENTER = 'unset PWD OLDPWD; n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ >"$1" || exit 125; shift; n=$((n-1)); done; exec "$@"'  # noqa: E501
+_SELF_LEAF = "trustinstaller-daemon"
+# The drop, run by root's interpreter: argv is UID GID PROGRAM ARGS...
+_DROP = (
+    "import os, sys\n"
+    "uid, gid = int(sys.argv[1]), int(sys.argv[2])\n"
+    "os.setgroups([])\n"
+    "os.setresgid(gid, gid, gid)\n"
+    "os.setresuid(uid, uid, uid)\n"
+    "os.execv(sys.argv[3], sys.argv[3:])\n"
+)
+
+
+@dataclass(frozen=True)
+class Hierarchy:
+    """A cgroup directory of ours under which each step gets a child."""
+
+    version: int  # 1 or 2
+    controllers: frozenset[str]  # what a child's limits use: "pids", "memory"
+    path: Path
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One step's cgroups (one per hierarchy), made before it starts, removed after."""
+
+    dirs: tuple[tuple[Hierarchy, Path], ...] = ()
+
+    def procs(self) -> list[str]:
+        return [str(d / "cgroup.procs") for _, d in self.dirs]
+
+
+@dataclass
+class Containment:
+    """What this host lets us do with a user's step; found once by ``detect()``."""
+
+    unshare: str | None = None  # the unshare binary, when a PID namespace can be made
+    root: bool = False  # running as root, so that a step can be made to drop
+    hierarchies: tuple[Hierarchy, ...] = ()
+    _names: itertools.count[int] = field(default_factory=itertools.count)
+
+    @property
+    def available(self) -> bool:
+        return self.root and (self.unshare is not None or bool(self.hierarchies))
+
+    def describe(self) -> dict[str, object]:
+        """For the log: what a user's step gets here."""
+        limits = sorted({c for h in self.hierarchies for c in h.controllers})
+        return {
+            "pid_namespace": self.unshare is not None,
+            "cgroup": ",".join(f"v{h.version}:{h.path}" for h in self.hierarchies) or None,
+            "limits": ",".join(limits) or None,
+            "tasks_max": TASKS_MAX if "pids" in limits else None,
+            "memory_max": MEMORY_MAX if "memory" in limits else None,
+        }
+
+    def cell(self) -> Cell:
+        """Make one step's cgroups, with their limits; a hierarchy that refuses is left out."""
+        made: list[tuple[Hierarchy, Path]] = []
+        name = f"trustinstaller-step-{os.getpid()}-{next(self._names)}"
+        for h in self.hierarchies:
+            d = h.path / name
+            try:
+                d.mkdir(mode=0o755)
+            except OSError:
+                continue
+            try:
+                if "pids" in h.controllers:
+                    (d / "pids.max").write_text(f"{TASKS_MAX}\n")
+                if "memory" in h.controllers:
+                    limit = "memory.max" if h.version == 2 else "memory.limit_in_bytes"
+                    (d / limit).write_text(f"{MEMORY_MAX}\n")
+            except OSError:
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+                continue
+            made.append((h, d))
+        return Cell(tuple(made))
+
+    def wrap(self, argv: Sequence[str], uid: int, gid: int, cell: Cell) -> list[str]:
+        """The argv that runs ``argv`` (its program an absolute path) as ``uid``/``gid`` inside
+        ``cell`` and, when there is one, a PID namespace."""
+        # Root's own interpreter drops: groups, then gid, then uid, as Popen does; unlike
+        # setpriv it needs no capset, which the unit's system call filter does not allow.
+        drop = [sys.executable, "-I", "-S", "-c", _DROP, str(uid), str(gid), *argv]
+        inner = drop
+        if self.unshare is not None:
+            inner = [self.unshare, "--pid", "--fork", "--kill-child", "--", *drop]
+        procs = cell.procs()
+        if not procs:
+            return inner
+        return ["/bin/sh", "-c", _ENTER, "sh", str(len(procs)), *procs, *inner]
+
+    def end(self, proc: subprocess.Popen[bytes], cell: Cell) -> bool:
+        """Kill whatever the step left, in its namespace and its cgroups; True if all is gone."""
+        # The namespace's init is the wrapper's child: kill it first, so that the kernel ends
+        # everything in the namespace, even what left the process group (setsid).
+        for pid in _children(proc.pid):
+            _kill_checked(pid, lambda p: p in _children(proc.pid))
+        gone = True
+        for h, d in cell.dirs:
+            gone = _empty(h, d) and gone
+        return gone
+
+    def release(self, cell: Cell) -> bool:
+        """Empty and remove a step's cgroups once the step has been reaped."""
+        ok = True
+        for h, d in cell.dirs:
+            ok = _empty(h, d) and ok
+            try:
+                d.rmdir()
+            except OSError:
+                ok = False
+        return ok
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def _kill_checked(pid: int, still: Callable[[int], bool]) -> None:
+    """SIGKILL the process ``pid`` names only while ``still(pid)`` holds for that process.
+
+    A PID read from a listing may be reused once its process is gone. The pidfd pins the
+    process first; the check then runs while that process is alive (a live process keeps its
+    PID), and the signal goes to it through the pidfd, never to a newcomer with its PID.
+    """
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return
+    try:
+        if still(pid):
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+    finally:
+        os.close(fd)
+
+
+def _members(d: Path) -> list[int]:
+    try:
+        return [int(p) for p in (d / "cgroup.procs").read_text().split()]
+    except OSError:
+        return []
+
+
+def _empty(h: Hierarchy, d: Path) -> bool:
+    """SIGKILL every process in ``d`` until none is left (or _EMPTY passes)."""
+    deadline = time.monotonic() + _EMPTY
+    if h.version == 2:
+        with contextlib.suppress(OSError):
+            (d / "cgroup.kill").write_text("1\n")
+    while True:
+        members = _members(d)
+        if not members:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        # v1 has no cgroup.kill: each round kills every member seen; pids.max bounds the forks.
+        for pid in members:
+            _kill_checked(pid, lambda p: p in _members(d))
+        time.sleep(0.01)
+
+
+def _mounts(mountinfo: str) -> list[tuple[str, str, str, set[str]]]:
+    """(fstype, mount root, mount point, super options) of each cgroup mount."""
+    out = []
+    for line in mountinfo.splitlines():
+        left, sep, right = line.partition(" - ")
+        if not sep:
+            continue
+        lf, rf = left.split(), right.split()
+        if len(lf) < 5 or len(rf) < 3 or rf[0] not in ("cgroup", "cgroup2"):
+            continue
+        out.append((rf[0], lf[3], _unescape(lf[4]), set(rf[2].split(","))))
+    return out
+
+
+def _unescape(text: str) -> str:
+    return text.encode().decode("unicode_escape") if "\\" in text else text
+
+
+def hierarchies(proc_cgroup: str, mountinfo: str) -> list[tuple[int, frozenset[str], Path]]:
+    """Where our own cgroups are, for the controllers we limit with; pure (tested by table).
+
+    Each is (version, controllers, directory). v1 lists one per hierarchy that carries pids or
+    memory; v2 lists the unified hierarchy with no controllers: which it may use is read from
+    the directory itself.
+    """
+    mounts = _mounts(mountinfo)
+    found: list[tuple[int, frozenset[str], Path]] = []
+    for line in proc_cgroup.splitlines():
+        num, sep, rest = line.partition(":")
+        names, sep2, path = rest.partition(":")
+        if not (sep and sep2 and path.startswith("/")):
+            continue
+        if num == "0" and names == "":
+            for fstype, root, point, _ in mounts:
+                if fstype == "cgroup2":
+                    found.append((2, frozenset(), _join(point, root, path)))
+                    break
+            continue
+        wanted = {"pids", "memory"} & set(names.split(","))
+        if not wanted:
+            continue
+        for fstype, root, point, opts in mounts:
+            if fstype == "cgroup" and wanted <= opts:
+                found.append((1, frozenset(wanted), _join(point, root, path)))
+                break
+    return found
+
+
+def _join(point: str, root: str, path: str) -> Path:
+    if root != "/" and (path == root or path.startswith(root + "/")):
+        path = path[len(root) :]
+    return Path(point) / path.lstrip("/")
+
+
+def _v2_usable(d: Path) -> frozenset[str]:
+    """Controllers a v2 child of ``d`` gets, enabling them when ``d`` was delegated to us.
+
+    systemd marks a cgroup it delegated (``Delegate=``) with the ``trusted.delegate`` or
+    ``user.delegate`` attribute. Only there do we enable controllers, which first needs the
+    daemon moved into a leaf of its own (no process may sit beside a cgroup's enabled
+    controllers). A cgroup nobody delegated is left as it is: its child can still be killed
+    as one (``cgroup.kill``), but gets no limits.
+    """
+    want = {"pids", "memory"}
+    try:
+        have = set((d / "cgroup.controllers").read_text().split()) & want
+        enabled = set((d / "cgroup.subtree_control").read_text().split()) & want
+    except OSError:
+        return frozenset()
+    if have <= enabled:
+        return frozenset(enabled)
+    delegated = False
+    for attr in ("trusted.delegate", "user.delegate"):
+        with contextlib.suppress(OSError):
+            delegated = delegated or os.getxattr(d, attr) == b"1"
+    if not delegated:
+        return frozenset(enabled)
+    try:
+        leaf = d / _SELF_LEAF
+        with contextlib.suppress(FileExistsError):
+            leaf.mkdir(mode=0o755)
+        (leaf / "cgroup.procs").write_text(f"{os.getpid()}\n")
+        (d / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in sorted(have)))
+    except OSError:
+        pass
+    try:
+        return frozenset(set((d / "cgroup.subtree_control").read_text().split()) & want)
+    except OSError:
+        return frozenset()
+
+
+def _writable(d: Path) -> bool:
+    probe = d / f"trustinstaller-probe-{os.getpid()}"
+    try:
+        probe.mkdir()
+    except OSError as exc:
+        return exc.errno == errno.EEXIST
+    with contextlib.suppress(OSError):
+        probe.rmdir()
+    return True
+
+
+def _pid_namespace(unshare: str) -> bool:
+    try:
+        done = subprocess.run(
+            [unshare, "--pid", "--fork", "--kill-child", "--", "/bin/true"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+_lock = threading.Lock()
+_found: Containment | None = None
+
+
+def detect() -> Containment:
+    """What this host lets us do; found on first use, as root, and kept for the process."""
+    global _found
+    with _lock:
+        if _found is not None:
+            return _found
+        c = Containment()
+        if os.geteuid() == 0:
+            c.root = True
+            unshare = shutil.which("unshare", path=_SBIN_PATH)
+            if unshare and _pid_namespace(unshare):
+                c.unshare = unshare
+            found: list[Hierarchy] = []
+            try:
+                own = hierarchies(
+                    Path("/proc/self/cgroup").read_text(),
+                    Path("/proc/self/mountinfo").read_text(),
+                )
+            except OSError:
+                own = []
+            # v1 first: where it gives the limits, v2 is only used for cgroup.kill, and the
+            # daemon is not moved into a leaf for controllers it would not use.
+            for version, controllers, d in sorted(own, key=lambda h: h[0]):
+                if not _writable(d):
+                    continue
+                usable = controllers
+                if version == 2:
+                    limited = any(h.controllers for h in found)
+                    usable = frozenset() if limited else _v2_usable(d)
+                found.append(Hierarchy(version, frozenset(usable), d))
+            c.hierarchies = tuple(found)
+        _found = c
+        return c
