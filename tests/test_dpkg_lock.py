@@ -217,3 +217,64 @@ esac"""
     before.pop("java/cacerts", None)
     assert after == before
     assert keytool_aliases(ns) == before_java
+
+
+@pytest.mark.skipif(not HAS_JAVA_HOOK, reason="needs ca-certificates-java (make deps)")
+def test_a_rollback_under_a_dpkg_that_stays_busy_is_finished_at_the_next_start(
+    ns: PrivateNamespace, moto: MotoServer, tmp_path: Path
+) -> None:
+    """NSS fails verification after update-ca-certificates ran, and dpkg turns busy for good just
+    then. The rollback waits update_timeout, rebuilds the OS bundle without the CA all the same
+    (only Java's hook fails), and keeps the journal; once dpkg is free, the next start finishes
+    the rollback (Java drops the CA) before it installs the next manifest."""
+    m, pem = one_ca_manifest(tmp_path, moto, "dpkg busy for good at rollback")
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(
+        config(tmp_path, moto, 2)
+        .read_text()
+        .replace("nss_databases = []", f'nss_databases = ["sql:{tmp_path / "nssdb"}"]')
+    )
+    holder = tmp_path / "holder.py"
+    holder.write_text(HOLDER)
+    journal = tmp_path / "state" / "journal.json"
+    body = f"""case " $* " in *" -L "*)
+    if grep -q '"verifying"' {journal}; then
+        setsid {sys.executable} {holder} /var/lib/dpkg/lock 3600 > "$STATE/held" 2>&1 < /dev/null &
+        while [ ! -s "$STATE/held" ]; do sleep 0.05; done
+        exit 1
+    fi;;
+esac"""
+    shims = tmp_path / "shims"
+    write_shim(shims, "certutil", body)
+    before = osroot.snapshot_tree(ns.path("/etc/ssl/certs"))
+    before_java = keytool_aliases(ns)
+    env = {"PATH": f"{shims}:/usr/local/bin:/usr/bin:/bin"}
+    argv = [sys.executable, "-m", "trustinstaller", "--config", str(cfg), "apply"]
+    held = shims / "certutil.state" / "held"
+    try:
+        done = ns.run([*argv, str(m)], env=env)
+        assert held.read_text().strip(), "the lock was never held"
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "rollback failed too" in done.stderr, done.stderr
+        assert "the OS bundle was rebuilt without our CAs" in done.stderr, done.stderr
+        assert journal.exists()
+        # Consistent already: the bundle and its links are as before; only Java lags.
+        after = osroot.snapshot_tree(ns.path("/etc/ssl/certs"))
+        assert pem not in ns.path("/etc/ssl/certs/ca-certificates.crt").read_text()
+        after.pop("java/cacerts", None)
+        expected = dict(before)
+        expected.pop("java/cacerts", None)
+        assert after == expected
+    finally:
+        if held.exists() and held.read_text().strip():
+            ns.run(["kill", "-KILL", held.read_text().strip()])
+    # dpkg is free: the next start (an apply of another manifest) finishes the rollback first.
+    (shims / "certutil").unlink()
+    m2, pem2 = one_ca_manifest(tmp_path, moto, "after dpkg is free")
+    again = ns.run([*argv, str(m2)], env=env)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "install_rolled_back" in again.stderr, again.stderr
+    bundle = ns.path("/etc/ssl/certs/ca-certificates.crt").read_text()
+    assert pem not in bundle
+    assert pem2 in bundle
+    assert len(keytool_aliases(ns)) == len(before_java) + 1

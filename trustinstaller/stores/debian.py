@@ -226,7 +226,9 @@ class DebianStore:
         if any(isinstance(e, Update) for e in entries):
             # Rebuilt even while dpkg stays busy, so the OS bundle never keeps a removed CA;
             # only Java's hook then fails, and the journal stays for the next start to retry.
-            holder = self._wait_for_dpkg(self.rollback_timeout)
+            # dpkg gets as long to be free as at the install (update_timeout); the rebuild,
+            # the slowest run, gets rollback_timeout.
+            holder = self._wait_for_dpkg(self.timeout)
             try:
                 self._update(fresh=True, timeout=self.rollback_timeout)
             except HostError as exc:
