@@ -21,7 +21,7 @@ from tests.support.shims import write_shim
 from tests.test_install import manifest, unique
 from trustinstaller.config import Config
 from trustinstaller.documents import status_to_json
-from trustinstaller.errors import HostError, LockedError
+from trustinstaller.errors import HostError, LockedError, RollbackFailedError
 from trustinstaller.installer import Installer
 
 
@@ -128,8 +128,12 @@ def test_failed_rollback_is_retried_at_the_next_start(
     broken.touch()
     before = store_state(config)
     before_bundle = config.os_store.bundle.read_bytes()
-    with pytest.raises(HostError, match="update-ca-certificates"):
+    with pytest.raises(RollbackFailedError, match="update-ca-certificates") as caught:
         Installer(config).submit(manifest(two_cas))
+    # Typed: the install's failure and the rollback's, each as it was raised.
+    assert isinstance(caught.value.cause, HostError)
+    assert isinstance(caught.value.rollback, HostError)
+    assert caught.value.outcome is caught.value.cause.outcome
     status = status_to_json(Installer(config).status())
     assert status["state"] == "failed"
     kinds = [e["kind"] for e in status["errors"]]

@@ -27,6 +27,8 @@ from trustinstaller.errors import (
     FetchError,
     HostError,
     RefusedError,
+    RollbackFailedError,
+    StoreError,
     redact,
 )
 from trustinstaller.installer import Installer
@@ -103,10 +105,12 @@ def test_redact_reaches_nested_failures_fields_and_notes() -> None:
     outer = CertificatesRefusedError([fetch_err, refused])
     outer.add_note(f"rollback failed: {key}")
     host = HostError(["certutil", "-n", key], f"said {token}", output=f"line {key}\n")
-    for exc in (outer, host):
+    both = RollbackFailedError(HostError(["x", key], token), StoreError("os", f"undo {key}"))
+    for exc in (outer, host, both):
         redact(exc, [key, token, "", "unused"])
     texts = [str(outer), outer.diagnostics(), *outer.__notes__, str(host), host.output,
-             json.dumps([p.as_dict() for e in (outer, host) for p in e.problems()]),
+             str(both), both.diagnostics(),
+             json.dumps([p.as_dict() for e in (outer, host, both) for p in e.problems()]),
              fetch_err.reason, refused.reason, *host.argv]  # fmt: skip
     for text in texts:
         assert key not in text

@@ -194,6 +194,43 @@ class StoreError(TrustInstallerError):
         return [Problem("store_failed", self.store, str(self))]
 
 
+class RollbackFailedError(TrustInstallerError):
+    """An install failed, and so did its rollback: the journal stays for the next start.
+
+    Its outcome is the install's failure's; its problems are that failure's and the rollback's.
+    """
+
+    def __init__(self, cause: Exception, rollback: TrustInstallerError) -> None:
+        self.cause = cause
+        self.rollback = rollback
+        first = cause if isinstance(cause, TrustInstallerError) else own_words(cause)
+        super().__init__(f"{first}; {self.rollback_message()}")
+
+    @property
+    def outcome(self) -> Outcome:  # type: ignore[override]
+        """The install's failure's outcome."""
+        return (
+            self.cause.outcome if isinstance(self.cause, TrustInstallerError) else Outcome.INTERNAL
+        )
+
+    def rollback_message(self) -> str:
+        return f"rollback failed too, and will be retried at the next start: {self.rollback}"
+
+    def problems(self) -> list[Problem]:
+        """The install's problems, then the rollback's."""
+        if isinstance(self.cause, TrustInstallerError):
+            first = self.cause.problems()
+        else:
+            first = [Problem("internal_error", "", type(self.cause).__name__)]
+        return [*first, Problem("rollback_failed", "", self.rollback_message())]
+
+    def diagnostics(self) -> str:
+        """The install's failure, then the rollback's."""
+        if isinstance(self.cause, TrustInstallerError):
+            return f"{self.cause.diagnostics()}\n{self.rollback_message()}"
+        return str(self)
+
+
 class StateError(TrustInstallerError):
     """The state directory is unusable: the host's administrator must act."""
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from trustinstaller import _contain, _run, documents, fetch, log, manifest, state, transaction
@@ -125,7 +125,9 @@ class Installer:
         stores = registry.all() if certs else []
         entries = tuple(self._cert_status(p, [s.name for s in stores]) for p in planned)
         if certs:
-            entries = transaction.apply(stores, certs, self.state, entries, registry.named)
+            txn = transaction.Transaction(stores, certs, self.state, registry.named)
+            entries = self._worded(entries, txn.run(entries))
+            txn.commit(entries)
         status = self.state.write_status(self._locked_status(entries))
         self.state.clear_journal()
         for e in entries:
@@ -213,6 +215,24 @@ class Installer:
             warnings=tuple(warnings),
         )
 
+    @staticmethod
+    def _worded(
+        entries: Sequence[CertEntry], applied: transaction.Applied
+    ) -> tuple[CertEntry, ...]:
+        """The certificates as installed: without the stores skipped, with a warning for each."""
+        skipped = applied.skipped
+        return tuple(
+            replace(
+                e,
+                stores=tuple(n for n in e.stores if n not in skipped),
+                warnings=(*e.warnings, *(
+                    f"not installed in {name}, which failed and was rolled back alone: {why}"
+                    for name, why in skipped.items()
+                ), *applied.notes.get(e.fingerprint_sha256, ())),
+            )
+            for e in entries
+        )  # fmt: skip
+
     def _locked_status(self, entries: Sequence[CertEntry]) -> Status:
         return Status(
             State.LOCKED,
@@ -227,7 +247,6 @@ class Installer:
             problems = list(exc.problems())
         else:
             problems = [Problem("internal_error", "", f"{type(exc).__name__}")]
-        problems += [Problem("rollback_failed", "", note) for note in getattr(exc, "__notes__", [])]
         self.state.write_status(
             Status(State.FAILED, errors=tuple(problems), fetch=self._fetch_report())
         )

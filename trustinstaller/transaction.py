@@ -12,13 +12,13 @@ import concurrent.futures
 import secrets
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from trustinstaller import documents, log
 from trustinstaller.clock import iso
 from trustinstaller.documents import CertEntry, Entry, Journal, Phase
-from trustinstaller.errors import StoreError, TrustInstallerError, own_words
+from trustinstaller.errors import RollbackFailedError, StoreError, TrustInstallerError, own_words
 from trustinstaller.state import StateDir
 from trustinstaller.stores import Recorder, Store
 
@@ -53,35 +53,117 @@ class JournalWriter:
             self.state.write_journal(self.journal)
 
 
-def apply(
-    stores: Sequence[Store],
-    certs: Sequence[TrustedCA],
-    state: StateDir,
-    certificates: Sequence[CertEntry],
-    resolve: Callable[[str], Store],
-) -> tuple[CertEntry, ...]:
-    """Install ``certs`` into every store and verify; on any failure roll everything back.
+@dataclass(frozen=True)
+class Applied:
+    """What an install left out: for the installer to word in the status."""
 
-    A store that depends on no other (an NSS database) is installed and verified in a thread of
-    its own while the other stores run in order on this thread: certutil then overlaps
-    update-ca-certificates and its hooks, the slowest step. The journal records every step
-    before it is taken, whichever thread takes it, and every branch has finished before a
-    rollback starts, so the rollback never races a store command.
+    # Each optional store that failed and was rolled back alone: its name, and why (our words).
+    skipped: dict[str, str] = field(default_factory=dict)
+    # Warnings stores have about certificates they installed, by SHA-256 fingerprint.
+    notes: dict[str, list[str]] = field(default_factory=dict)
+
+
+class Transaction:
+    """One install across every store: preflight, install, verify and commit, or roll back.
+
+    A store that depends on no other (an NSS database) runs each step in a thread of its own
+    while the other stores run in order on this thread: certutil then overlaps
+    update-ca-certificates and its hooks, the slowest step (``_each`` decides). The journal
+    records every step before it is taken, whichever thread takes it, and every branch has
+    finished before a rollback starts, so the rollback never races a store command.
 
     An optional store (a user's own NSS database) that fails is rolled back alone, and the
     install goes on without it: that user controls the store and could otherwise veto the
-    install for everyone. Returns ``certificates`` as installed: without such a store, and
-    with a warning that names it.
+    install for everyone. It comes back in ``Applied.skipped``.
     """
-    # In order: the runtime-env store copies the bundle that the OS store just regenerated.
-    serial = [s for s in stores if not s.parallel]
-    parallel = [s for s in stores if s.parallel]
-    skipped_lock = threading.Lock()
-    skipped: dict[str, str] = {}
 
-    def tolerant(step: Callable[[Store], None]) -> Callable[[Store], None]:
+    def __init__(
+        self,
+        stores: Sequence[Store],
+        certs: Sequence[TrustedCA],
+        state: StateDir,
+        resolve: Callable[[str], Store],
+    ) -> None:
+        self.stores, self.certs, self.state, self.resolve = stores, certs, state, resolve
+        # In order: the runtime-env store copies the bundle that the OS store just regenerated.
+        self._serial = [s for s in stores if not s.parallel]
+        self._parallel = [s for s in stores if s.parallel]
+        self._lock = threading.Lock()
+        self._applied = Applied()
+        self._writer: JournalWriter | None = None
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def run(self, certificates: Sequence[CertEntry]) -> Applied:
+        """Preflight, install and verify; on any failure roll back and raise.
+
+        The rollback's own failure raises RollbackFailedError, which carries both; the journal then
+        stays for the next start.
+        """
+        with concurrent.futures.ThreadPoolExecutor(
+            max_workers=max(1, len(self._parallel)), thread_name_prefix="store"
+        ) as self._pool:
+            self._each(lambda s: s.preflight())
+            self._writer = JournalWriter(self.state, certificates)
+            try:
+                self._each(lambda s: s.install(self.certs, self._journal().recorder(s.name)))
+                self._journal().update(phase=Phase.VERIFYING)
+                self._each(lambda s: s.verify(self.certs))
+                self._each(self._notice)
+                by_store = self._journal().journal.by_store()
+                for s in self.stores:
+                    if s.name in self._applied.skipped:
+                        s.rollback(by_store.get(s.name, []))
+            except BaseException as exc:
+                # Even when this thread was interrupted: no store command may still be running.
+                self._pool.shutdown(wait=True)
+                self._roll_back_after(exc)
+                raise
+        return self._applied
+
+    def commit(self, certificates: Sequence[CertEntry]) -> None:
+        """Record the install as finished, with the certificates as the status will show them."""
+        self._journal().update(certificates=tuple(certificates), phase=Phase.COMMITTED)
+
+    def _journal(self) -> JournalWriter:
+        if self._writer is None:
+            raise RuntimeError("the transaction has not started")
+        return self._writer
+
+    def _roll_back_after(self, exc: BaseException) -> None:
+        """Undo the journal, after ``exc``; return so the caller re-raises it, or raise."""
+        try:
+            rollback(self._journal().journal, self.resolve)
+        except TrustInstallerError as failed:
+            # The journal stays, so the next start tries the rollback again.
+            if isinstance(exc, Exception):
+                raise RollbackFailedError(exc, failed) from exc
+            raise exc from failed  # KeyboardInterrupt, SystemExit: as they are
+        self.state.clear_journal()
+
+    def _notice(self, store: Store) -> None:
+        found = store.notices(self.certs)
+        with self._lock:
+            for fingerprint, warnings in found.items():
+                self._applied.notes.setdefault(fingerprint, []).extend(warnings)
+
+    def _each(self, step: Callable[[Store], None]) -> None:
+        """Take ``step`` on every store not skipped: the parallel ones in the pool, the rest in
+        order here; both branches end before this returns or raises."""
+        if self._pool is None:
+            raise RuntimeError("the transaction has not started")
+        tolerant = self._tolerant(step)
+        futures = [self._pool.submit(tolerant, s) for s in self._parallel]
+        try:
+            for s in self._serial:
+                tolerant(s)
+        finally:
+            concurrent.futures.wait(futures)
+        for f in futures:
+            f.result()  # raises that branch's failure
+
+    def _tolerant(self, step: Callable[[Store], None]) -> Callable[[Store], None]:
         def run(store: Store) -> None:
-            if store.name in skipped:
+            if store.name in self._applied.skipped:
                 return
             try:
                 step(store)
@@ -90,75 +172,12 @@ def apply(
             except Exception as exc:
                 if not store.optional:
                     raise
-                with skipped_lock:
-                    # Our words only: the owner's process may have printed anything at all.
-                    skipped[store.name] = own_words(exc)
-                log.get().warning("store_skipped", store=store.name, error=skipped[store.name])
+                why = own_words(exc)  # the owner's process may have printed anything at all
+                with self._lock:
+                    self._applied.skipped[store.name] = why
+                log.get().warning("store_skipped", store=store.name, error=why)
 
         return run
-
-    def on_every_store(step: Callable[[Store], None]) -> None:
-        futures = [pool.submit(step, s) for s in parallel]
-        try:
-            for s in serial:
-                step(s)
-        finally:
-            # Both branches end before this returns or raises, so a rollback never races.
-            concurrent.futures.wait(futures)
-        for f in futures:
-            f.result()  # raises that branch's failure
-
-    def install(store: Store) -> None:
-        store.install(certs, writer.recorder(store.name))
-
-    notes: dict[str, list[str]] = {}
-
-    def notice(store: Store) -> None:
-        found = store.notices(certs)
-        with skipped_lock:
-            for fingerprint, warnings in found.items():
-                notes.setdefault(fingerprint, []).extend(warnings)
-
-    with concurrent.futures.ThreadPoolExecutor(
-        max_workers=max(1, len(parallel)), thread_name_prefix="store"
-    ) as pool:
-        on_every_store(tolerant(lambda s: s.preflight()))
-        writer = JournalWriter(state, certificates)
-        try:
-            on_every_store(tolerant(install))
-            writer.update(phase=Phase.VERIFYING)
-            on_every_store(tolerant(lambda s: s.verify(certs)))
-            on_every_store(tolerant(notice))
-            by_store = writer.journal.by_store()
-            for s in stores:
-                if s.name in skipped:
-                    s.rollback(by_store.get(s.name, []))
-        except BaseException as exc:
-            # Even when this thread was interrupted: no store command may still be running.
-            pool.shutdown(wait=True)
-            try:
-                rollback(writer.journal, resolve)
-            except TrustInstallerError as rb_exc:
-                # The journal stays, so the next start tries the rollback again.
-                exc.add_note(
-                    f"rollback failed too, and will be retried at the next start: {rb_exc}"
-                )
-                raise exc from rb_exc
-            state.clear_journal()
-            raise
-        installed = tuple(
-            replace(
-                c,
-                stores=tuple(n for n in c.stores if n not in skipped),
-                warnings=(*c.warnings, *(
-                    f"not installed in {name}, which failed and was rolled back alone: {why}"
-                    for name, why in skipped.items()
-                ), *notes.get(c.fingerprint_sha256, ())),
-            )
-            for c in certificates
-        )  # fmt: skip
-        writer.update(certificates=installed, phase=Phase.COMMITTED)
-    return installed
 
 
 def rollback(journal: Journal, resolve: Callable[[str], Store]) -> None:

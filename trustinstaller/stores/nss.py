@@ -132,7 +132,7 @@ class NssStore:
 
     @property
     def optional(self) -> bool:
-        """A user's own database: the user could make it fail at will (see transaction.apply)."""
+        """A user's own database, which the user could make fail at will (see Transaction)."""
         return self.database.owner is not None
 
     @property
