@@ -24,6 +24,7 @@ import sys
 import sysconfig
 import tempfile
 import time
+import tomllib
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -37,6 +38,7 @@ from tests.support.browseruser import free_uid
 from tests.support.daemon import Daemon, cli, request, write_config
 from tests.system.conftest import NotifySocket, listening_socket, stop
 from tests.system.test_activation import put
+from tests.system.test_units import PACKAGED_CONFIG, SOCKET, unit_settings
 from tests.test_review3_socket import KEEPALIVE
 from trustinstaller import _acl
 from trustinstaller.config import Config
@@ -46,6 +48,7 @@ pytestmark = pytest.mark.root
 BROWSER = 65534  # nobody: the browser user, whose primary group is socket_group
 GROUP = "nogroup"
 SYSTEM_PYTHON = "/usr/bin/python3"
+STATUS_UNIT = "trustinstaller-status.socket"
 
 # Run as another uid by the system's python: connect to the socket and send one request (GET
 # /v1/status, or PUT {} with PUT as the second argument, POST with POST); print the status line
@@ -473,3 +476,20 @@ def test_status_socket_peers_do_not_hold_a_locked_daemon_past_idle_exit(
     assert held < 3.0 + 8.0, f"exit after {held:.1f} s; poller: {err}"
     assert out.count("answer") >= 2, f"the poller was not answered: {out} {err}"
     assert json.loads((config.state_dir / "status.json").read_text())["state"] == "locked"
+
+
+def test_the_units_name_their_sockets_and_agree_with_the_packaged_config() -> None:
+    """control and status by FileDescriptorName=; the status unit serves the daemon's service."""
+    control, status = unit_settings(SOCKET), unit_settings(SOCKET.with_name(STATUS_UNIT))
+    assert control["FileDescriptorName"] == ["control"]
+    assert (control["SocketMode"], control["SocketGroup"]) == (["0600"], ["root"])
+    assert status["FileDescriptorName"] == ["status"]
+    assert status["Service"] == ["trustinstaller.service"]
+    assert (status["SocketMode"], status["Accept"]) == (["0660"], ["no"])
+    packaged = tomllib.loads(PACKAGED_CONFIG.read_text())
+    default = Config(socket=Path(packaged["socket"])).status_socket_path
+    assert status["ListenStream"] == [str(default)]
+    # The package installs it (debhelper's name for a second unit of the package).
+    build = (PACKAGED_CONFIG.parent / "build.sh").read_text()
+    assert f"debian/trustinstaller.{STATUS_UNIT}" in build
+    assert "--name=trustinstaller-status" in (PACKAGED_CONFIG.parent / "debian/rules").read_text()
