@@ -134,6 +134,8 @@ def test_status_socket_defaults_beside_the_control_socket() -> None:
     assert config.from_mapping({"socket": "/run/ti.sock"}).status_socket_path == Path(
         "/run/ti-status.sock"
     )
+    # Not in the 0700 state directory, where the default socket is.
+    assert config.from_mapping({}).status_socket_path == Path("/run/trustinstaller-status.sock")
     cfg = config.from_mapping({"socket_group": "nogroup", "status_socket": "/srv/s.sock"})
     assert cfg.status_socket_path == Path("/srv/s.sock")
     with pytest.raises(ConfigError, match="status_socket: must not be the control socket's path"):

@@ -70,10 +70,17 @@ class Config:
 
     @property
     def status_socket_path(self) -> Path:
-        """The status socket: ``status_socket``, else ``NAME-status.sock`` beside ``socket``."""
+        """The status socket: ``status_socket``, else ``NAME-status.sock`` beside ``socket``.
+
+        Beside the state directory instead when ``socket`` is in it: that directory is 0700,
+        and the group could not reach a socket there.
+        """
         if self.status_socket is not None:
             return self.status_socket
-        return self.socket.with_name(f"{self.socket.stem}-status{self.socket.suffix}")
+        name = f"{self.socket.stem}-status{self.socket.suffix}"
+        if self.socket.parent == self.state_dir:
+            return self.state_dir.parent / name
+        return self.socket.with_name(name)
 
     @property
     def runtime_env_dir(self) -> Path:
