@@ -19,6 +19,7 @@ import shutil
 import signal
 import socket
 import stat
+import struct
 import subprocess
 import sys
 import sysconfig
@@ -493,3 +494,49 @@ def test_the_units_name_their_sockets_and_agree_with_the_packaged_config() -> No
     build = (PACKAGED_CONFIG.parent / "build.sh").read_text()
     assert f"debian/trustinstaller.{STATUS_UNIT}" in build
     assert "--name=trustinstaller-status" in (PACKAGED_CONFIG.parent / "debian/rules").read_text()
+
+
+def _acl_bytes(*entries: tuple[int, int, int]) -> bytes:
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
+
+
+NO_ID = 0xFFFFFFFF
+
+
+@pytest.mark.parametrize(
+    ("data", "users", "group", "other"),
+    [
+        pytest.param(_acl.encode(frozenset({1000, 7})), {7, 1000}, False, False, id="ours"),
+        # setfacl -m u:1000:rw,m::r: the mask takes the write bit back, so 1000 cannot connect.
+        pytest.param(
+            _acl_bytes((1, 6, NO_ID), (2, 6, 1000), (4, 0, NO_ID), (16, 4, NO_ID), (32, 0, NO_ID)),
+            set(), False, False, id="masked-user",
+        ),
+        pytest.param(
+            _acl_bytes((1, 6, NO_ID), (4, 0, NO_ID), (8, 2, 50), (16, 6, NO_ID), (32, 0, NO_ID)),
+            set(), True, False, id="named-group",
+        ),
+        pytest.param(
+            _acl_bytes((1, 6, NO_ID), (4, 6, NO_ID), (32, 2, NO_ID)), set(), True, True,
+            id="minimal-0662",
+        ),
+    ],
+)  # fmt: skip
+def test_who_may_connect_is_read_from_the_acl(
+    data: bytes, users: set[int], group: bool, other: bool
+) -> None:
+    """Write permission after the mask is what connect(2) needs; a named group counts as group."""
+    who = _acl.decode(data, owner=0)
+    assert (who.users, who.group, who.other) == (frozenset(users), group, other)
+
+
+def test_the_acl_encoding_is_the_kernels(open_dir: Path) -> None:
+    """The kernel takes our ACL as valid, and the mode then shows the mask in the group bits."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.bind(str(open_dir / "a.sock"))
+        _acl.grant(str(open_dir / "a.sock"), frozenset({4242}))
+        who = _acl.access(str(open_dir / "a.sock"))
+        assert (who.users, who.group, who.other) == (frozenset({4242}), False, False)
+        assert stat.S_IMODE((open_dir / "a.sock").stat().st_mode) == 0o660
+    with pytest.raises(ValueError, match="not a POSIX ACL"):
+        _acl.decode(b"\x02\x00", owner=0)
