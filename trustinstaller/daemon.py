@@ -125,9 +125,9 @@ def secure_control(path: str, allowed_uids: frozenset[int]) -> None:
     except OSError as exc:
         raise ConfigError(
             f"control socket {path}: cannot let exactly the non-root allowed_uids ({uids}) "
-            f"connect with a POSIX ACL: {exc.strerror or exc}; under systemd, add "
-            f"'ExecStartPost=setfacl --set u::rw,g::-,o::-,{_acl_spec(wanted)} {path}' to a "
-            "drop-in for trustinstaller.socket, or set allowed_uids = [0]"
+            f"connect with a POSIX ACL: {exc.strerror or exc}; under systemd, add 'ExecStartPost="
+            f"/usr/bin/setfacl --set u::rw,g::-,o::-,{_acl_spec(wanted)} {path}' to a drop-in "
+            "for trustinstaller.socket, or set allowed_uids = [0]"
         ) from exc
     if who.users != wanted or who.group or who.other:
         raise ConfigError(
