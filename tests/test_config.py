@@ -32,6 +32,8 @@ BAD = [
     ("runtime_dir", "relative/env", "runtime_dir: must be an absolute path"),
     ("runtime_dir", "/run/with space", "runtime_dir: may hold only letters"),
     ("runtime_dir", "/run/quote'd", "runtime_dir: may hold only letters"),
+    ("status_socket", "run/ti-status.sock", "status_socket: must be an absolute path"),
+    ("status_socket", "/run/ti-status.sock", "status_socket: is served only with socket_group"),
     # Timeouts: positive numbers of seconds; a bool is not a number here.
     ("update_timeout", 0, "update_timeout: must be a positive number of seconds"),
     ("update_timeout", -1.5, "update_timeout: must be a positive number of seconds"),
@@ -125,6 +127,21 @@ def test_good_value_is_taken(key: str, value: object, attribute: str, expected: 
     got = getattr(config.from_mapping({key: value}), attribute)
     assert got == expected
     assert type(got) is type(expected)
+
+
+def test_status_socket_defaults_beside_the_control_socket() -> None:
+    """The status socket is NAME-status.sock beside the control socket, or where it is set."""
+    assert config.from_mapping({"socket": "/run/ti.sock"}).status_socket_path == Path(
+        "/run/ti-status.sock"
+    )
+    # Not in the 0700 state directory, where the default socket is.
+    assert config.from_mapping({}).status_socket_path == Path("/run/trustinstaller-status.sock")
+    cfg = config.from_mapping({"socket_group": "nogroup", "status_socket": "/srv/s.sock"})
+    assert cfg.status_socket_path == Path("/srv/s.sock")
+    with pytest.raises(ConfigError, match="status_socket: must not be the control socket's path"):
+        config.from_mapping(
+            {"socket": "/run/a.sock", "socket_group": "nogroup", "status_socket": "/run/a.sock"}
+        )
 
 
 def test_unset_key_keeps_its_default() -> None:

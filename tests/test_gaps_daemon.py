@@ -159,33 +159,37 @@ def test_a_file_at_the_socket_path_is_not_removed(config: Config, tmp_path: Path
 
 
 @pytest.mark.root
-def test_socket_group_makes_the_socket_0660_for_that_group(
+def test_socket_group_gets_a_status_socket_0660_and_never_the_control_socket(
     config: Config, tmp_path: Path, open_dir: Path
 ) -> None:
-    """With socket_group, the socket is 0660 root:group: a member connects, others may not."""
+    """With socket_group, a 0660 root:group status socket is added; the control one stays 0600."""
     assert os.geteuid() == 0, "this test runs as root in CI"
     gid = grp.getgrnam(GROUP).gr_gid
-    sock = open_dir / "ti.sock"
+    sock, status = open_dir / "ti.sock", open_dir / "ti-status.sock"
     cfg = write_config(replace(config, socket=sock, socket_group=GROUP), tmp_path / "c.toml")
     with Daemon(cfg, sock):
         st = sock.lstat()
+        assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o600, 0, 0)
+        st = status.lstat()
         assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o660, 0, gid)
-        assert client(OTHER_UID, gid, sock) == "HTTP/1.1 200 OK"
-        # Connecting is not submitting: SO_PEERCRED still refuses a uid not in allowed_uids.
-        assert client(OTHER_UID, gid, sock, "PUT") == "HTTP/1.1 403 Forbidden"
-        assert client(OTHER_UID, gid + 1, sock) == "EACCES"
+        assert client(OTHER_UID, gid, sock) == "EACCES"
+        assert client(OTHER_UID, gid, status) == "HTTP/1.1 200 OK"
+        # The status socket answers GET only, whoever asks.
+        assert client(OTHER_UID, gid, status, "PUT") == "HTTP/1.1 405 Method Not Allowed"
+        assert client(OTHER_UID, gid + 1, status) == "EACCES"
 
 
 @pytest.mark.root
 def test_a_peer_with_roots_gid_but_another_uid_may_not_submit(
     config: Config, tmp_path: Path, open_dir: Path
 ) -> None:
-    """allowed_uids is checked on the peer's uid: an outside uid whose gid is 0 still gets 403."""
-    sock = open_dir / "ti.sock"
+    """A peer whose gid is 0 is not let into the control socket, and cannot PUT on the other."""
+    sock, status = open_dir / "ti.sock", open_dir / "ti-status.sock"
     cfg = write_config(replace(config, socket=sock, socket_group="root"), tmp_path / "c.toml")
     with Daemon(cfg, sock):
-        assert client(OTHER_UID, 0, sock) == "HTTP/1.1 200 OK"
-        assert client(OTHER_UID, 0, sock, "PUT") == "HTTP/1.1 403 Forbidden"
+        assert client(OTHER_UID, 0, sock) == "EACCES"
+        assert client(OTHER_UID, 0, status) == "HTTP/1.1 200 OK"
+        assert client(OTHER_UID, 0, status, "PUT") == "HTTP/1.1 405 Method Not Allowed"
 
 
 @pytest.mark.root

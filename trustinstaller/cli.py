@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import socket
 import sys
 from collections.abc import Sequence
@@ -159,24 +160,45 @@ def _submit(args: argparse.Namespace, cfg: config.Config) -> int:
 
 
 def _status(args: argparse.Namespace, cfg: config.Config) -> int:
-    try:
-        _, doc = _request(cfg.socket, "GET", "/v1/status", None, timeout=10.0)
-        source = "daemon"
-    except TrustInstallerError:
+    answered = _ask_daemon(cfg)
+    if answered is not None:
+        status, source = answered
+    else:
         from trustinstaller.state import StateDir
 
-        status: Status | None = StateDir(cfg.state_dir).read_status()
+        status = StateDir(cfg.state_dir).read_status()
         source = f"state directory {cfg.state_dir} (no daemon answered)"
-    else:
-        status = _status_of(doc)
-    if status is None:
-        raise TrustInstallerError(f"socket {cfg.socket}: the daemon's answer is not a status")
     if args.json:
         print(json.dumps(documents.status_to_json(status), indent=2, sort_keys=True))
     else:
         print(f"source: {escape(source)}")
         _print_human(status)
     return EXIT_OK
+
+
+def _ask_daemon(cfg: config.Config) -> tuple[Status, str] | None:
+    """The daemon's status and which socket gave it, or None when no daemon answered."""
+    for path, source in _status_sockets(cfg):
+        try:
+            _, doc = _request(path, "GET", "/v1/status", None, timeout=10.0)
+        except TrustInstallerError:
+            continue
+        status = _status_of(doc)
+        if status is None:
+            raise TrustInstallerError(f"socket {path}: the daemon's answer is not a status")
+        return status, source
+    return None
+
+
+def _status_sockets(cfg: config.Config) -> list[tuple[Path, str]]:
+    """Where to ask for the status, in order: root tries the control socket first.
+
+    Anyone else is not let into the control socket (or is, through an ACL, when in
+    allowed_uids) and reads from the status socket, which socket_group may reach.
+    """
+    control = (cfg.socket, "daemon")
+    status = (cfg.status_socket_path, f"daemon, status socket {cfg.status_socket_path}")
+    return [control, status] if os.geteuid() == 0 else [status, control]
 
 
 def _status_of(doc: dict[str, Any]) -> Status | None:

@@ -44,6 +44,8 @@ class Config:
     nss_databases: tuple[NssDatabase, ...] = ()
     allowed_uids: tuple[int, ...] = (0,)
     socket_group: str | None = None
+    # With socket_group: where that group reads the status (GET only). Default: beside socket.
+    status_socket: Path | None = None
     endpoint_url: str | None = None
     os_store: DebianPaths = field(default_factory=DebianPaths)
     update_timeout: float = 300.0
@@ -69,12 +71,26 @@ class Config:
         object.__setattr__(self, "nss_databases", dbs)
 
     @property
+    def status_socket_path(self) -> Path:
+        """The status socket: ``status_socket``, else ``NAME-status.sock`` beside ``socket``.
+
+        Beside the state directory instead when ``socket`` is in it: that directory is 0700,
+        and the group could not reach a socket there.
+        """
+        if self.status_socket is not None:
+            return self.status_socket
+        name = f"{self.socket.stem}-status{self.socket.suffix}"
+        if self.socket.parent == self.state_dir:
+            return self.state_dir.parent / name
+        return self.socket.with_name(name)
+
+    @property
     def runtime_env_dir(self) -> Path:
         """Where the runtime trust environment goes: beside the 0700 state directory, not in it."""
         return self.runtime_dir or self.state_dir.with_name(f"{self.state_dir.name}-env")
 
 
-_PATH_KEYS = {"socket", "state_dir", "runtime_dir"}
+_PATH_KEYS = {"socket", "status_socket", "state_dir", "runtime_dir"}
 _OS_KEYS = {"local_certs_dir", "etc_certs_dir", "certs_dir", "certs_conf", "hooks_dir", "dpkg_dir"}
 _TIMEOUT_KEYS = {
     "update_timeout",
@@ -169,6 +185,10 @@ def from_mapping(data: Mapping[str, Any], *, source: str = "config") -> Config:
             if not isinstance(data[key], str) or not data[key]:
                 raise fail(key, "must be a non-empty string")
             kw[key] = data[key]
+    if "status_socket" in kw and "socket_group" not in kw:
+        raise fail("status_socket", "is served only with socket_group; set socket_group too")
+    if "status_socket" in kw and kw["status_socket"] == kw.get("socket", Config.socket):
+        raise fail("status_socket", "must not be the control socket's path")
     if "endpoint_url" in kw and not kw["endpoint_url"].startswith(("https://", "http://")):
         raise fail("endpoint_url", "must start with https:// (or http:// for a local test server)")
     if "os_store" in data:

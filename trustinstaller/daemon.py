@@ -18,7 +18,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from trustinstaller import _fs, log, sdnotify
+from trustinstaller import _acl, _fs, log, sdnotify
 from trustinstaller.config import Config
 from trustinstaller.documents import Status
 from trustinstaller.errors import ActivationError, ConfigError, UnsafePathError
@@ -77,23 +77,85 @@ def warm_up(installer: Installer) -> None:
         fetch.warm_up(installer.config.endpoint_url)
 
 
-def inherited_socket() -> socket.socket | None:
-    """The listening socket systemd passed us (``LISTEN_FDS``/``LISTEN_PID``), if any."""
-    fds = sdnotify.listen_fds()
-    if not fds:
-        return None
+def inherited_sockets() -> dict[str, socket.socket] | None:
+    """The sockets systemd passed us (``LISTEN_FDS``, ``LISTEN_FDNAMES``) by name, if any."""
     try:
-        return sdnotify.listening_unix_socket(fds)
+        named = sdnotify.listen_fds_with_names()
+        if not named:
+            return None
+        return sdnotify.activated_sockets(named)
     except ActivationError as exc:
         raise ConfigError(f"socket activation: {exc}") from exc
 
 
-def bind_socket(path: Path, *, group: str | None = None) -> socket.socket:
-    """Bind a fresh listening socket at ``path`` (0600, or 0660 with ``group``).
+def secure_control(path: str, allowed_uids: frozenset[int]) -> None:
+    """Make sure only root and ``allowed_uids`` can connect to the control socket at ``path``.
 
+    Another uid that can connect can fill the listen backlog that root shares, and root's next
+    connect fails at once (EAGAIN): the control socket is never a group's. A non-root uid in
+    allowed_uids gets an ACL entry of its own; if that cannot be done, the daemon does not start.
+    """
+    wanted = frozenset(allowed_uids) - {0}
+    if not path.startswith("/"):
+        raise ConfigError(
+            f"control socket {path!r}: not a path in the filesystem (an abstract "
+            "socket has no permissions: anyone may connect); use ListenStream=/path"
+        )
+    try:
+        who = _acl.access(path)
+    except OSError as exc:
+        raise ConfigError(
+            f"control socket {path}: cannot see who may connect to it: {exc.strerror or exc}"
+        ) from exc
+    if who.owner != 0:
+        raise ConfigError(
+            f"control socket {path}: owned by uid {who.owner}, not root; use SocketUser=root"
+        )
+    if who.group or who.other:
+        raise ConfigError(
+            f"control socket {path}: its group or others may connect; it must be 0600 root "
+            "(SocketMode=0600 SocketGroup=root): readers in socket_group use the status socket"
+        )
+    if who.users == wanted:
+        return
+    uids = ", ".join(str(u) for u in sorted(wanted)) or "none"
+    try:
+        _acl.grant(path, wanted)
+        who = _acl.access(path)
+    except OSError as exc:
+        raise ConfigError(
+            f"control socket {path}: cannot let exactly the non-root allowed_uids ({uids}) "
+            f"connect with a POSIX ACL: {exc.strerror or exc}; under systemd, add 'ExecStartPost="
+            f"/usr/bin/setfacl --set u::rw,g::-,o::-,{_acl_spec(wanted)} {path}' to a drop-in "
+            "for trustinstaller.socket, or set allowed_uids = [0]"
+        ) from exc
+    if who.users != wanted or who.group or who.other:
+        raise ConfigError(
+            f"control socket {path}: the POSIX ACL set for allowed_uids ({uids}) "
+            "did not take effect; set allowed_uids = [0]"
+        )
+
+
+def _acl_spec(uids: frozenset[int]) -> str:
+    """setfacl's text for ``uids``, each rw, and the mask that goes with named entries."""
+    return ",".join([*(f"u:{u}:rw" for u in sorted(uids)), "m::rw"])
+
+
+def bind_socket(
+    path: Path, *, group: str | None = None, users: frozenset[int] = frozenset()
+) -> socket.socket:
+    """Bind a fresh listening socket at ``path``: 0600 root, or 0660 for ``group``.
+
+    ``users`` (uids besides root) get a POSIX ACL entry each (see :func:`secure_control`).
     Its directory is reached by a checked walk, so no other user can swap it between the
     removal of a stale socket, the bind and the chmod that follow by path.
     """
+    gid = -1
+    if group is not None:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise ConfigError(f"socket_group {group!r}: no such group on this host") from None
     try:
         with (
             _fs.opened_dir(path.parent, parents=True, mode=0o755) as parent,
@@ -114,12 +176,23 @@ def bind_socket(path: Path, *, group: str | None = None) -> socket.socket:
     finally:
         os.umask(old)
     if group is not None:
-        os.chown(path, -1, grp.getgrnam(group).gr_gid, follow_symlinks=False)
+        os.chown(path, -1, gid, follow_symlinks=False)
         os.chmod(path, 0o660)
     else:
         os.chmod(path, 0o600)
+        secure_control(str(path), users)
     sock.listen(64)
     return sock
+
+
+def bound_sockets(config: Config) -> dict[str, socket.socket]:
+    """Without systemd: bind the control socket, and with ``socket_group`` the status socket."""
+    sockets = {
+        sdnotify.CONTROL: bind_socket(config.socket, users=frozenset(config.allowed_uids) - {0})
+    }
+    if config.socket_group is not None:
+        sockets[sdnotify.STATUS] = bind_socket(config.status_socket_path, group=config.socket_group)
+    return sockets
 
 
 def serve(installer: Installer, *, idle_exit: float | None = None) -> None:
@@ -145,15 +218,28 @@ def serve(installer: Installer, *, idle_exit: float | None = None) -> None:
     # Readiness waits for recovery: a journal left by a killed install is rolled back first.
     # A concurrent `trustinstaller apply` holds the lock: wait for it rather than fail to start.
     status = installer.prepare(wait=installer.config.update_timeout)
-    inherited = inherited_socket()
-    sock = inherited or bind_socket(installer.config.socket,
-                                    group=installer.config.socket_group)  # fmt: skip
-    server = Server(installer, sock)
-    # Request threads must not be daemon threads: server_close() joins only the others, and
-    # an install in flight must finish before the process exits.
-    server.daemon_threads = False
-    worker = threading.Thread(target=server.serve_forever, name="accept", daemon=True)
-    worker.start()
+    inherited = inherited_sockets()
+    sockets = inherited if inherited is not None else bound_sockets(installer.config)
+    sock = sockets[sdnotify.CONTROL]
+    if inherited is not None:
+        secure_control(str(sock.getsockname()), frozenset(installer.config.allowed_uids))
+    servers = [Server(installer, sock)]
+    if sdnotify.STATUS in sockets:
+        servers.append(Server(installer, sockets[sdnotify.STATUS], read_only=True))
+    elif installer.config.socket_group is not None:
+        # Not fatal: root's installs do not need it. The group's readers get no answer.
+        log.get().warning(
+            "status_socket_missing",
+            reason="socket_group is set but systemd "
+            "passed no status socket: enable trustinstaller-status.socket",
+        )
+    for server, name in zip(servers, ("accept", "accept-status"), strict=False):
+        # Request threads must not be daemon threads: server_close() joins only the others,
+        # and an install in flight must finish before the process exits.
+        server.daemon_threads = False
+        # One accept thread and one backlog each: a flood on the status socket cannot fill
+        # the control socket's backlog or take its slots.
+        threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
     text = [sdnotify.describe(status)]
 
     def on_status(new: Status) -> None:
@@ -168,6 +254,8 @@ def serve(installer: Installer, *, idle_exit: float | None = None) -> None:
     installer.state.on_write = on_status
     log.get().info("daemon_ready", socket=str(sock.getsockname()), state=status.state.value,
                    source="systemd" if inherited else "bound")  # fmt: skip
+    if len(servers) > 1:
+        log.get().info("status_socket_ready", socket=str(servers[1].socket.getsockname()))
     sdnotify.notify("READY=1", f"STATUS={text[0]}", f"MAINPID={os.getpid()}")
     idle_since = time.monotonic()
     try:
@@ -189,8 +277,11 @@ def serve(installer: Installer, *, idle_exit: float | None = None) -> None:
     finally:
         installer.state.on_write = None
         sdnotify.notify("STOPPING=1", f"STATUS=stopping ({', '.join(stopped_by) or 'error'})")
-        server.shutdown()
-        server.drop_others()
-        # Joins every request thread, so an install in flight finishes before we exit.
-        server.server_close()
+        for server in servers:
+            server.shutdown()
+        for server in servers:
+            server.drop_others()
+        for server in servers:
+            # Joins every request thread, so an install in flight finishes before we exit.
+            server.server_close()
         log.get().info("daemon_stopped", reason=stopped_by[0] if stopped_by else "error")

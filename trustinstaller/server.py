@@ -3,6 +3,10 @@
 ``curl --unix-socket /run/trustinstaller/trustinstaller.sock http://localhost/v1/status``
 works for debugging. Every request is checked with SO_PEERCRED, whatever the
 socket file's mode says.
+
+The daemon may serve two sockets, each with a Server of its own (its own backlog, accept
+thread and slots): the control socket, which root and ``allowed_uids`` reach, and, with
+``socket_group``, a read-only status socket for that group, which answers GET only.
 """
 
 from __future__ import annotations
@@ -106,7 +110,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.rfile.close()  # the socket's own reader: its reference would keep the socket open
         self.reader = DeadlineReader(self.request, self.server.request_timeout)
         self.rfile = io.BufferedReader(self.reader)
-        self.privileged = self._peer()[1] in self.server.slots.privileged
+        # On the status socket nobody is privileged: every connection gets one answer.
+        self.privileged = (
+            not self.server.read_only and self._peer()[1] in self.server.slots.privileged
+        )
 
     def handle_one_request(self) -> None:
         """Serve one request; only reading it is bounded by the deadline, never the install.
@@ -150,6 +157,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_PUT(self) -> None:
         """``PUT /v1/manifest``."""
         with self._context():
+            if self.server.read_only:
+                log.get().warning(
+                    "peer_refused",
+                    peer_uid=self._peer()[1],
+                    reason="status_socket",
+                    outcome=Outcome.FORBIDDEN.label,
+                )
+                self._wrong_method()
+                return
             if self.path != "/v1/manifest":
                 self._send(404, {"error": f"no such resource {self._path()}; PUT /v1/manifest"})
                 return
@@ -189,6 +205,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def _wrong_method(self) -> None:
         self.close_connection = True
+        if self.server.read_only:
+            self._send(
+                405,
+                {
+                    "error": f"method {self.command} not allowed on the status socket, "
+                    "which answers GET /v1/status only; a manifest goes to "
+                    "the control socket"
+                },
+                allow="GET",
+            )
+            return
         self._send(405, {"error": f"method {self.command} not allowed; use GET /v1/status "
                                   "or PUT /v1/manifest"}, allow="GET, PUT")  # fmt: skip
 
@@ -272,8 +299,12 @@ class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     allow_reuse_address = False
 
-    def __init__(self, installer: Installer, sock: socket.socket) -> None:
+    def __init__(
+        self, installer: Installer, sock: socket.socket, *, read_only: bool = False
+    ) -> None:
         self.installer = installer
+        # The status socket: GET only, and its connections never hold a stopping or idle daemon.
+        self.read_only = read_only
         self.allowed_uids = frozenset(installer.config.allowed_uids)
         self.request_timeout = installer.config.request_timeout
         self.slots = Slots(self.allowed_uids | {0})
@@ -296,7 +327,7 @@ class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         if not self.slots.take(uid):
             self._refuse(request, _TOO_MANY)
             return
-        privileged = uid in self.slots.privileged
+        privileged = uid in self.slots.privileged and not self.read_only
         t = threading.Thread(target=self.process_request_thread, args=(request, client_address),
                              name=REQUEST if privileged else OTHER_REQUEST,
                              daemon=self.daemon_threads)  # fmt: skip
@@ -333,7 +364,7 @@ class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             self._others.discard(request)
 
     def drop_others(self) -> None:
-        """End every connection from a uid outside allowed_uids now: the daemon is stopping.
+        """End every connection from a uid outside allowed_uids (and on the status socket) now.
 
         Such a peer may only read the status, and must not hold a stopping daemon (the idle
         exit of a locked one included) for the rest of its request_timeout.

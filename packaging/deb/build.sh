@@ -87,6 +87,8 @@ mkdir -p "$work"
 cp -r "$here/debian" "$work/debian"
 cp systemd/trustinstaller.service "$work/debian/trustinstaller.service"
 cp systemd/trustinstaller.socket "$work/debian/trustinstaller.socket"
+# debhelper's name for a second unit of package trustinstaller: see --name in debian/rules.
+cp systemd/trustinstaller-status.socket "$work/debian/trustinstaller.trustinstaller-status.socket"
 cp systemd/trustinstaller.tmpfiles "$work/debian/trustinstaller.tmpfiles"
 cp "$here/config.toml" "$here/requirements.txt" "$work/"
 cp README.md "$work/README.md"
