@@ -173,13 +173,13 @@ def test_unknown_key_is_refused_and_the_allowed_ones_named() -> None:
 
 
 def test_bad_toml_is_refused_with_the_file_named(tmp_path: Path) -> None:
-    """A file that is not TOML is a ConfigError naming the file, and the CLI exits 2."""
+    """A file that is not TOML is a ConfigError naming the file, and the CLI exits 6."""
     bad = tmp_path / "bad.toml"
     bad.write_text('socket = "/run/x.sock\nstate_dir = \n')
     with pytest.raises(ConfigError, match=f"^config {re.escape(str(bad))}: not valid TOML: "):
         config.load(bad)
     done = cli("--config", str(bad), "status")
-    assert done.returncode == 2
+    assert done.returncode == 6
     assert done.stderr.startswith(f"trustinstaller: config {bad}: not valid TOML")
 
 
@@ -269,14 +269,14 @@ def test_default_path_is_read_when_nothing_names_a_file(scratch: Path) -> None:
     # Its errors name it.
     (scratch / "config.toml").write_text("bogus_key = 1\n")
     done = cli_in_namespace(scratch, "file", "status")
-    assert done.returncode == 2
+    assert done.returncode == 6
     assert "config /etc/trustinstaller/config.toml: bogus_key: unknown key" in done.stderr
     # The variable still wins over it, and an empty variable counts as unset.
     other = toml(scratch / "other.toml", Path("/run/from-variable"))
     done = cli_in_namespace(scratch, "file", "status", env_var=str(other))
     assert "source: state directory /run/from-variable (no daemon answered)" in done.stdout
     done = cli_in_namespace(scratch, "file", "status", env_var="")
-    assert done.returncode == 2
+    assert done.returncode == 6
     assert "config /etc/trustinstaller/config.toml" in done.stderr
 
 
@@ -297,14 +297,14 @@ def test_without_the_default_file_the_defaults_apply(scratch: Path) -> None:
 
 @pytest.mark.parametrize("value", ["abc", "0", "-5", "inf", "nan", "1e999", " "])
 def test_bad_idle_exit_refuses_to_start(value: str, config: Config, tmp_path: Path) -> None:
-    """A TRUSTINSTALLER_IDLE_EXIT that is not a positive finite number stops serve with exit 2."""
+    """A TRUSTINSTALLER_IDLE_EXIT that is not a positive finite number stops serve with exit 6."""
     cfg = write_config(config, tmp_path / "c.toml")
     done = subprocess.run(
         [sys.executable, "-m", "trustinstaller", "--config", str(cfg), "serve"],
         capture_output=True, text=True, timeout=30, check=False, stdin=subprocess.DEVNULL,
         env={**os.environ, "TRUSTINSTALLER_IDLE_EXIT": value},
     )  # fmt: skip
-    assert done.returncode == 2, done.stderr
+    assert done.returncode == 6, done.stderr
     assert done.stderr == (
         f"trustinstaller: TRUSTINSTALLER_IDLE_EXIT={value!r}: must be a positive number of "
         "seconds\n"

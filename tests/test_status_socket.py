@@ -438,7 +438,7 @@ def test_activation_refuses_what_it_cannot_serve_safely(
             stop(proc)
             notify.close()
     text = log.read_text()
-    assert code == 2, text[-2000:]
+    assert code == 7, text[-2000:]
     assert message in text, text[-2000:]
     assert "Traceback" not in text
 

@@ -112,7 +112,7 @@ def test_check_names_a_hostile_file_name_escaped(tmp_path: Path) -> None:
 def test_error_line_from_main_is_escaped(tmp_path: Path) -> None:
     """The ``trustinstaller: ...`` line escapes a path with a forged line and a bidi override."""
     done = cli("--config", str(tmp_path / f"c{FORGED}\u202e.toml"), "status")
-    assert done.returncode == 2
+    assert done.returncode == 6
     assert_inert(done.stdout + done.stderr)
     assert done.stderr.startswith("trustinstaller: config ")
     assert "c\\nstate: locked\\u202e.toml: cannot read" in done.stderr

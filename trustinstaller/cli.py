@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 from trustinstaller import __version__, config, documents, log
 from trustinstaller.documents import Status
-from trustinstaller.errors import ConfigError, DaemonUnreachableError, Outcome, TrustInstallerError
+from trustinstaller.errors import (
+    ConfigError,
+    DaemonUnreachableError,
+    ManifestError,
+    Outcome,
+    TrustInstallerError,
+)
 from trustinstaller.terminal import MESSAGE_LIMIT, escape
 
 if TYPE_CHECKING:
@@ -297,7 +303,7 @@ def _read_manifest(name: str) -> bytes:
         with open(name, "rb") as f:
             return f.read(MAX_MANIFEST_BYTES + 1)
     except OSError as exc:
-        raise ConfigError(f"manifest {name}: cannot read: {exc.strerror or exc}") from exc
+        raise ManifestError(name, f"cannot read: {exc.strerror or exc}") from exc
 
 
 def _request(

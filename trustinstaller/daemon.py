@@ -21,7 +21,7 @@ from pathlib import Path
 from trustinstaller import _acl, _fs, log, sdnotify
 from trustinstaller.config import Config
 from trustinstaller.documents import Status
-from trustinstaller.errors import ActivationError, ConfigError, UnsafePathError
+from trustinstaller.errors import ActivationError, ConfigError, StartupError, UnsafePathError
 from trustinstaller.installer import Installer
 from trustinstaller.server import OTHER_REQUEST, Server
 
@@ -85,7 +85,7 @@ def inherited_sockets() -> dict[str, socket.socket] | None:
             return None
         return sdnotify.activated_sockets(named)
     except ActivationError as exc:
-        raise ConfigError(f"socket activation: {exc}") from exc
+        raise StartupError(f"socket activation: {exc}") from exc
 
 
 def secure_control(path: str, allowed_uids: frozenset[int]) -> None:
@@ -97,22 +97,22 @@ def secure_control(path: str, allowed_uids: frozenset[int]) -> None:
     """
     wanted = frozenset(allowed_uids) - {0}
     if not path.startswith("/"):
-        raise ConfigError(
+        raise StartupError(
             f"control socket {path!r}: not a path in the filesystem (an abstract "
             "socket has no permissions: anyone may connect); use ListenStream=/path"
         )
     try:
         who = _acl.access(path)
     except OSError as exc:
-        raise ConfigError(
+        raise StartupError(
             f"control socket {path}: cannot see who may connect to it: {exc.strerror or exc}"
         ) from exc
     if who.owner != 0:
-        raise ConfigError(
+        raise StartupError(
             f"control socket {path}: owned by uid {who.owner}, not root; use SocketUser=root"
         )
     if who.group or who.other:
-        raise ConfigError(
+        raise StartupError(
             f"control socket {path}: its group or others may connect; it must be 0600 root "
             "(SocketMode=0600 SocketGroup=root): readers in socket_group use the status socket"
         )
@@ -123,14 +123,14 @@ def secure_control(path: str, allowed_uids: frozenset[int]) -> None:
         _acl.grant(path, wanted)
         who = _acl.access(path)
     except OSError as exc:
-        raise ConfigError(
+        raise StartupError(
             f"control socket {path}: cannot let exactly the non-root allowed_uids ({uids}) "
             f"connect with a POSIX ACL: {exc.strerror or exc}; under systemd, add 'ExecStartPost="
             f"/usr/bin/setfacl --set u::rw,g::-,o::-,{_acl_spec(wanted)} {path}' to a drop-in "
             "for trustinstaller.socket, or set allowed_uids = [0]"
         ) from exc
     if who.users != wanted or who.group or who.other:
-        raise ConfigError(
+        raise StartupError(
             f"control socket {path}: the POSIX ACL set for allowed_uids ({uids}) "
             "did not take effect; set allowed_uids = [0]"
         )
@@ -164,14 +164,14 @@ def bind_socket(
             if stat.S_ISSOCK(os.stat(path.name, dir_fd=parent, follow_symlinks=False).st_mode):
                 os.unlink(path.name, dir_fd=parent)  # stale, from an earlier run
     except UnsafePathError as exc:
-        raise ConfigError(f"socket {path}: {exc.filename} {exc.strerror}") from exc
+        raise StartupError(f"socket {path}: {exc.filename} {exc.strerror}") from exc
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o177)
     try:
         sock.bind(str(path))
     except OSError as exc:
         sock.close()
-        raise ConfigError(f"socket {path}: cannot bind: {exc.strerror or exc}; remove what "
+        raise StartupError(f"socket {path}: cannot bind: {exc.strerror or exc}; remove what "
                           "is there, or choose another path") from exc  # fmt: skip
     finally:
         os.umask(old)

@@ -24,6 +24,10 @@ class Outcome(enum.Enum):
     BUSY = ("busy", 5, 503)
     STORE_FAILED = ("store_failed", 1, 500)
     FORBIDDEN = ("forbidden", 1, 403)
+    # The configuration (file or environment) is wrong: whoever wrote it must act.
+    CONFIG = ("config_error", 6, 500)
+    # The host does not let the daemon start as configured (its socket): the host's admin acts.
+    START_FAILED = ("start_failed", 7, 500)
 
     def __init__(self, label: str, exit_code: int, http_status: int) -> None:
         self.label = label
@@ -82,9 +86,15 @@ class ManifestError(TrustInstallerError):
 
 
 class ConfigError(TrustInstallerError):
-    """The configuration file is unreadable or wrong."""
+    """The configuration file, or a variable that overrides it, is unreadable or wrong."""
 
-    outcome = Outcome.INVALID
+    outcome = Outcome.CONFIG
+
+
+class StartupError(TrustInstallerError):
+    """The daemon cannot start on this host as configured: its socket, or systemd's."""
+
+    outcome = Outcome.START_FAILED
 
 
 class CertificateError(TrustInstallerError):

@@ -386,8 +386,8 @@ class Arena:
         """Run one install to the end."""
         proc, nick = self.start_apply(runtime_dir=runtime_dir)
         out, _ = proc.communicate(timeout=180)
-        # The agent's own exit codes are 0 to 5; anything else means it never ran.
-        assert proc.returncode in range(6), f"the agent did not run (exit {proc.returncode}): {out}"
+        # The agent's own exit codes are 0 to 7; anything else means it never ran.
+        assert proc.returncode in range(8), f"the agent did not run (exit {proc.returncode}): {out}"
         return Try(proc.returncode, out, nick)
 
     def start_apply(
