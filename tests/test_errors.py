@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from trustinstaller.documents import State, Status, status_from_json, status_to_json
 from trustinstaller.errors import (
     CertificateError,
     CertificatesRefusedError,
     FetchError,
     Outcome,
+    Problem,
+    ProblemKind,
     RefusedError,
     StateError,
     UnsafePathError,
@@ -51,3 +56,25 @@ def test_unsafe_path_is_both_an_os_error_and_one_of_ours() -> None:
     assert (exc.errno, exc.filename) == (1, "/srv/x")
     assert str(exc) == "/srv/x: is owned by uid 65534, not root"
     assert exc.outcome is Outcome.STORE_FAILED
+
+
+@pytest.mark.parametrize("kind", list(ProblemKind))
+def test_every_problem_kind_round_trips_through_the_status_file(kind: ProblemKind) -> None:
+    """A status's problems keep their kind, as the enum, through the JSON the state holds."""
+    status = Status(State.FAILED, errors=(Problem(kind, "obj", "message"),))
+    back = status_from_json(json.loads(json.dumps(status_to_json(status))))
+    assert back.errors == status.errors
+    assert back.errors[0].kind is kind
+
+
+def test_an_unknown_problem_kind_is_refused_when_read() -> None:
+    data = status_to_json(Status(State.FAILED, errors=(Problem(ProblemKind.BUSY, "", "m"),)))
+    data["errors"][0]["kind"] = "made_up"
+    with pytest.raises(ValueError, match="unknown kind 'made_up'"):
+        status_from_json(data)
+
+
+def test_every_outcome_but_installed_has_a_problem_kind() -> None:
+    for outcome in Outcome:
+        if outcome is not Outcome.INSTALLED:
+            assert ProblemKind.of(outcome).value == outcome.label

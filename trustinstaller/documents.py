@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from trustinstaller.errors import Problem
+from trustinstaller.errors import Problem, ProblemKind
 
 
 class State(enum.StrEnum):
@@ -310,9 +310,12 @@ def _source_from_json(data: object) -> Source:
 
 def _problem_from_json(data: object) -> Problem:
     d = _mapping(data, "problem")
-    return Problem(
-        _str(d.get("kind"), "kind"), _str(d.get("object"), "object"), _str(d.get("message"), "m")
-    )
+    kind = _str(d.get("kind"), "kind")
+    try:
+        known = ProblemKind(kind)
+    except ValueError:
+        raise ValueError(f"problem: unknown kind {kind[:40]!r}") from None
+    return Problem(known, _str(d.get("object"), "object"), _str(d.get("message"), "m"))
 
 
 def _fetch_from_json(data: object) -> FetchReport:

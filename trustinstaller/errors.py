@@ -43,6 +43,29 @@ class Outcome(enum.Enum):
         return cls.INTERNAL
 
 
+class ProblemKind(enum.StrEnum):
+    """What kind of problem a status or an answer reports; its JSON form is the value."""
+
+    INTERNAL_ERROR = "internal_error"
+    INVALID_MANIFEST = "invalid_manifest"
+    REFUSED = "refused"
+    FETCH_FAILED = "fetch_failed"
+    LOCKED = "locked"
+    BUSY = "busy"
+    STORE_FAILED = "store_failed"
+    FORBIDDEN = "forbidden"
+    CONFIG_ERROR = "config_error"
+    START_FAILED = "start_failed"
+    ROLLBACK_FAILED = "rollback_failed"
+    STATE_ERROR = "state_error"
+    INTERRUPTED = "interrupted"
+
+    @classmethod
+    def of(cls, outcome: Outcome) -> ProblemKind:
+        """The kind of problem an outcome (other than installed) reports."""
+        return cls(outcome.label)
+
+
 class TrustInstallerError(Exception):
     """Root of every error this project raises on purpose."""
 
@@ -50,7 +73,7 @@ class TrustInstallerError(Exception):
 
     def problems(self) -> list[Problem]:
         """The individual problems, for the status answer."""
-        return [Problem(kind=self.outcome.label, object="", message=str(self))]
+        return [Problem(kind=ProblemKind.of(self.outcome), object="", message=str(self))]
 
     def diagnostics(self) -> str:
         """What went wrong and what to do, for a human."""
@@ -61,13 +84,13 @@ class TrustInstallerError(Exception):
 class Problem:
     """One reportable problem: what kind, on which object, and the message."""
 
-    kind: str
+    kind: ProblemKind
     object: str
     message: str
 
     def as_dict(self) -> dict[str, str]:
         """The JSON form used in status answers and the state file."""
-        return {"kind": self.kind, "object": self.object, "message": self.message}
+        return {"kind": self.kind.value, "object": self.object, "message": self.message}
 
 
 class ManifestError(TrustInstallerError):
@@ -82,7 +105,7 @@ class ManifestError(TrustInstallerError):
 
     def problems(self) -> list[Problem]:
         """One problem, on the manifest path."""
-        return [Problem("invalid_manifest", self.path or "manifest", str(self))]
+        return [Problem(ProblemKind.INVALID_MANIFEST, self.path or "manifest", str(self))]
 
 
 class ConfigError(TrustInstallerError):
@@ -102,7 +125,7 @@ class CertificateError(TrustInstallerError):
 
     outcome = Outcome.REFUSED
 
-    def __init__(self, kind: str, arn: str, reason: str) -> None:
+    def __init__(self, kind: ProblemKind, arn: str, reason: str) -> None:
         self.kind = kind
         self.arn = arn
         self.reason = reason
@@ -119,14 +142,14 @@ class FetchError(CertificateError):
     outcome = Outcome.FETCH_FAILED
 
     def __init__(self, arn: str, reason: str) -> None:
-        super().__init__("fetch_failed", arn, reason)
+        super().__init__(ProblemKind.FETCH_FAILED, arn, reason)
 
 
 class RefusedError(CertificateError):
     """The secret's content is not an acceptable root CA."""
 
     def __init__(self, arn: str, reason: str) -> None:
-        super().__init__("refused", arn, reason)
+        super().__init__(ProblemKind.REFUSED, arn, reason)
 
 
 class CertificatesRefusedError(TrustInstallerError):
@@ -187,7 +210,7 @@ class HostError(TrustInstallerError):
 
     def problems(self) -> list[Problem]:
         """One problem, on the command."""
-        return [Problem("store_failed", self.argv[0] if self.argv else "", str(self))]
+        return [Problem(ProblemKind.STORE_FAILED, self.argv[0] if self.argv else "", str(self))]
 
 
 class StoreError(TrustInstallerError):
@@ -201,7 +224,7 @@ class StoreError(TrustInstallerError):
 
     def problems(self) -> list[Problem]:
         """One problem, on the store."""
-        return [Problem("store_failed", self.store, str(self))]
+        return [Problem(ProblemKind.STORE_FAILED, self.store, str(self))]
 
 
 class RollbackFailedError(TrustInstallerError):
@@ -231,8 +254,8 @@ class RollbackFailedError(TrustInstallerError):
         if isinstance(self.cause, TrustInstallerError):
             first = self.cause.problems()
         else:
-            first = [Problem("internal_error", "", type(self.cause).__name__)]
-        return [*first, Problem("rollback_failed", "", self.rollback_message())]
+            first = [Problem(ProblemKind.INTERNAL_ERROR, "", type(self.cause).__name__)]
+        return [*first, Problem(ProblemKind.ROLLBACK_FAILED, "", self.rollback_message())]
 
     def diagnostics(self) -> str:
         """The install's failure, then the rollback's."""
@@ -253,7 +276,7 @@ class StateError(TrustInstallerError):
 
     def problems(self) -> list[Problem]:
         """One problem, on the state directory."""
-        return [Problem("state_error", f"state directory {self.path}", str(self))]
+        return [Problem(ProblemKind.STATE_ERROR, f"state directory {self.path}", str(self))]
 
 
 class UnsafePathError(TrustInstallerError, OSError):
@@ -359,6 +382,8 @@ def _redact(exc: TrustInstallerError, secrets: Sequence[str]) -> None:
 
 
 def _scrub(value: object, secrets: Sequence[str]) -> object:
+    if isinstance(value, enum.Enum):
+        return value  # our own constant (a ProblemKind is a str too): nothing of anyone's
     if isinstance(value, str):
         for s in secrets:
             value = value.replace(s, REDACTED)

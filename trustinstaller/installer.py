@@ -22,6 +22,7 @@ from trustinstaller.errors import (
     CertificatesRefusedError,
     LockedError,
     Problem,
+    ProblemKind,
     TrustInstallerError,
     redact,
 )
@@ -246,7 +247,7 @@ class Installer:
         if isinstance(exc, TrustInstallerError):
             problems = list(exc.problems())
         else:
-            problems = [Problem("internal_error", "", f"{type(exc).__name__}")]
+            problems = [Problem(ProblemKind.INTERNAL_ERROR, "", f"{type(exc).__name__}")]
         self.state.write_status(
             Status(State.FAILED, errors=tuple(problems), fetch=self._fetch_report())
         )
@@ -276,4 +277,6 @@ class Installer:
                               "nothing to undo")  # fmt: skip
 
     def _interrupted(self, message: str) -> None:
-        self.state.write_status(Status(State.FAILED, errors=(Problem("interrupted", "", message),)))
+        self.state.write_status(
+            Status(State.FAILED, errors=(Problem(ProblemKind.INTERRUPTED, "", message),))
+        )
