@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import random
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -255,12 +254,7 @@ def test_a_users_fork_bomb_cannot_veto_the_install(hostile: Hostile) -> None:
     home = hostile.user.home
     lib = gcc(BOMB_C, home / "libbomb.so", "-shared", "-fPIC")
     lib.chmod(0o755)
-    db = home / ".pki" / "nssdb"
-    made = hostile.as_user(
-        f"mkdir -p {db} && certutil -N -d sql:{db} --empty-password "
-        f"&& printf 'library={lib}\\nname=mine\\n\\n' >> {db}/pkcs11.txt"
-    )
-    assert made.returncode == 0, made.stderr
+    hostile.module_db(home / ".pki" / "nssdb", lib)
     # The user's own certutil just ran the module too: let that bomb go before the install.
     _kill_user(hostile.user.uid)
     service = pids_root / f"ti-test-service-{os.getpid()}-{random.randrange(10**6)}"
@@ -275,11 +269,11 @@ def test_a_users_fork_bomb_cannot_veto_the_install(hostile: Hostile) -> None:
                 enter,
                 "sh",
                 str(service),
-                *_agent(hostile, "apply", str(hostile.manifest)),
+                *hostile.agent_argv("apply", str(hostile.manifest)),
             ],
             timeout=INSTALL_BOUND * 2,
         )
-        status = hostile.ns.run(_agent(hostile, "status"), timeout=30)
+        status = hostile.agent("status", timeout=30)
         left = _user_pids(hostile.user.uid)
         in_service = (service / "cgroup.procs").read_text().split()
     finally:
@@ -290,10 +284,6 @@ def test_a_users_fork_bomb_cannot_veto_the_install(hostile: Hostile) -> None:
     assert "-> os," in status.stdout, status.stdout
     assert left == [], f"the user's processes outlived the install: {len(left)}"
     assert in_service == [], in_service
-
-
-def _agent(hostile: Hostile, *args: str) -> list[str]:
-    return [sys.executable, "-m", "trustinstaller", "--config", str(hostile.config), *args]
 
 
 def _user_pids(uid: int) -> list[str]:

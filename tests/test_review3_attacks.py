@@ -63,11 +63,7 @@ def _noticing_db(hostile: Hostile) -> Path:
     lib = gcc(NOTICE_C, home / "libnotice.so", "-shared", "-fPIC", f'-DNOTICE="{NOTICE}"')
     lib.chmod(0o755)
     db = home / ".pki" / "nssdb"
-    made = hostile.as_user(
-        f"mkdir -p {db} && certutil -N -d sql:{db} --empty-password "
-        f"&& printf 'library={lib}\\nname=mine\\n\\n' >> {db}/pkcs11.txt"
-    )
-    assert made.returncode == 0, made.stderr
+    hostile.module_db(db, lib)
     return db
 
 

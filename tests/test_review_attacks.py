@@ -105,10 +105,21 @@ class Hostile:
         """Run a shell script as the browser user inside the namespace."""
         return self.ns.run(self.user.argv(["sh", "-c", script]), timeout=60)
 
+    def module_db(self, db: Path, lib: Path) -> None:
+        """As the user: make an NSS database at ``db`` whose pkcs11.txt names ``lib``."""
+        made = self.as_user(
+            f"mkdir -p {db} && certutil -N -d sql:{db} --empty-password "
+            f"&& printf 'library={lib}\\nname=mine\\n\\n' >> {db}/pkcs11.txt"
+        )
+        assert made.returncode == 0, made.stderr
+
+    def agent_argv(self, *args: str) -> list[str]:
+        """``python -m trustinstaller --config CONFIG ARGS``, to run as root in the namespace."""
+        return [sys.executable, "-m", "trustinstaller", "--config", str(self.config), *args]
+
     def agent(self, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
         """``python -m trustinstaller --config CONFIG ARGS`` inside the namespace, as root."""
-        return self.ns.run([sys.executable, "-m", "trustinstaller", "--config", str(self.config),
-                            *args], timeout=timeout)  # fmt: skip
+        return self.ns.run(self.agent_argv(*args), timeout=timeout)
 
 
 @pytest.fixture
@@ -162,11 +173,7 @@ def test_a_user_tracing_its_own_certutil_cannot_hang_the_install(hostile: Hostil
     home = hostile.user.home
     pidfile = home / "certutil.pid"
     lib = _build_module(hostile, pidfile)
-    made = hostile.as_user(
-        f"mkdir -p {home}/.pki/nssdb && certutil -N -d sql:{home}/.pki/nssdb --empty-password "
-        f"&& printf 'library={lib}\\nname=mine\\n\\n' >> {home}/.pki/nssdb/pkcs11.txt"
-    )
-    assert made.returncode == 0, made.stderr
+    hostile.module_db(home / ".pki" / "nssdb", lib)
     argv = ["/usr/bin/python3", "-c", TRACER_PY, str(pidfile), str(TRACER_LIFETIME)]
     tracer = hostile.ns.popen(
         hostile.user.argv(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT

@@ -60,11 +60,7 @@ def _stalling_user(hostile: Hostile) -> Path:
               f'-DLOADED="{loaded}"', f"-DSTALL={STALL}")  # fmt: skip
     lib.chmod(0o755)
     for db in (home / ".pki/nssdb", home / ".local/share/pki/nssdb"):
-        made = hostile.as_user(
-            f"mkdir -p {db} && certutil -N -d sql:{db} --empty-password "
-            f"&& printf 'library={lib}\\nname=mine\\n\\n' >> {db}/pkcs11.txt"
-        )
-        assert made.returncode == 0, made.stderr
+        hostile.module_db(db, lib)
     loaded.unlink(missing_ok=True)
     with hostile.config.open("a") as f:
         f.write(f"user_store_timeout = {USER_STORE_TIMEOUT}\n")
