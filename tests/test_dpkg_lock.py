@@ -92,6 +92,35 @@ def one_ca_manifest(tmp_path: Path, moto: MotoServer, label: str) -> tuple[Path,
     return m, ca.pem
 
 
+def busy_at_verify(
+    tmp_path: Path, moto: MotoServer, update_timeout: float, seconds: float
+) -> tuple[Path, Path]:
+    """A config with one NSS database, and a certutil shim that, in the verify phase only (after
+    every store installed), starts a holder of dpkg's lock for ``seconds`` in a session of its
+    own (so that it outlives certutil), waits until it holds, and fails. Returns the config and
+    the shim directory; the holder's pid is written to ``certutil.state/held`` there."""
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(
+        config(tmp_path, moto, update_timeout)
+        .read_text()
+        .replace("nss_databases = []", f'nss_databases = ["sql:{tmp_path / "nssdb"}"]')
+    )
+    holder = tmp_path / "holder.py"
+    holder.write_text(HOLDER)
+    journal = tmp_path / "state" / "journal.json"
+    body = f"""case " $* " in *" -L "*)
+    if grep -q '"verifying"' {journal}; then
+        setsid {sys.executable} {holder} /var/lib/dpkg/lock {seconds} \\
+            > "$STATE/held" 2>&1 < /dev/null &
+        while [ ! -s "$STATE/held" ]; do sleep 0.05; done
+        exit 1
+    fi;;
+esac"""
+    shims = tmp_path / "shims"
+    write_shim(shims, "certutil", body)
+    return cfg, shims
+
+
 @pytest.mark.parametrize("name", ["lock-frontend", "lock"])
 def test_holder_is_named_with_pid_and_command(tmp_path: Path, name: str) -> None:
     """F_GETLK on dpkg's lock files names the process holding either, and None when free."""
@@ -181,26 +210,8 @@ def test_rollback_waits_for_a_busy_dpkg(
     """NSS fails verification after update-ca-certificates ran, and dpkg turns busy for 8 s just
     then: the rollback waits for dpkg, and the OS bundle, its links and Java are as before."""
     m, _ = one_ca_manifest(tmp_path, moto, "dpkg busy at rollback")
-    cfg = tmp_path / "config.toml"
-    cfg.write_text(
-        config(tmp_path, moto, 60)
-        .read_text()
-        .replace("nss_databases = []", f'nss_databases = ["sql:{tmp_path / "nssdb"}"]')
-    )
-    holder = tmp_path / "holder.py"
-    holder.write_text(HOLDER)
+    cfg, shims = busy_at_verify(tmp_path, moto, 60, 8)
     journal = tmp_path / "state" / "journal.json"
-    # Only in the verify phase, after every store installed: start a holder of dpkg's lock,
-    # in a session of its own so that it outlives certutil, wait until it holds, and fail.
-    body = f"""case " $* " in *" -L "*)
-    if grep -q '"verifying"' {journal}; then
-        setsid {sys.executable} {holder} /var/lib/dpkg/lock 8 > "$STATE/held" 2>&1 < /dev/null &
-        while [ ! -s "$STATE/held" ]; do sleep 0.05; done
-        exit 1
-    fi;;
-esac"""
-    shims = tmp_path / "shims"
-    write_shim(shims, "certutil", body)
     before = osroot.snapshot_tree(ns.path("/etc/ssl/certs"))
     before_java = keytool_aliases(ns)
     done = ns.run(
@@ -228,24 +239,8 @@ def test_a_rollback_under_a_dpkg_that_stays_busy_is_finished_at_the_next_start(
     (only Java's hook fails), and keeps the journal; once dpkg is free, the next start finishes
     the rollback (Java drops the CA) before it installs the next manifest."""
     m, pem = one_ca_manifest(tmp_path, moto, "dpkg busy for good at rollback")
-    cfg = tmp_path / "config.toml"
-    cfg.write_text(
-        config(tmp_path, moto, 2)
-        .read_text()
-        .replace("nss_databases = []", f'nss_databases = ["sql:{tmp_path / "nssdb"}"]')
-    )
-    holder = tmp_path / "holder.py"
-    holder.write_text(HOLDER)
+    cfg, shims = busy_at_verify(tmp_path, moto, 2, 3600)
     journal = tmp_path / "state" / "journal.json"
-    body = f"""case " $* " in *" -L "*)
-    if grep -q '"verifying"' {journal}; then
-        setsid {sys.executable} {holder} /var/lib/dpkg/lock 3600 > "$STATE/held" 2>&1 < /dev/null &
-        while [ ! -s "$STATE/held" ]; do sleep 0.05; done
-        exit 1
-    fi;;
-esac"""
-    shims = tmp_path / "shims"
-    write_shim(shims, "certutil", body)
     before = osroot.snapshot_tree(ns.path("/etc/ssl/certs"))
     before_java = keytool_aliases(ns)
     env = {"PATH": f"{shims}:/usr/local/bin:/usr/bin:/bin"}
