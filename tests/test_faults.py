@@ -218,7 +218,7 @@ def _wait_gone(pid: int, timeout: float = 120) -> None:
     while time.monotonic() < deadline:
         try:
             state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):  # gone between open and read
             return
         if state in {"Z", "X"}:
             return
