@@ -9,9 +9,11 @@ limit is full, so that root's update-ca-certificates cannot fork.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -148,11 +150,12 @@ def test_a_step_runs_as_the_user_with_its_limits(mode: _contain.Containment) -> 
     assert out[5].split() == ["Groups:"]
     for h in mode.hierarchies:
         line = next(x for x in out[6:] if _controller_matches(x, h))
-        step = h.path / Path(line.split(":", 2)[2]).name
+        step = Path(line.split(":", 2)[2])
         assert step.name.startswith("trustinstaller-step-"), line
+        assert step.parent.name == f"trustinstaller-user-{NOBODY.uid}", line
         if "pids" in h.controllers:
-            assert not step.exists()  # removed after the step
-    # And made with their limits.
+            assert not (h.path / step.parent.name / step.name).exists()  # removed after it
+    # And the limits are the user's, on the cgroup that holds the step's.
     seen = _limits_while_running(mode)
     if any("pids" in h.controllers for h in mode.hierarchies):
         assert seen["pids.max"] == str(_contain.TASKS_MAX)
@@ -168,18 +171,18 @@ def _controller_matches(line: str, h: _contain.Hierarchy) -> bool:
 
 
 def _limits_while_running(mode: _contain.Containment) -> dict[str, str]:
-    """The limits of a step's cgroups, as made for it."""
+    """The limits over a step's cgroups: its user's."""
     cell_seen: dict[str, str] = {}
-    cell = mode.cell()
+    cell = mode.cell(NOBODY.uid)
     try:
         for h, d in cell.dirs:
             if "pids" in h.controllers:
-                cell_seen["pids.max"] = (d / "pids.max").read_text().strip()
+                cell_seen["pids.max"] = (d.parent / "pids.max").read_text().strip()
             if "memory" in h.controllers:
                 name = "memory.max" if h.version == 2 else "memory.limit_in_bytes"
-                cell_seen["memory"] = (d / name).read_text().strip()
+                cell_seen["memory"] = (d.parent / name).read_text().strip()
     finally:
-        assert mode.release(cell)
+        assert mode.release(cell).removed
     return cell_seen
 
 
@@ -300,6 +303,9 @@ def _kill_user(uid: int) -> None:
 
 
 def _remove(cgroup: Path) -> None:
+    for child in cgroup.iterdir():
+        if child.is_dir():
+            _remove(child)
     for _ in range(50):
         pids = (cgroup / "cgroup.procs").read_text().split()
         if not pids:
@@ -308,3 +314,216 @@ def _remove(cgroup: Path) -> None:
             subprocess.run(["kill", "-KILL", pid], check=False)
         time.sleep(0.1)
     cgroup.rmdir()
+
+
+# A step can leave a charge behind that outlives its processes, through a process of the
+# user's outside the step: the pages of a memfd it passed out, or zombies of children that the
+# user's tracer seized and never waits for. The kernel keeps such a charge on the removed step
+# cgroup, and so on every cgroup above it. Each attack below runs several steps as a real second
+# uid, through the real _run.run, from a stand-in for the service (a cgroup of its own): what
+# stays charged to the service must stay within the user's one limit, however many steps.
+DRIVER = """
+import json, os, sys
+from pathlib import Path
+from trustinstaller import _contain, _run, log
+from trustinstaller.errors import HostError
+service, steps, script = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+(service / "cgroup.procs").write_text(f"{os.getpid()}\\n")
+_contain.MEMORY_MAX = int(sys.argv[4])
+log.configure(sys.stderr, json=True)
+user = _run.Account("nobody", 65534, 65534, Path("/nonexistent"))
+for _ in range(steps):
+    try:
+        _run.run(["/usr/bin/python3", "-c", script], user=user, timeout=10, check=False)
+    except HostError as exc:
+        print(json.dumps({"event": "step_failed", "error": str(exc)}), file=sys.stderr)
+try:
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    forked = True
+except OSError:
+    forked = False
+print(json.dumps({"found": _contain.detect().describe(), "forked": forked}), flush=True)
+sys.stdin.read()  # stay in the service until its charge has been read
+"""
+
+MIB = 1024 * 1024
+
+
+def _own_cgroup(controller: str) -> Path:
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, names, path = line.split(":", 2)
+        if controller in names.split(","):
+            return Path("/sys/fs/cgroup") / controller / path.lstrip("/")
+    pytest.skip(f"no {controller} cgroup v1 hierarchy here")
+
+
+def _outside(script: str, cgroup: Path | None = None) -> subprocess.Popen[str]:
+    """The user's own process, outside every step and outside the service; it says ready."""
+    enter = f'echo $$ > "{cgroup}/cgroup.procs" && ' if cgroup is not None else ""
+    proc = subprocess.Popen(
+        ["/bin/sh", "-c", enter + 'exec setpriv --reuid 65534 --regid 65534 --clear-groups '
+         '/usr/bin/python3 -c "$0"', script],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def _drive(
+    service: Path, steps: int, script: str, memory_max: int = MIB * 256
+) -> tuple[subprocess.Popen[str], dict[str, object]]:
+    """Run ``steps`` steps from inside ``service``; the driver stays there until told to go."""
+    repo = Path(__file__).resolve().parents[1]
+    driver = subprocess.Popen(
+        [sys.executable, "-c", DRIVER, str(service), str(steps), script, str(memory_max)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=repo, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": str(repo)},
+    )  # fmt: skip
+    assert driver.stdout is not None
+    line = driver.stdout.readline()
+    assert line, driver.communicate(timeout=30)
+    return driver, json.loads(line)
+
+
+def _stop(*procs: subprocess.Popen[str] | None) -> None:
+    for p in procs:
+        if p is not None:
+            p.kill()
+            p.communicate(timeout=30)  # and close its pipes
+
+
+def _logged(driver: subprocess.Popen[str]) -> list[dict[str, object]]:
+    _, err = driver.communicate(input="", timeout=60)
+    return [json.loads(x) for x in err.splitlines() if x.startswith("{")]
+
+
+PIN = 48 * MIB  # what each step pins
+PIN_LIMIT = 64 * MIB  # the user's memory limit here, smaller than MEMORY_MAX to spare the host
+PIN_STEP = f"""
+import os, socket
+fd = os.memfd_create("pin")
+chunk = b"x" * (1024 * 1024)
+for _ in range({PIN} // len(chunk)):
+    os.write(fd, chunk)
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(SOCK)
+socket.send_fds(s, [b"m"], [fd])
+s.recv(1)
+"""
+PIN_HOLDER = """
+import os, socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(SOCK); s.listen(16)
+print("ready", flush=True)
+held = []
+while True:
+    c, _ = s.accept()
+    _, fds, _, _ = socket.recv_fds(c, 1, 1)
+    held += fds
+    c.send(b"k"); c.close()
+"""
+
+
+def test_memory_a_step_passes_out_stays_within_the_users_limit() -> None:
+    """Four steps each pass a 48 MiB memfd to the user's process outside: the service carries
+    at most the user's one limit of it, not four steps' worth, and the log says so."""
+    mem = _own_cgroup("memory")
+    tag = f"{os.getpid()}-{random.randrange(10**6)}"
+    sock = f"SOCK = {chr(0) + 'ti-pin-' + tag!r}\n"
+    service, outside = mem / f"ti-test-service-{tag}", mem / f"ti-test-user-{tag}"
+    service.mkdir()
+    outside.mkdir()
+    holder = driver = None
+    try:
+        holder = _outside(sock + PIN_HOLDER, outside)
+        driver, found = _drive(service, 4, sock + PIN_STEP, PIN_LIMIT)
+        assert "memory" in str(found["found"]["limits"]), found  # type: ignore[index]
+        pinned = int((service / "memory.usage_in_bytes").read_text())
+        users = [d for d in service.iterdir() if d.name.startswith("trustinstaller-user-")]
+        logged = _logged(driver)
+    finally:
+        _stop(driver, holder)
+        _remove(service)
+        _remove(outside)
+    # Without the user's limit: 4 x 48 MiB = 192 MiB stayed charged to the service.
+    assert pinned <= PIN_LIMIT + 16 * MIB, f"{pinned / MIB:.0f} MiB charged to the service"
+    assert [d.name for d in users] == [f"trustinstaller-user-{NOBODY.uid}"]
+    charged = [e for e in logged if e["event"] == "user_step_left_charged"]
+    assert charged, logged
+    assert int(str(charged[0]["memory_bytes"])) >= PIN * 0.9, logged
+    assert found["forked"]
+
+
+TRACE_CHILDREN = 60  # per step: under TASKS_MAX, but two steps' worth is over it
+TRACE_STEP = f"""
+import os, socket, time
+for _ in range({TRACE_CHILDREN}):
+    try:
+        pid = os.fork()
+    except OSError:
+        break  # the user's limit is full: pin what we have
+    if pid == 0:
+        with open("/proc/self/comm", "w") as f:
+            f.write(TAG)
+        time.sleep(3600)
+        os._exit(0)
+time.sleep(0.3)
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(SOCK)
+s.send(b"go")
+s.recv(1)  # the tracer has seized every child; then exit: the step's end kills the rest
+"""
+TRACER = """
+import ctypes, os, socket, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+seized = set()
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(SOCK); s.listen(16)
+print("ready", flush=True)
+while True:
+    c, _ = s.accept(); c.recv(2)
+    for p in os.listdir("/proc"):
+        if not p.isdigit() or int(p) in seized:
+            continue
+        try:
+            if open(f"/proc/{p}/comm").read().strip() != TAG:
+                continue
+        except OSError:
+            continue
+        if libc.ptrace(0x4206, int(p), None, None) == 0:  # PTRACE_SEIZE; never waited for
+            seized.add(int(p))
+    c.send(b"k"); c.close()
+"""
+SERVICE_TASKS_MAX = 140  # stands for the unit's TasksMax
+
+
+def test_zombies_a_users_tracer_holds_stay_within_the_users_limit() -> None:
+    """Three steps each fork 60 children that the user's tracer seizes and never waits for:
+    their zombies keep their task charge, but only up to the user's one TASKS_MAX, so root
+    can still fork in a service whose task limit is 140."""
+    pids = _own_cgroup("pids")
+    tag = f"{os.getpid()}-{random.randrange(10**6)}"
+    head = f"SOCK = {chr(0) + 'ti-trace-' + tag!r}\nTAG = {'tz' + tag[-8:]!r}\n"
+    service = pids / f"ti-test-service-{tag}"
+    service.mkdir()
+    tracer = driver = None
+    try:
+        (service / "pids.max").write_text(f"{SERVICE_TASKS_MAX}\n")
+        tracer = _outside(head + TRACER)
+        driver, found = _drive(service, 3, head + TRACE_STEP)
+        assert "pids" in str(found["found"]["limits"]), found  # type: ignore[index]
+        charged = int((service / "pids.current").read_text())
+        logged = _logged(driver)
+    finally:
+        _stop(driver, tracer)
+        _remove(service)
+    # Without the user's limit: 139 of 140, and root's fork failed ("Cannot fork").
+    assert found["forked"], "root could not fork in the service"
+    assert charged <= _contain.TASKS_MAX + 8, f"{charged} tasks charged to the service"
+    left = [e for e in logged if e["event"] == "user_step_left_charged"]
+    assert left, logged
+    assert max(int(str(e["tasks"])) for e in left) > 0, logged

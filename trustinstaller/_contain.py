@@ -7,9 +7,19 @@ must leave nothing behind when it ends. Two kernel tools do this, each when the 
 - **A PID namespace** (``unshare --pid --fork``, needs CAP_SYS_ADMIN): the step's command is
   init, so when the command exits, or we kill it, the kernel kills every process it
   started, including those that left its process group or session.
-- **A cgroup per step** (a writable ``pids`` and ``memory`` hierarchy: cgroup v1, or cgroup v2
-  delegated by systemd's ``Delegate=``): its ``pids.max`` and memory limit bound what the step
-  can take, and killing its members (``cgroup.kill`` on v2) ends it without a PID namespace.
+- **A cgroup per user, and one per step inside it** (a writable ``pids`` and ``memory``
+  hierarchy: cgroup v1, or cgroup v2 delegated by systemd's ``Delegate=``). The user's cgroup
+  (``trustinstaller-user-UID``) holds the limits, ``pids.max`` and a memory limit, for all of
+  that user's steps together. A step's own cgroup is what is emptied when the step ends
+  (``cgroup.kill`` on v2), so that it ends without a PID namespace too.
+
+A step can leave a charge behind that outlives its processes: pages of a memfd it passed to a
+process of the user's outside the step, or zombies that the user's tracer never waits for. The
+kernel keeps such a charge on the (removed) step cgroup, and so on the user's cgroup above it.
+That is why the limits are the user's, not the step's: however many steps the user runs, what
+they hold at once, and what they leave behind, stays within one ``TASKS_MAX`` and one
+``MEMORY_MAX``, and the rest of the service's budget stays root's. A user's cgroup is kept for
+the life of the process, and removed at its exit only when it holds no such charge.
 
 What was found is logged once (``user_steps_contained``). With neither, a step still runs in a
 session of its own whose process group is killed at a timeout, as before; the README says what
@@ -20,6 +30,7 @@ interpreter drops to the user and execs the command.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import itertools
@@ -34,11 +45,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# A step may hold this many tasks (processes and threads) at once: certutil needs one or two.
+# All of one user's steps, and whatever they left charged, may hold this many tasks (processes
+# and threads) at once: a certutil needs one or two.
 TASKS_MAX = 64
 # And this much memory.
-MEMORY_MAX = 512 * 1024 * 1024
-# How long the members of an ended step's cgroup may take to be gone before we give up on it.
+MEMORY_MAX = 256 * 1024 * 1024
+# A step that leaves more memory than this charged to the user's cgroup is logged. What a step
+# leaves in any case (page cache of what it read, its libraries) stays well under it.
+_MEMORY_NOTE = 16 * 1024 * 1024
+# How long the members of an ended step's cgroup may take to be gone, from the first attempt to
+# end it to its removal, before we give up on it.
 _EMPTY = 2.0
 _SBIN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 # The wrapper's script: write our PID into each cgroup.procs named, then exec the rest.
@@ -64,14 +80,35 @@ class Hierarchy:
     path: Path
 
 
-@dataclass(frozen=True)
+@dataclass
 class Cell:
-    """One step's cgroups (one per hierarchy), made before it starts, removed after."""
+    """One step's cgroups (one per hierarchy, each inside its user's), made before it starts,
+    removed after."""
 
     dirs: tuple[tuple[Hierarchy, Path], ...] = ()
+    _until: float | None = None
 
     def procs(self) -> list[str]:
         return [str(d / "cgroup.procs") for _, d in self.dirs]
+
+    def until(self) -> float:
+        """The one deadline for emptying this cell, set by the first attempt to empty it."""
+        if self._until is None:
+            self._until = time.monotonic() + _EMPTY
+        return self._until
+
+
+@dataclass(frozen=True)
+class Left:
+    """What an ended step left: whether its cgroups are gone, and what stays charged."""
+
+    removed: bool = True
+    tasks: int = 0  # zombies that a tracer of the user's holds, say
+    memory: int = 0  # bytes
+
+    @property
+    def notable(self) -> bool:
+        return not self.removed or self.tasks > 0 or self.memory > _MEMORY_NOTE
 
 
 @dataclass
@@ -81,7 +118,10 @@ class Containment:
     unshare: str | None = None  # the unshare binary, when a PID namespace can be made
     root: bool = False  # running as root, so that a step can be made to drop
     hierarchies: tuple[Hierarchy, ...] = ()
+    problem: str | None = None  # why the limits are not what the host seemed to offer
     _names: itertools.count[int] = field(default_factory=itertools.count)
+    _users: dict[tuple[Path, int], Path] = field(default_factory=dict)
+    _users_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def available(self) -> bool:
@@ -98,28 +138,44 @@ class Containment:
             "memory_max": MEMORY_MAX if "memory" in limits else None,
         }
 
-    def cell(self) -> Cell:
-        """Make one step's cgroups, with their limits; a hierarchy that refuses is left out."""
+    def cell(self, uid: int) -> Cell:
+        """Make one step's cgroups, inside ``uid``'s; a hierarchy that refuses is left out."""
         made: list[tuple[Hierarchy, Path]] = []
         name = f"trustinstaller-step-{os.getpid()}-{next(self._names)}"
         for h in self.hierarchies:
-            d = h.path / name
+            user = self._user(h, uid)
+            if user is None:
+                continue
+            d = user / name
             try:
                 d.mkdir(mode=0o755)
             except OSError:
                 continue
-            try:
-                if "pids" in h.controllers:
-                    (d / "pids.max").write_text(f"{TASKS_MAX}\n")
-                if "memory" in h.controllers:
-                    limit = "memory.max" if h.version == 2 else "memory.limit_in_bytes"
-                    (d / limit).write_text(f"{MEMORY_MAX}\n")
-            except OSError:
-                with contextlib.suppress(OSError):
-                    d.rmdir()
-                continue
             made.append((h, d))
         return Cell(tuple(made))
+
+    def _user(self, h: Hierarchy, uid: int) -> Path | None:
+        """``uid``'s cgroup in ``h``, made with its limits on first use; None if refused."""
+        with self._users_lock:
+            known = self._users.get((h.path, uid))
+            if known is not None:
+                return known
+            d = h.path / f"trustinstaller-user-{uid}"
+            try:
+                d.mkdir(mode=0o755)
+            except FileExistsError:
+                pass  # left by an earlier run, still charged: its limits are set again here
+            except OSError:
+                return None
+            for name, value in _limits(h):
+                try:
+                    (d / name).write_text(f"{value}\n")
+                except OSError:
+                    # v1 refuses a memory limit below what is charged already: keep a lower one.
+                    if _read_int(d / name) > value:
+                        return None
+            self._users[(h.path, uid)] = d
+            return d
 
     def wrap(self, argv: Sequence[str], uid: int, gid: int, cell: Cell) -> list[str]:
         """The argv that runs ``argv`` (its program an absolute path) as ``uid``/``gid`` inside
@@ -143,19 +199,79 @@ class Containment:
             _kill_checked(pid, lambda p: p in _children(proc.pid))
         gone = True
         for h, d in cell.dirs:
-            gone = _empty(h, d) and gone
+            gone = _empty(h, d, cell.until()) and gone
         return gone
 
-    def release(self, cell: Cell) -> bool:
-        """Empty and remove a step's cgroups once the step has been reaped."""
-        ok = True
+    def release(self, cell: Cell) -> Left:
+        """Empty and remove a step's cgroups once the step has been reaped; say what is left.
+
+        What stays charged after its members are gone (zombies, a passed memfd's pages) is
+        read before the removal; it stays on the user's cgroup.
+        """
+        removed, tasks, memory = True, 0, 0
         for h, d in cell.dirs:
-            ok = _empty(h, d) and ok
+            removed = _empty(h, d, cell.until()) and removed
+            if "pids" in h.controllers:
+                tasks = max(tasks, _read_int(d / "pids.current"))
+            if "memory" in h.controllers:
+                memory = max(memory, _read_int(d / _usage(h)))
             try:
                 d.rmdir()
             except OSError:
-                ok = False
-        return ok
+                removed = False
+        return Left(removed, tasks, memory)
+
+    def close(self) -> None:
+        """Remove each user's cgroup that holds nothing; one still charged is kept, so that
+        the next run counts the charge against the same limits."""
+        with self._users_lock:
+            for (path, uid), d in list(self._users.items()):
+                with contextlib.suppress(OSError):
+                    for step in d.iterdir():
+                        if step.is_dir() and step.name.startswith("trustinstaller-step-"):
+                            step.rmdir()  # left by a step whose members would not go
+                h = next(x for x in self.hierarchies if x.path == path)
+                if _charged(h, d):
+                    continue
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+                    del self._users[(path, uid)]
+
+
+def _limits(h: Hierarchy) -> list[tuple[str, int]]:
+    out = []
+    if "pids" in h.controllers:
+        out.append(("pids.max", TASKS_MAX))
+    if "memory" in h.controllers:
+        out.append(("memory.max" if h.version == 2 else "memory.limit_in_bytes", MEMORY_MAX))
+    return out
+
+
+def _usage(h: Hierarchy) -> str:
+    return "memory.current" if h.version == 2 else "memory.usage_in_bytes"
+
+
+def _read_int(path: Path) -> int:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return 0
+    return int(text) if text.isdigit() else 0
+
+
+def _charged(h: Hierarchy, d: Path) -> bool:
+    """Whether ``d`` still holds tasks, or memory that reclaim cannot take back."""
+    if "pids" in h.controllers and _read_int(d / "pids.current") > 0:
+        return True
+    if "memory" not in h.controllers:
+        return False
+    # Take back what can be (page cache); what cannot (a memfd someone holds) stays.
+    with contextlib.suppress(OSError):
+        if h.version == 2:
+            (d / "memory.reclaim").write_text(f"{MEMORY_MAX}\n")
+        else:
+            (d / "memory.force_empty").write_text("0\n")
+    return _read_int(d / _usage(h)) > _MEMORY_NOTE
 
 
 def _children(pid: int) -> list[int]:
@@ -192,9 +308,8 @@ def _members(d: Path) -> list[int]:
         return []
 
 
-def _empty(h: Hierarchy, d: Path) -> bool:
-    """SIGKILL every process in ``d`` until none is left (or _EMPTY passes)."""
-    deadline = time.monotonic() + _EMPTY
+def _empty(h: Hierarchy, d: Path, deadline: float) -> bool:
+    """SIGKILL every process in ``d`` until none is left (or ``deadline`` passes)."""
     if h.version == 2:
         with contextlib.suppress(OSError):
             (d / "cgroup.kill").write_text("1\n")
@@ -264,8 +379,9 @@ def _join(point: str, root: str, path: str) -> Path:
     return Path(point) / path.lstrip("/")
 
 
-def _v2_usable(d: Path) -> frozenset[str]:
-    """Controllers a v2 child of ``d`` gets, enabling them when ``d`` was delegated to us.
+def _v2_usable(d: Path) -> tuple[frozenset[str], str | None]:
+    """Controllers a v2 child of ``d`` gets, enabling them when ``d`` was delegated to us; and
+    why not, when the delegation was found but enabling failed.
 
     systemd marks a cgroup it delegated (``Delegate=``) with the ``trusted.delegate`` or
     ``user.delegate`` attribute. Only there do we enable controllers, which first needs the
@@ -278,27 +394,30 @@ def _v2_usable(d: Path) -> frozenset[str]:
         have = set((d / "cgroup.controllers").read_text().split()) & want
         enabled = set((d / "cgroup.subtree_control").read_text().split()) & want
     except OSError:
-        return frozenset()
+        return frozenset(), None
     if have <= enabled:
-        return frozenset(enabled)
+        return frozenset(enabled), None
     delegated = False
     for attr in ("trusted.delegate", "user.delegate"):
         with contextlib.suppress(OSError):
             delegated = delegated or os.getxattr(d, attr) == b"1"
     if not delegated:
-        return frozenset(enabled)
+        return frozenset(enabled), None
+    problem = None
     try:
         leaf = d / _SELF_LEAF
         with contextlib.suppress(FileExistsError):
             leaf.mkdir(mode=0o755)
         (leaf / "cgroup.procs").write_text(f"{os.getpid()}\n")
         (d / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in sorted(have)))
-    except OSError:
-        pass
+    except OSError as exc:
+        # EBUSY: a process other than us sits in the delegated cgroup itself.
+        problem = f"cannot enable {','.join(sorted(have))} in {d}: {exc.strerror or exc}"
     try:
-        return frozenset(set((d / "cgroup.subtree_control").read_text().split()) & want)
+        got = frozenset(set((d / "cgroup.subtree_control").read_text().split()) & want)
     except OSError:
-        return frozenset()
+        got = frozenset()
+    return got, problem
 
 
 def _writable(d: Path) -> bool:
@@ -356,10 +475,12 @@ def detect() -> Containment:
                 if not _writable(d):
                     continue
                 usable = controllers
-                if version == 2:
-                    limited = any(h.controllers for h in found)
-                    usable = frozenset() if limited else _v2_usable(d)
+                if version == 2 and not any(h.controllers for h in found):
+                    usable, c.problem = _v2_usable(d)
+                elif version == 2:
+                    usable = frozenset()
                 found.append(Hierarchy(version, frozenset(usable), d))
             c.hierarchies = tuple(found)
+            atexit.register(c.close)
         _found = c
         return c

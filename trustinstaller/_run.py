@@ -193,7 +193,7 @@ def run(argv: Sequence[str], **options: Unpack[RunOptions]) -> Result:
         found = shutil.which(args[0], path=child_env.get("PATH", USER_PATH))
         if found is None:
             raise HostError(args, "cannot run: No such file or directory")
-        cell = contain.cell()
+        cell = contain.cell(uid)
         popen_args: tuple[str, ...] = tuple(contain.wrap([found, *args[1:]], uid, gid, cell))
         uid = gid = groups = None
     else:
@@ -214,7 +214,7 @@ def run(argv: Sequence[str], **options: Unpack[RunOptions]) -> Result:
         )
     except OSError as exc:
         if contain is not None:
-            contain.release(cell)
+            _released(contain, cell, user)
         raise HostError(args, f"cannot run: {exc.strerror or exc}") from exc
     try:
         try:
@@ -227,8 +227,8 @@ def run(argv: Sequence[str], **options: Unpack[RunOptions]) -> Result:
     finally:
         # Whatever the step left behind (a process that detached into a session of its own)
         # goes with its cgroup; its PID namespace ended with its init.
-        if contain is not None and not contain.release(cell):
-            log.get().warning("user_step_left_over", command=args[0], cgroups=len(cell.dirs))
+        if contain is not None:
+            _released(contain, cell, user)
     # A user's words never reach our errors (see the module's docstring).
     whose = "" if user is None else f", as user {user.name}; its output is the user's: not shown"
     if not finished:
@@ -347,6 +347,19 @@ def _kill(
     except subprocess.TimeoutExpired:
         return False
     return True
+
+
+def _released(contain: _contain.Containment, cell: _contain.Cell, user: Account | None) -> None:
+    """Remove a step's cgroups; log what it could not take along (it stays the user's)."""
+    left = contain.release(cell)
+    if left.notable:
+        log.get().warning(
+            "user_step_left_charged",
+            owner=None if user is None else user.name,
+            removed=left.removed,
+            tasks=left.tasks,
+            memory_bytes=left.memory,
+        )
 
 
 def _text(data: bytes | None) -> str:

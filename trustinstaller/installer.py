@@ -82,7 +82,10 @@ class Installer:
         self.state.ensure()
         if os.geteuid() == 0 and any(db.owner for db in self.config.nss_databases):
             # What a step run as a user gets on this host (README, "In a container").
-            self.logger.info("user_steps_contained", **_contain.detect().describe())
+            contain = _contain.detect()
+            self.logger.info("user_steps_contained", **contain.describe())
+            if contain.problem is not None:
+                self.logger.warning("user_steps_limits_missing", reason=contain.problem)
         with self.state.exclusive(wait=wait):
             self._recover()
         return self.status()

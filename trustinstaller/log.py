@@ -79,6 +79,10 @@ ALLOWED_FIELDS = frozenset(
         "limits",
         "tasks_max",
         "memory_max",
+        # user_step_left_charged: what an ended step left charged to its user's cgroup.
+        "removed",
+        "tasks",
+        "memory_bytes",
     }
 )
 

@@ -319,7 +319,7 @@ def test_journal_has_the_audit_events_and_no_secret(booted: debroot.Booted) -> N
 def test_a_users_steps_run_in_cgroups_of_their_own_under_the_unit(
     booted: debroot.Booted,
 ) -> None:
-    """Under the drop-in, each step run as the browser user gets its own task limit."""
+    """Under the drop-in, the browser user's steps get their user's task limit."""
     out = booted.run("journalctl", "-u", "trustinstaller", "--no-pager", "-o", "cat").stdout
     found = [json.loads(line) for line in out.splitlines() if "user_steps_contained" in line]
     assert found, out[-3000:]
