@@ -9,11 +9,14 @@ limit is full, so that root's update-ca-certificates cannot fork.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +27,7 @@ from tests import test_review_attacks
 from tests.support.attack import gcc
 from tests.test_review_attacks import INSTALL_BOUND, Hostile
 from trustinstaller import _contain, _run
+from trustinstaller.errors import HostError
 
 pytestmark = pytest.mark.root
 
@@ -161,6 +165,9 @@ def test_a_step_runs_as_the_user_with_its_limits(mode: _contain.Containment) -> 
         assert seen["pids.max"] == str(_contain.TASKS_MAX)
     if any("memory" in h.controllers for h in mode.hierarchies):
         assert int(seen["memory"]) == _contain.MEMORY_MAX
+        # No swap beyond it: v2 gives none, v1 bounds memory and swap together.
+        if "swap" in seen:
+            assert int(seen["swap"]) in (0, _contain.MEMORY_MAX), seen
 
 
 def _controller_matches(line: str, h: _contain.Hierarchy) -> bool:
@@ -181,6 +188,9 @@ def _limits_while_running(mode: _contain.Containment) -> dict[str, str]:
             if "memory" in h.controllers:
                 name = "memory.max" if h.version == 2 else "memory.limit_in_bytes"
                 cell_seen["memory"] = (d.parent / name).read_text().strip()
+                swap = "memory.swap.max" if h.version == 2 else "memory.memsw.limit_in_bytes"
+                if (d.parent / swap).exists():
+                    cell_seen["swap"] = (d.parent / swap).read_text().strip()
     finally:
         assert mode.release(cell).removed
     return cell_seen
@@ -527,3 +537,133 @@ def test_zombies_a_users_tracer_holds_stay_within_the_users_limit() -> None:
     left = [e for e in logged if e["event"] == "user_step_left_charged"]
     assert left, logged
     assert max(int(str(e["tasks"])) for e in left) > 0, logged
+
+
+def test_a_small_charge_keeps_the_users_cgroup_at_exit() -> None:
+    """A step passes out an 8 MiB memfd and the agent exits: the user's cgroup stays, so that
+    the next run counts the 8 MiB against the same limit. Removed, the charge would stay on
+    the service with no limit over it, 8 MiB more for each run."""
+    mem = _own_cgroup("memory")
+    tag = f"{os.getpid()}-{random.randrange(10**6)}"
+    sock = f"SOCK = {chr(0) + 'ti-pin-' + tag!r}\n"
+    service, outside = mem / f"ti-test-service-{tag}", mem / f"ti-test-user-{tag}"
+    service.mkdir()
+    outside.mkdir()
+    user = service / f"trustinstaller-user-{NOBODY.uid}"
+    holder = driver = None
+    try:
+        holder = _outside(sock + PIN_HOLDER, outside)
+        step = sock + PIN_STEP.replace(f"range({PIN} //", f"range({8 * MIB} //")
+        driver, _ = _drive(service, 1, step)
+        _logged(driver)  # it exits, and removes what holds nothing
+        kept = user.is_dir()
+        charged = int((user / "memory.usage_in_bytes").read_text()) if kept else 0
+        swap = user / "memory.memsw.limit_in_bytes"
+        swap_max = int(swap.read_text()) if kept and swap.exists() else None
+    finally:
+        _stop(driver, holder)
+        _remove(service)
+        _remove(outside)
+    assert kept, "the user's cgroup was removed with 8 MiB still charged to it"
+    assert charged >= 8 * MIB * 0.9, charged
+    assert swap_max in (None, 256 * MIB), swap_max
+
+
+OWNED_PROBE = """
+import contextlib
+import json
+from trustinstaller import _contain
+c = _contain.detect()
+print(json.dumps({"found": c.describe(), "problem": c.problem}))
+"""
+
+
+@pytest.mark.parametrize("owned", ["own", "parent"])
+def test_a_cgroup_a_user_controls_is_not_used(owned: str) -> None:
+    """Root sits in a cgroup that a user owns, or under one (as ``sudo`` does in a user's
+    delegated session): that user could move the steps out of their limits, or freeze and
+    kill root. The agent uses no such cgroup, and says why."""
+    pids = Path("/sys/fs/cgroup/pids")
+    assert (pids / "cgroup.procs").exists(), "no pids cgroup hierarchy here"
+    top = pids / f"ti-test-owned-{os.getpid()}-{random.randrange(10**6)}"
+    inner = top / "session"
+    inner.mkdir(parents=True)
+    try:
+        target = inner if owned == "own" else top
+        for f in (target, target / "cgroup.procs"):
+            os.chown(f, NOBODY.uid, NOBODY.gid)
+        repo = Path(__file__).resolve().parents[1]
+        done = subprocess.run(
+            ["/bin/sh", "-c", 'echo $$ > "$1/cgroup.procs" && shift && exec "$@"', "sh",
+             str(inner), sys.executable, "-c", OWNED_PROBE],
+            capture_output=True, text=True, timeout=60, cwd=repo, check=False,
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": str(repo)},
+        )  # fmt: skip
+    finally:
+        _remove(top)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    assert str(pids) not in str(seen["found"]["cgroup"]), seen
+    assert str(seen["problem"]).startswith(str(target)), seen
+    assert f"belongs to uid {NOBODY.uid}, not root" in str(seen["problem"]), seen
+
+
+def test_a_step_whose_cgroup_cannot_be_made_does_not_run() -> None:
+    """Where the limits live in a cgroup that refuses a step's (here: it is gone), the step
+    is not run without them: the caller gets an error, and the command never starts."""
+    full = _modes()["namespace and cgroups"]
+    gone = Path("/sys/fs/cgroup/pids") / f"ti-test-gone-{os.getpid()}"
+    broken = _contain.Containment(
+        full.unshare, True, (_contain.Hierarchy(1, frozenset({"pids"}), gone),)
+    )
+    saved = _contain._found
+    _contain._found = broken
+    where = Path(tempfile.mkdtemp(prefix="ti-test-ran-"))
+    where.chmod(0o777)  # the user could make the marker, had the step run
+    marker = where / "ran"
+    try:
+        with pytest.raises(HostError, match="limits would not hold"):
+            _run.run(["sh", "-c", f"touch {marker}"], user=NOBODY)
+        ran = marker.exists()
+    finally:
+        _contain._found = saved
+        shutil.rmtree(where)
+    assert not ran
+
+
+def test_a_step_name_left_by_an_earlier_run_is_not_reused() -> None:
+    """A step's cgroup left by an earlier run with our PID (its members would not go) is
+    skipped for a fresh name, not shared and not given up."""
+    full = _modes()["namespace and cgroups"]
+    c = _contain.Containment(full.unshare, True, full.hierarchies)
+    h = next(x for x in c.hierarchies if "pids" in x.controllers)
+    user = c._user(h, NOBODY.uid)
+    assert user is not None
+    taken = [user / f"trustinstaller-step-{os.getpid()}-{n}" for n in range(2)]
+    for d in taken:
+        d.mkdir()
+    try:
+        cell = c.cell(NOBODY.uid)
+        made = [d for x, d in cell.dirs if x == h]
+        assert made, cell
+        assert made[0] not in taken, made
+        assert c.release(cell).removed
+    finally:
+        for d in taken:
+            d.rmdir()
+
+
+def test_a_users_cgroup_another_run_removed_is_made_again() -> None:
+    """Two runs of the agent share a cgroup (a daemon and a `verify` by hand, in a container):
+    one removes the user's cgroup at its exit, and the other's next step makes it again."""
+    full = _modes()["namespace and cgroups"]
+    c = _contain.Containment(full.unshare, True, full.hierarchies)
+    assert c.release(c.cell(NOBODY.uid)).removed
+    for h in c.hierarchies:
+        with contextlib.suppress(OSError):
+            (h.path / f"trustinstaller-user-{NOBODY.uid}").rmdir()  # as the other's close()
+    cell = c.cell(NOBODY.uid)
+    try:
+        assert {h for h, _ in cell.dirs} == set(c.hierarchies), cell
+    finally:
+        assert c.release(cell).removed

@@ -19,7 +19,19 @@ kernel keeps such a charge on the (removed) step cgroup, and so on the user's cg
 That is why the limits are the user's, not the step's: however many steps the user runs, what
 they hold at once, and what they leave behind, stays within one ``TASKS_MAX`` and one
 ``MEMORY_MAX``, and the rest of the service's budget stays root's. A user's cgroup is kept for
-the life of the process, and removed at its exit only when it holds no such charge.
+the life of the process, and removed at its exit only when it holds no charge at all, so that
+a later run in the same cgroup counts what is left against the same limits. Swap counts too: a
+step gets none (``memory.swap.max`` 0 on v2; on v1 ``memory.memsw.limit_in_bytes`` bounds memory
+and swap together).
+
+Only cgroups that root alone controls are used: our own cgroup, its ``cgroup.procs`` and every
+directory above it up to the mount must belong to uid 0, and on v2 only systemd's
+``trusted.delegate`` (which only a privileged process can set) counts as a delegation. A root
+process that sits in a user's delegated cgroup (``sudo`` in a user's session) would otherwise
+let that user move, freeze or kill the steps and the daemon.
+
+Where limits were found, a step that cannot get its cgroups does not run: ``cell()`` raises
+``UncontainedError``, and the caller skips the user's store, as for any failed step.
 
 What was found is logged once (``user_steps_contained``). With neither, a step still runs in a
 session of its own whose process group is killed at a timeout, as before; the README says what
@@ -53,6 +65,9 @@ MEMORY_MAX = 256 * 1024 * 1024
 # A step that leaves more memory than this charged to the user's cgroup is logged. What a step
 # leaves in any case (page cache of what it read, its libraries) stays well under it.
 _MEMORY_NOTE = 16 * 1024 * 1024
+# Fresh names tried for a step's cgroup when one is taken (left by an earlier run with the same
+# PID whose members would not go).
+_NAME_TRIES = 3
 # How long the members of an ended step's cgroup may take to be gone, from the first attempt to
 # end it to its removal, before we give up on it.
 _EMPTY = 2.0
@@ -69,6 +84,10 @@ _DROP = (
     "os.setresuid(uid, uid, uid)\n"
     "os.execv(sys.argv[3], sys.argv[3:])\n"
 )
+
+
+class UncontainedError(Exception):
+    """A user's step cannot get the cgroups its limits live in; it must not run."""
 
 
 @dataclass(frozen=True)
@@ -139,20 +158,44 @@ class Containment:
         }
 
     def cell(self, uid: int) -> Cell:
-        """Make one step's cgroups, inside ``uid``'s; a hierarchy that refuses is left out."""
+        """Make one step's cgroups, inside ``uid``'s.
+
+        Raise UncontainedError if a hierarchy that carries limits refuses, after undoing what was
+        made; a hierarchy used only to kill the step as one (v2 without delegation) is left
+        out when it refuses.
+        """
         made: list[tuple[Hierarchy, Path]] = []
-        name = f"trustinstaller-step-{os.getpid()}-{next(self._names)}"
-        for h in self.hierarchies:
+        try:
+            for h in self.hierarchies:
+                d = self._step(h, uid)
+                if d is not None:
+                    made.append((h, d))
+                elif h.controllers:
+                    raise UncontainedError(f"cannot make a step's cgroup in {h.path}")
+        except BaseException:
+            self.release(Cell(tuple(made)))
+            raise
+        return Cell(tuple(made))
+
+    def _step(self, h: Hierarchy, uid: int) -> Path | None:
+        for _ in range(_NAME_TRIES):
             user = self._user(h, uid)
             if user is None:
-                continue
-            d = user / name
+                return None
+            d = user / f"trustinstaller-step-{os.getpid()}-{next(self._names)}"
             try:
                 d.mkdir(mode=0o755)
-            except OSError:
+            except FileExistsError:
                 continue
-            made.append((h, d))
-        return Cell(tuple(made))
+            except FileNotFoundError:
+                # Another run of ours in the same cgroup removed the user's at its exit.
+                with self._users_lock:
+                    self._users.pop((h.path, uid), None)
+                continue
+            except OSError:
+                return None
+            return d
+        return None
 
     def _user(self, h: Hierarchy, uid: int) -> Path | None:
         """``uid``'s cgroup in ``h``, made with its limits on first use; None if refused."""
@@ -167,13 +210,8 @@ class Containment:
                 pass  # left by an earlier run, still charged: its limits are set again here
             except OSError:
                 return None
-            for name, value in _limits(h):
-                try:
-                    (d / name).write_text(f"{value}\n")
-                except OSError:
-                    # v1 refuses a memory limit below what is charged already: keep a lower one.
-                    if _read_int(d / name) > value:
-                        return None
+            if not _set_limits(h, d):
+                return None
             self._users[(h.path, uid)] = d
             return d
 
@@ -214,7 +252,7 @@ class Containment:
             if "pids" in h.controllers:
                 tasks = max(tasks, _read_int(d / "pids.current"))
             if "memory" in h.controllers:
-                memory = max(memory, _read_int(d / _usage(h)))
+                memory = max(memory, _usage(h, d))
             try:
                 d.rmdir()
             except OSError:
@@ -222,14 +260,21 @@ class Containment:
         return Left(removed, tasks, memory)
 
     def close(self) -> None:
-        """Remove each user's cgroup that holds nothing; one still charged is kept, so that
-        the next run counts the charge against the same limits."""
+        """At exit: remove the step cgroups whose members would not go, once they are empty,
+        and each user's cgroup that holds no charge at all. One still charged is kept, so that
+        the next run here counts the charge against the same limits.
+
+        Steps of other threads may still run: a cgroup in use is busy and stays.
+        """
         with self._users_lock:
             for (path, uid), d in list(self._users.items()):
-                with contextlib.suppress(OSError):
-                    for step in d.iterdir():
-                        if step.is_dir() and step.name.startswith("trustinstaller-step-"):
-                            step.rmdir()  # left by a step whose members would not go
+                try:
+                    steps = [s for s in d.iterdir() if s.name.startswith("trustinstaller-step-")]
+                except OSError:
+                    steps = []
+                for step in steps:
+                    with contextlib.suppress(OSError):
+                        step.rmdir()
                 h = next(x for x in self.hierarchies if x.path == path)
                 if _charged(h, d):
                     continue
@@ -238,17 +283,63 @@ class Containment:
                     del self._users[(path, uid)]
 
 
-def _limits(h: Hierarchy) -> list[tuple[str, int]]:
+def _limits(h: Hierarchy) -> list[tuple[str, int, bool]]:
+    """(file, value, whether the file must exist) of a user's cgroup, in the order written.
+
+    Swap is limited where the kernel accounts it: the files exist only then.
+    """
     out = []
     if "pids" in h.controllers:
-        out.append(("pids.max", TASKS_MAX))
-    if "memory" in h.controllers:
-        out.append(("memory.max" if h.version == 2 else "memory.limit_in_bytes", MEMORY_MAX))
+        out.append(("pids.max", TASKS_MAX, True))
+    if "memory" in h.controllers and h.version == 2:
+        out += [("memory.max", MEMORY_MAX, True), ("memory.swap.max", 0, False)]
+    elif "memory" in h.controllers:
+        # memsw bounds memory and swap together, and may not be set below the memory limit.
+        out += [
+            ("memory.limit_in_bytes", MEMORY_MAX, True),
+            ("memory.memsw.limit_in_bytes", MEMORY_MAX, False),
+        ]
     return out
 
 
-def _usage(h: Hierarchy) -> str:
-    return "memory.current" if h.version == 2 else "memory.usage_in_bytes"
+def _set_limits(h: Hierarchy, d: Path) -> bool:
+    """Write ``h``'s limits on the user's cgroup ``d``; False if one cannot be had.
+
+    A second round writes what the first refused: v1 takes no memory limit above the memsw
+    limit an earlier run left, until that is raised.
+    """
+    wanted = _limits(h)
+    for _ in range(2):
+        refused = []
+        for name, value, needed in wanted:
+            try:
+                (d / name).write_text(f"{value}\n")
+            except FileNotFoundError:
+                if needed:
+                    return False
+                # Not there without swap accounting: there is no swap to limit.
+            except OSError:
+                refused.append((name, value, needed))
+        wanted = refused
+    # v1 refuses a memory limit below what is charged already: keep a lower one.
+    return all(_limit(d / name) <= value for name, value, _ in wanted)
+
+
+def _limit(path: Path) -> float:
+    """A limit file's value; "max", or one that cannot be read, is no limit."""
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return float("inf")
+    return int(text) if text.isdigit() else float("inf")
+
+
+def _usage(h: Hierarchy, d: Path) -> int:
+    """Memory and swap charged to ``d``."""
+    if h.version == 2:
+        return _read_int(d / "memory.current") + _read_int(d / "memory.swap.current")
+    memsw = d / "memory.memsw.usage_in_bytes"
+    return _read_int(memsw) if memsw.exists() else _read_int(d / "memory.usage_in_bytes")
 
 
 def _read_int(path: Path) -> int:
@@ -260,18 +351,11 @@ def _read_int(path: Path) -> int:
 
 
 def _charged(h: Hierarchy, d: Path) -> bool:
-    """Whether ``d`` still holds tasks, or memory that reclaim cannot take back."""
+    """Whether ``d`` still holds any task, memory or swap, read from its counters alone: a
+    reclaim or force_empty could block for as long as the charge takes to page out."""
     if "pids" in h.controllers and _read_int(d / "pids.current") > 0:
         return True
-    if "memory" not in h.controllers:
-        return False
-    # Take back what can be (page cache); what cannot (a memfd someone holds) stays.
-    with contextlib.suppress(OSError):
-        if h.version == 2:
-            (d / "memory.reclaim").write_text(f"{MEMORY_MAX}\n")
-        else:
-            (d / "memory.force_empty").write_text("0\n")
-    return _read_int(d / _usage(h)) > _MEMORY_NOTE
+    return "memory" in h.controllers and _usage(h, d) > 0
 
 
 def _children(pid: int) -> list[int]:
@@ -383,11 +467,13 @@ def _v2_usable(d: Path) -> tuple[frozenset[str], str | None]:
     """Controllers a v2 child of ``d`` gets, enabling them when ``d`` was delegated to us; and
     why not, when the delegation was found but enabling failed.
 
-    systemd marks a cgroup it delegated (``Delegate=``) with the ``trusted.delegate`` or
-    ``user.delegate`` attribute. Only there do we enable controllers, which first needs the
-    daemon moved into a leaf of its own (no process may sit beside a cgroup's enabled
-    controllers). A cgroup nobody delegated is left as it is: its child can still be killed
-    as one (``cgroup.kill``), but gets no limits.
+    systemd marks a cgroup it delegated (``Delegate=``) to a system unit with the
+    ``trusted.delegate`` attribute, which only a privileged process can set; ``user.delegate``
+    is what a user's own manager sets, so it does not count. Only there do we enable
+    controllers, which first needs the daemon moved into a leaf of its own (no process may sit
+    beside a cgroup's enabled controllers). A cgroup nobody delegated is left as it is: its
+    child can still be killed as one (``cgroup.kill``), but gets no limits, and that is the
+    problem told.
     """
     want = {"pids", "memory"}
     try:
@@ -397,12 +483,13 @@ def _v2_usable(d: Path) -> tuple[frozenset[str], str | None]:
         return frozenset(), None
     if have <= enabled:
         return frozenset(enabled), None
-    delegated = False
-    for attr in ("trusted.delegate", "user.delegate"):
-        with contextlib.suppress(OSError):
-            delegated = delegated or os.getxattr(d, attr) == b"1"
+    try:
+        delegated = os.getxattr(d, "trusted.delegate") == b"1"
+    except OSError:
+        delegated = False
     if not delegated:
-        return frozenset(enabled), None
+        missing = ",".join(sorted(have - enabled))
+        return frozenset(enabled), f"{d} was not delegated to us: no {missing} limits"
     problem = None
     try:
         leaf = d / _SELF_LEAF
@@ -418,6 +505,35 @@ def _v2_usable(d: Path) -> tuple[frozenset[str], str | None]:
     except OSError:
         got = frozenset()
     return got, problem
+
+
+def _root_owned(d: Path) -> str | None:
+    """Why ``d`` is not a cgroup that root alone controls, or None if it is.
+
+    ``d``, the files through which processes are moved into it and its controllers enabled,
+    and each directory above it on the same mount must belong to uid 0. A delegation to a
+    user (``Delegate=`` in a user's unit, or a user's manager) hands that user the directory
+    and those files, and from there everything below.
+    """
+    try:
+        dev = os.lstat(d).st_dev
+    except OSError as exc:
+        return f"cannot read {d}: {exc.strerror or exc}"
+    checked = [d / "cgroup.procs", d / "cgroup.subtree_control"]
+    for p in [*checked, d, *d.parents]:
+        try:
+            st = os.lstat(p)
+        except FileNotFoundError:
+            if p in checked:
+                continue  # v1 has no cgroup.subtree_control
+            return f"cannot read {p}"
+        except OSError as exc:
+            return f"cannot read {p}: {exc.strerror or exc}"
+        if st.st_dev != dev:
+            break  # above the mount
+        if st.st_uid != 0:
+            return f"{p} belongs to uid {st.st_uid}, not root: not used"
+    return None
 
 
 def _writable(d: Path) -> bool:
@@ -472,11 +588,16 @@ def detect() -> Containment:
             # v1 first: where it gives the limits, v2 is only used for cgroup.kill, and the
             # daemon is not moved into a leaf for controllers it would not use.
             for version, controllers, d in sorted(own, key=lambda h: h[0]):
+                refused = _root_owned(d)
+                if refused is not None:
+                    c.problem = c.problem or refused
+                    continue
                 if not _writable(d):
                     continue
                 usable = controllers
                 if version == 2 and not any(h.controllers for h in found):
-                    usable, c.problem = _v2_usable(d)
+                    usable, problem = _v2_usable(d)
+                    c.problem = c.problem or problem
                 elif version == 2:
                     usable = frozenset()
                 found.append(Hierarchy(version, frozenset(usable), d))

@@ -193,7 +193,10 @@ def run(argv: Sequence[str], **options: Unpack[RunOptions]) -> Result:
         found = shutil.which(args[0], path=child_env.get("PATH", USER_PATH))
         if found is None:
             raise HostError(args, "cannot run: No such file or directory")
-        cell = contain.cell(uid)
+        try:
+            cell = contain.cell(uid)
+        except _contain.UncontainedError as exc:
+            raise HostError(args, f"not run: {exc}, so its limits would not hold") from exc
         popen_args: tuple[str, ...] = tuple(contain.wrap([found, *args[1:]], uid, gid, cell))
         uid = gid = groups = None
     else:
