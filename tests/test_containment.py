@@ -412,11 +412,11 @@ def _logged(driver: subprocess.Popen[str]) -> list[dict[str, object]]:
 
 PIN = 48 * MIB  # what each step pins
 PIN_LIMIT = 64 * MIB  # the user's memory limit here, smaller than MEMORY_MAX to spare the host
-PIN_STEP = f"""
+PIN_STEP = """
 import os, socket
 fd = os.memfd_create("pin")
 chunk = b"x" * (1024 * 1024)
-for _ in range({PIN} // len(chunk)):
+for _ in range(PIN // len(chunk)):
     os.write(fd, chunk)
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 s.connect(SOCK)
@@ -437,27 +437,37 @@ while True:
 """
 
 
-def test_memory_a_step_passes_out_stays_within_the_users_limit() -> None:
-    """Four steps each pass a 48 MiB memfd to the user's process outside: the service carries
-    at most the user's one limit of it, not four steps' worth, and the log says so."""
+@contextlib.contextmanager
+def _pinning() -> Iterator[tuple[Path, Path, str]]:
+    """A stand-in for the service and a cgroup for the user's own process outside it, both in
+    the memory hierarchy, and the socket on which a step passes its memfd out; removed after."""
     mem = _own_cgroup("memory")
     tag = f"{os.getpid()}-{random.randrange(10**6)}"
     sock = f"SOCK = {chr(0) + 'ti-pin-' + tag!r}\n"
     service, outside = mem / f"ti-test-service-{tag}", mem / f"ti-test-user-{tag}"
     service.mkdir()
     outside.mkdir()
-    holder = driver = None
     try:
-        holder = _outside(sock + PIN_HOLDER, outside)
-        driver, found = _drive(service, 4, sock + PIN_STEP, PIN_LIMIT)
-        assert "memory" in str(found["found"]["limits"]), found  # type: ignore[index]
-        pinned = int((service / "memory.usage_in_bytes").read_text())
-        users = [d for d in service.iterdir() if d.name.startswith("trustinstaller-user-")]
-        logged = _logged(driver)
+        yield service, outside, sock
     finally:
-        _stop(driver, holder)
         _remove(service)
         _remove(outside)
+
+
+def test_memory_a_step_passes_out_stays_within_the_users_limit() -> None:
+    """Four steps each pass a 48 MiB memfd to the user's process outside: the service carries
+    at most the user's one limit of it, not four steps' worth, and the log says so."""
+    holder = driver = None
+    with _pinning() as (service, outside, sock):
+        try:
+            holder = _outside(sock + PIN_HOLDER, outside)
+            driver, found = _drive(service, 4, f"{sock}PIN = {PIN}\n{PIN_STEP}", PIN_LIMIT)
+            assert "memory" in str(found["found"]["limits"]), found  # type: ignore[index]
+            pinned = int((service / "memory.usage_in_bytes").read_text())
+            users = [d for d in service.iterdir() if d.name.startswith("trustinstaller-user-")]
+            logged = _logged(driver)
+        finally:
+            _stop(driver, holder)
     # Without the user's limit: 4 x 48 MiB = 192 MiB stayed charged to the service.
     assert pinned <= PIN_LIMIT + 16 * MIB, f"{pinned / MIB:.0f} MiB charged to the service"
     assert [d.name for d in users] == [f"trustinstaller-user-{NOBODY.uid}"]
@@ -543,27 +553,19 @@ def test_a_small_charge_keeps_the_users_cgroup_at_exit() -> None:
     """A step passes out an 8 MiB memfd and the agent exits: the user's cgroup stays, so that
     the next run counts the 8 MiB against the same limit. Removed, the charge would stay on
     the service with no limit over it, 8 MiB more for each run."""
-    mem = _own_cgroup("memory")
-    tag = f"{os.getpid()}-{random.randrange(10**6)}"
-    sock = f"SOCK = {chr(0) + 'ti-pin-' + tag!r}\n"
-    service, outside = mem / f"ti-test-service-{tag}", mem / f"ti-test-user-{tag}"
-    service.mkdir()
-    outside.mkdir()
-    user = service / f"trustinstaller-user-{NOBODY.uid}"
     holder = driver = None
-    try:
-        holder = _outside(sock + PIN_HOLDER, outside)
-        step = sock + PIN_STEP.replace(f"range({PIN} //", f"range({8 * MIB} //")
-        driver, _ = _drive(service, 1, step)
-        _logged(driver)  # it exits, and removes what holds nothing
-        kept = user.is_dir()
-        charged = int((user / "memory.usage_in_bytes").read_text()) if kept else 0
-        swap = user / "memory.memsw.limit_in_bytes"
-        swap_max = int(swap.read_text()) if kept and swap.exists() else None
-    finally:
-        _stop(driver, holder)
-        _remove(service)
-        _remove(outside)
+    with _pinning() as (service, outside, sock):
+        user = service / f"trustinstaller-user-{NOBODY.uid}"
+        try:
+            holder = _outside(sock + PIN_HOLDER, outside)
+            driver, _ = _drive(service, 1, f"{sock}PIN = {8 * MIB}\n{PIN_STEP}")
+            _logged(driver)  # it exits, and removes what holds nothing
+            kept = user.is_dir()
+            charged = int((user / "memory.usage_in_bytes").read_text()) if kept else 0
+            swap = user / "memory.memsw.limit_in_bytes"
+            swap_max = int(swap.read_text()) if kept and swap.exists() else None
+        finally:
+            _stop(driver, holder)
     assert kept, "the user's cgroup was removed with 8 MiB still charged to it"
     assert charged >= 8 * MIB * 0.9, charged
     assert swap_max in (None, 256 * MIB), swap_max
