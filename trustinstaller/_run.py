@@ -27,7 +27,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TypedDict, Unpack
 
@@ -164,94 +164,107 @@ def run(argv: Sequence[str], **options: Unpack[RunOptions]) -> Result:
     Raise HostError if it cannot start, times out, or (with ``check``) exits non-zero.
     """
     timeout = options.get("timeout", DEFAULT_TIMEOUT)
-    check = options.get("check", True)
-    env = options.get("env")
     input = options.get("input")  # noqa: A001 (the subprocess name)
     user = options.get("user")
-    pass_fds = options.get("pass_fds", ())
     args = tuple(argv)
-    child_env = command_env(env)
-    uid: int | None = None
-    gid: int | None = None
-    groups: list[int] | None = None
-    cwd: str | None = None
-    contain: _contain.Containment | None = None
-    cell = _contain.Cell()
-    if user is not None:
-        child_env = {**user.env(), **(env or {})}
-        if user.uid != os.geteuid():
-            if os.geteuid() != 0:
-                raise HostError(args, f"cannot run as user {user.name}: not running as root")
-            # Dropped in the child, groups first, then gid, then uid; and out of any directory
-            # of ours or the user's before it execs.
-            uid, gid, groups, cwd = user.uid, user.gid, [], "/"
-            contain = _contain.detect()
-    if contain is not None and contain.available and uid is not None and gid is not None:
-        # Root starts the wrapper, which enters the step's cgroups and PID namespace and only
-        # then drops (see _contain). The command is found here, so a missing one is told as
-        # it is without the wrapper.
-        found = shutil.which(args[0], path=child_env.get("PATH", USER_PATH))
-        if found is None:
-            raise HostError(args, "cannot run: No such file or directory")
-        try:
-            cell = contain.cell(uid)
-        except _contain.UncontainedError as exc:
-            raise HostError(args, f"not run: {exc}, so its limits would not hold") from exc
-        popen_args: tuple[str, ...] = tuple(contain.wrap([found, *args[1:]], uid, gid, cell))
-        uid = gid = groups = None
-    else:
-        contain, popen_args = None, args
+    how = _launch(args, user, options.get("env"))
     try:
         proc = subprocess.Popen(
-            popen_args,
+            how.argv,
             stdin=subprocess.DEVNULL if input is None else subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env=child_env,
+            env=how.env,
             start_new_session=True,  # so a timeout can kill the children too
-            pass_fds=tuple(pass_fds),
-            user=uid,
-            group=gid,
-            extra_groups=groups,
-            cwd=cwd,
+            pass_fds=tuple(options.get("pass_fds", ())),
+            user=how.uid,
+            group=how.gid,
+            extra_groups=how.groups,
+            cwd=how.cwd,
         )
     except OSError as exc:
-        if contain is not None:
-            _released(contain, cell, user)
+        if how.contain is not None:
+            _released(how.contain, how.cell, user)
         raise HostError(args, f"cannot run: {exc.strerror or exc}") from exc
+    reaped = True
     try:
         try:
             out, err, finished = _collect(proc, input, timeout)
         except BaseException:
-            _kill(proc, contain, cell)
+            _kill(proc, how.contain, how.cell)
             raise
         if not finished:
-            reaped = _kill(proc, contain, cell)
+            reaped = _kill(proc, how.contain, how.cell)
     finally:
         # Whatever the step left behind (a process that detached into a session of its own)
         # goes with its cgroup; its PID namespace ended with its init.
-        if contain is not None:
-            _released(contain, cell, user)
-    # A user's words never reach our errors (see the module's docstring).
-    whose = "" if user is None else f", as user {user.name}; its output is the user's: not shown"
+        if how.contain is not None:
+            _released(how.contain, how.cell, user)
     if not finished:
         raise HostError(
             args,
             f"timed out after {timeout:g} s and was killed"
             + ("" if reaped else f"; it could not be reaped within {_REAP:g} s (traced?)"),
             output="" if user is not None else _text(err) or _text(out),
-            note=whose,
+            note=_whose(user),
         )
     result = Result(args, proc.returncode, _text(out), _text(err))
-    if check and proc.returncode != 0:
+    if options.get("check", True) and proc.returncode != 0:
         raise HostError(
             args,
             _ended(proc.returncode),
             returncode=proc.returncode if proc.returncode > 0 else None,
             output="" if user is not None else result.stderr or result.stdout,
-            note=whose,
+            note=_whose(user),
         )
     return result
+
+
+@dataclass
+class _Launch:
+    """How a command starts: its argv (wrapped for a contained step), environment and drop."""
+
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    uid: int | None = None
+    gid: int | None = None
+    groups: list[int] | None = None
+    cwd: str | None = None
+    contain: _contain.Containment | None = None
+    cell: _contain.Cell = field(default_factory=_contain.Cell)
+
+
+def _launch(args: tuple[str, ...], user: Account | None, env: Mapping[str, str] | None) -> _Launch:
+    """How to start ``args``: as we are, or as ``user``, contained where the host allows."""
+    if user is None:
+        return _Launch(args, command_env(env))
+    child_env = {**user.env(), **(env or {})}
+    if user.uid == os.geteuid():
+        return _Launch(args, child_env)
+    if os.geteuid() != 0:
+        raise HostError(args, f"cannot run as user {user.name}: not running as root")
+    contain = _contain.detect()
+    if not contain.available:
+        # Dropped in the child, groups first, then gid, then uid; and out of any directory of
+        # ours or the user's before it execs.
+        return _Launch(args, child_env, user.uid, user.gid, [], "/")
+    # Root starts the wrapper, which enters the step's cgroups and PID namespace and only then
+    # drops (see _contain). The command is found here, so a missing one is told as it is
+    # without the wrapper.
+    found = shutil.which(args[0], path=child_env.get("PATH", USER_PATH))
+    if found is None:
+        raise HostError(args, "cannot run: No such file or directory")
+    try:
+        cell = contain.cell(user.uid)
+    except _contain.UncontainedError as exc:
+        raise HostError(args, f"not run: {exc}, so its limits would not hold") from exc
+    wrapped = contain.wrap([found, *args[1:]], user.uid, user.gid, cell)
+    return _Launch(tuple(wrapped), child_env, cwd="/", contain=contain, cell=cell)
+
+
+def _whose(user: Account | None) -> str:
+    """A user's words never reach our errors (see the module's docstring)."""
+    return "" if user is None else f", as user {user.name}; its output is the user's: not shown"
 
 
 def _ended(returncode: int) -> str:
@@ -297,25 +310,10 @@ def _collect(
             if left <= 0:
                 break
             for key, _ in sel.select(min(left, 0.2)):
-                fd = key.fd
-                if fd not in bufs:  # stdin
-                    try:
-                        pending = pending[os.write(fd, pending[:_PIPE_CHUNK]) :]
-                    except BrokenPipeError:
-                        pending = pending[:0]
-                    if not pending and proc.stdin is not None:
-                        sel.unregister(fd)
-                        proc.stdin.close()
-                    continue
-                try:
-                    chunk = os.read(fd, _PIPE_CHUNK)
-                except BlockingIOError:
-                    continue
-                if not chunk:
-                    sel.unregister(fd)
-                    continue
-                buf = bufs[fd]
-                buf += chunk[: max(0, OUTPUT_CAP - len(buf))]  # past the cap: read and dropped
+                if key.fd in bufs:
+                    _take(key.fd, bufs[key.fd], sel)
+                else:
+                    pending = _feed(key.fd, pending, proc, sel)
     finally:
         sel.close()
         for pipe in (proc.stdin, proc.stdout, proc.stderr):
@@ -327,6 +325,32 @@ def _collect(
     except subprocess.TimeoutExpired:
         return b"", b"", False
     return bytes(bufs[out_fd]), bytes(bufs[err_fd]), True
+
+
+def _feed(
+    fd: int, pending: memoryview, proc: subprocess.Popen[bytes], sel: selectors.BaseSelector
+) -> memoryview:
+    """Write the next chunk of stdin; close it once all is written (or the child closed it)."""
+    try:
+        pending = pending[os.write(fd, pending[:_PIPE_CHUNK]) :]
+    except BrokenPipeError:
+        pending = pending[:0]
+    if not pending and proc.stdin is not None:
+        sel.unregister(fd)
+        proc.stdin.close()
+    return pending
+
+
+def _take(fd: int, buf: bytearray, sel: selectors.BaseSelector) -> None:
+    """Read what the pipe has into ``buf``, up to OUTPUT_CAP: past it, read and dropped."""
+    try:
+        chunk = os.read(fd, _PIPE_CHUNK)
+    except BlockingIOError:
+        return
+    if not chunk:
+        sel.unregister(fd)
+        return
+    buf += chunk[: max(0, OUTPUT_CAP - len(buf))]
 
 
 def _kill(
