@@ -158,25 +158,7 @@ def fetch_all(
         return []
     started = time.monotonic()
     deadline = started + timeout
-    # Clients are made up front, one per region. A region whose client cannot be made (a
-    # malformed endpoint_url, say) fails each of its ARNs, so that the answer still lists
-    # every failure.
-    from botocore.exceptions import BotoCoreError
-
-    clients: dict[str, SecretsClient] = {}
-    broken: dict[str, str] = {}
-    for ref in refs:
-        if ref.region in clients or ref.region in broken:
-            continue
-        try:
-            clients[ref.region] = make_client(ref.region)
-        # botocore raises ValueError for a malformed endpoint_url, its own errors otherwise.
-        except (BotoCoreError, ValueError, OSError) as exc:
-            # Not str(exc): botocore quotes the endpoint URL, which may carry a password.
-            broken[ref.region] = (
-                f"cannot make a Secrets Manager client for region {ref.region} "
-                f"({type(exc).__name__}); check endpoint_url"
-            )
+    clients, broken = _clients(refs, make_client)
     unique = list(dict.fromkeys(ref.arn for ref in refs))
     region_of = {ref.arn: ref.region for ref in refs}
     by_arn: dict[str, SecretValue | FetchError] = {
@@ -199,10 +181,51 @@ def fetch_all(
         for arn, fut in futures.items():
             done[arn] = fut.result() if fut.done() and not fut.cancelled() else None
     clients.clear()
+    report = _report(len(unique), tallies, done, started)
+    stats.report = report
+    for arn, value in done.items():
+        if value is None or tallies[arn].gave_up:
+            by_arn[arn] = FetchError(arn, _out_of_time(tallies[arn].last_error, timeout, report))
+        else:
+            by_arn[arn] = value
+    return [by_arn[ref.arn] for ref in refs]
+
+
+def _clients(
+    refs: Sequence[CertificateRef], make_client: ClientFactory
+) -> tuple[dict[str, SecretsClient], dict[str, str]]:
+    """One client per region, made up front; and why, for each region whose client cannot be
+    made (a malformed endpoint_url, say), so that each of its ARNs fails and the answer still
+    lists every failure."""
+    from botocore.exceptions import BotoCoreError
+
+    clients: dict[str, SecretsClient] = {}
+    broken: dict[str, str] = {}
+    for ref in refs:
+        if ref.region in clients or ref.region in broken:
+            continue
+        try:
+            clients[ref.region] = make_client(ref.region)
+        # botocore raises ValueError for a malformed endpoint_url, its own errors otherwise.
+        except (BotoCoreError, ValueError, OSError) as exc:
+            # Not str(exc): botocore quotes the endpoint URL, which may carry a password.
+            broken[ref.region] = (
+                f"cannot make a Secrets Manager client for region {ref.region} "
+                f"({type(exc).__name__}); check endpoint_url"
+            )
+    return clients, broken
+
+
+def _report(
+    secrets: int,
+    tallies: dict[str, _Tally],
+    done: dict[str, SecretValue | FetchError | None],
+    started: float,
+) -> FetchReport:
+    """The fetch phase in numbers, from each fetch's tally."""
     duration = time.monotonic() - started
-    out_of_time = [arn for arn, value in done.items() if value is None or tallies[arn].gave_up]
-    report = FetchReport(
-        secrets=len(unique),
+    return FetchReport(
+        secrets=secrets,
         calls=sum(t.calls for t in tallies.values()),
         throttled_calls=sum(t.throttled for t in tallies.values()),
         throttled_fetches=sum(1 for t in tallies.values() if t.throttled),
@@ -217,15 +240,8 @@ def fetch_all(
             default=0.0,
         ),
         duration_s=duration,
-        timed_out=bool(out_of_time),
+        timed_out=any(v is None or tallies[a].gave_up for a, v in done.items()),
     )
-    stats.report = report
-    for arn, value in done.items():
-        if arn in out_of_time:
-            by_arn[arn] = FetchError(arn, _out_of_time(tallies[arn].last_error, timeout, report))
-        elif value is not None:
-            by_arn[arn] = value
-    return [by_arn[ref.arn] for ref in refs]
 
 
 def _fetch_one(
