@@ -21,7 +21,7 @@ import errno
 import os
 import secrets
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypedDict, Unpack
 
@@ -82,77 +82,109 @@ def open_dir(path: Path, **options: Unpack[WalkOptions]) -> int:
     Raises FileNotFoundError for a missing component it may not make, and UnsafePathError
     naming the first component that another user could change.
     """
-    create = options.get("create", False)
-    parents = options.get("parents", False)
-    mode = options.get("mode", 0o755)
-    before_mkdir = options.get("before_mkdir")
     if not path.is_absolute():
         raise UnsafePathError(errno.EINVAL, "is not an absolute path", str(path))
     if ".." in path.parts:
         raise UnsafePathError(errno.EINVAL, "has a '..' component", str(path))
-    fd = os.open("/", _DIR_FLAGS)
+    walk = _Walk(path, options)
     try:
-        check_dir(fd, "/")
-        todo = list(reversed(path.parts[1:]))
-        here = Path("/")
-        links = 0
-        while todo:
-            name = todo.pop()
-            last = not todo
+        while walk.todo:
+            name = walk.todo.pop()
             if name in (".", ""):
                 continue
             if name == "..":
                 # Only from a root-owned link's target (/var/run -> ../run): ``here`` is a real
                 # path reached through checked directories, so walk again to its parent.
-                todo.extend(reversed(here.parent.parts[1:]))
-                os.close(fd)
-                fd = os.open("/", _DIR_FLAGS)
-                here = Path("/")
+                walk.restart(walk.here.parent.parts[1:])
                 continue
-            where = str(here / name)
-            try:
-                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-            except FileNotFoundError:
-                if not (create and last) and not parents:
-                    raise
-                if before_mkdir is not None:
-                    before_mkdir(here / name)
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(name, mode, dir_fd=fd)
-                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-            if stat.S_ISLNK(st.st_mode) and not last:
-                # The directory holding it is checked, so only root could have put it there or
-                # change it; one owned by anyone else is refused below like a directory would be.
-                if st.st_uid not in trusted_uids():
-                    raise UnsafePathError(
-                        errno.EPERM, f"is a symlink owned by uid {st.st_uid}, not root", where
-                    )
-                links += 1
-                if links > _MAX_LINKS:
-                    raise UnsafePathError(errno.ELOOP, "has too many symlinks", str(path))
-                target = Path(os.readlink(name, dir_fd=fd))
-                todo.extend(reversed(target.parts[1:] if target.is_absolute() else target.parts))
-                if target.is_absolute():
-                    os.close(fd)
-                    fd = os.open("/", _DIR_FLAGS)
-                    here = Path("/")
-                continue
-            try:
-                child = os.open(name, _DIR_FLAGS, dir_fd=fd)
-            except OSError as exc:
-                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                    raise UnsafePathError(
-                        exc.errno, "is a symlink or not a directory", where
-                    ) from exc
-                raise
-            os.close(fd)
-            fd = child
-            check_dir(fd, where)
-            here = here / name
-        return fd
+            st = walk.stat_or_make(name)
+            if stat.S_ISLNK(st.st_mode) and walk.todo:
+                walk.follow(name, st)
+            else:
+                walk.descend(name)
+        return walk.fd
     except BaseException:
-        os.close(fd)
+        os.close(walk.fd)
         raise
+
+
+class _Walk:
+    """Where a checked walk is: the descriptor of the directory reached, its path, and the
+    components still to walk (the next one last)."""
+
+    def __init__(self, path: Path, options: WalkOptions) -> None:
+        self.path = path
+        self.options = options
+        self.links = 0
+        self.todo: list[str] = []
+        self.fd = os.open("/", _DIR_FLAGS)
+        self.here = Path("/")
+        try:
+            check_dir(self.fd, "/")
+        except BaseException:
+            os.close(self.fd)
+            raise
+        self.todo = list(reversed(path.parts[1:]))
+
+    def restart(self, parts: Sequence[str]) -> None:
+        """Walk ``parts`` from ``/`` again, before what is left."""
+        self.todo.extend(reversed(parts))
+        os.close(self.fd)
+        self.fd = os.open("/", _DIR_FLAGS)
+        self.here = Path("/")
+
+    def stat_or_make(self, name: str) -> os.stat_result:
+        """``name``'s own stat in the directory reached; made first if missing and allowed."""
+        try:
+            return os.stat(name, dir_fd=self.fd, follow_symlinks=False)
+        except FileNotFoundError:
+            last = not self.todo
+            if not (self.options.get("create", False) and last) and not self.options.get(
+                "parents", False
+            ):
+                raise
+        before_mkdir = self.options.get("before_mkdir")
+        if before_mkdir is not None:
+            before_mkdir(self.here / name)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(name, self.options.get("mode", 0o755), dir_fd=self.fd)
+        return os.stat(name, dir_fd=self.fd, follow_symlinks=False)
+
+    def follow(self, name: str, st: os.stat_result) -> None:
+        """Go on through the symlink ``name`` (not the last component).
+
+        The directory holding it is checked, so only root could have put it there or change
+        it; one owned by anyone else is refused like a directory would be.
+        """
+        if st.st_uid not in trusted_uids():
+            raise UnsafePathError(
+                errno.EPERM, f"is a symlink owned by uid {st.st_uid}, not root", self.where(name)
+            )
+        self.links += 1
+        if self.links > _MAX_LINKS:
+            raise UnsafePathError(errno.ELOOP, "has too many symlinks", str(self.path))
+        target = Path(os.readlink(name, dir_fd=self.fd))
+        if target.is_absolute():
+            self.restart(target.parts[1:])
+        else:
+            self.todo.extend(reversed(target.parts))
+
+    def descend(self, name: str) -> None:
+        """Open the directory ``name`` without following a link, and check it."""
+        where = self.where(name)
+        try:
+            child = os.open(name, _DIR_FLAGS, dir_fd=self.fd)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise UnsafePathError(exc.errno, "is a symlink or not a directory", where) from exc
+            raise
+        os.close(self.fd)
+        self.fd = child
+        check_dir(self.fd, where)
+        self.here = self.here / name
+
+    def where(self, name: str) -> str:
+        return str(self.here / name)
 
 
 @contextlib.contextmanager
