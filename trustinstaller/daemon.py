@@ -219,6 +219,44 @@ def serve(installer: Installer, *, idle_exit: float | None = None) -> None:
     # A concurrent `trustinstaller apply` holds the lock: wait for it rather than fail to start.
     status = installer.prepare(wait=installer.config.update_timeout)
     inherited = inherited_sockets()
+    servers = _servers(installer, inherited)
+    text = [sdnotify.describe(status)]
+
+    def on_status(new: Status) -> None:
+        # Called by the state directory on every status write, from the request thread, so
+        # that `systemctl status` follows the state the moment it changes.
+        described = sdnotify.describe(new)
+        if described != text[0]:
+            text[0] = described
+            sdnotify.notify(f"STATUS={described}")
+            log.get().info("state_changed", state=new.state.value)
+
+    installer.state.on_write = on_status
+    log.get().info("daemon_ready", socket=str(servers[0].socket.getsockname()),
+                   state=status.state.value,
+                   source="systemd" if inherited else "bound")  # fmt: skip
+    if len(servers) > 1:
+        log.get().info("status_socket_ready", socket=str(servers[1].socket.getsockname()))
+    sdnotify.notify("READY=1", f"STATUS={text[0]}", f"MAINPID={os.getpid()}")
+    try:
+        if _until_stopped(installer, stop, None if inherited is None else idle_exit):
+            stopped_by.append("idle")
+    finally:
+        installer.state.on_write = None
+        sdnotify.notify("STOPPING=1", f"STATUS=stopping ({', '.join(stopped_by) or 'error'})")
+        for server in servers:
+            server.shutdown()
+        for server in servers:
+            server.drop_others()
+        for server in servers:
+            # Joins every request thread, so an install in flight finishes before we exit.
+            server.server_close()
+        log.get().info("daemon_stopped", reason=stopped_by[0] if stopped_by else "error")
+
+
+def _servers(installer: Installer, inherited: dict[str, socket.socket] | None) -> list[Server]:
+    """The control socket's server, and the status socket's if systemd passed one; each
+    serving from a thread of its own."""
     sockets = inherited if inherited is not None else bound_sockets(installer.config)
     sock = sockets[sdnotify.CONTROL]
     if inherited is not None:
@@ -240,48 +278,24 @@ def serve(installer: Installer, *, idle_exit: float | None = None) -> None:
         # One accept thread and one backlog each: a flood on the status socket cannot fill
         # the control socket's backlog or take its slots.
         threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
-    text = [sdnotify.describe(status)]
+    return servers
 
-    def on_status(new: Status) -> None:
-        # Called by the state directory on every status write, from the request thread, so
-        # that `systemctl status` follows the state the moment it changes.
-        described = sdnotify.describe(new)
-        if described != text[0]:
-            text[0] = described
-            sdnotify.notify(f"STATUS={described}")
-            log.get().info("state_changed", state=new.state.value)
 
-    installer.state.on_write = on_status
-    log.get().info("daemon_ready", socket=str(sock.getsockname()), state=status.state.value,
-                   source="systemd" if inherited else "bound")  # fmt: skip
-    if len(servers) > 1:
-        log.get().info("status_socket_ready", socket=str(servers[1].socket.getsockname()))
-    sdnotify.notify("READY=1", f"STATUS={text[0]}", f"MAINPID={os.getpid()}")
+def _until_stopped(installer: Installer, stop: threading.Event, idle_exit: float | None) -> bool:
+    """Wait for ``stop``; True if instead the daemon was locked and idle for ``idle_exit`` s."""
     idle_since = time.monotonic()
-    try:
-        while not stop.wait(_TICK):
-            # Busy while any connection is being served: request threads (and the pools an
-            # install starts from them) are the only non-daemon threads besides this one.
-            # A connection from a uid outside allowed_uids does not count: it may only read the
-            # status, lives at most request_timeout, and is ended when the daemon stops.
-            others = set(threading.enumerate()) - {threading.current_thread(),
-                                                   threading.main_thread()}  # fmt: skip
-            locked = installer.status().locked
-            busy = not locked or any(not t.daemon and t.name != OTHER_REQUEST for t in others)
-            now = time.monotonic()
-            if busy or inherited is None or idle_exit is None:
-                idle_since = now
-            elif now - idle_since >= idle_exit:
-                stopped_by.append("idle")
-                break
-    finally:
-        installer.state.on_write = None
-        sdnotify.notify("STOPPING=1", f"STATUS=stopping ({', '.join(stopped_by) or 'error'})")
-        for server in servers:
-            server.shutdown()
-        for server in servers:
-            server.drop_others()
-        for server in servers:
-            # Joins every request thread, so an install in flight finishes before we exit.
-            server.server_close()
-        log.get().info("daemon_stopped", reason=stopped_by[0] if stopped_by else "error")
+    while not stop.wait(_TICK):
+        # Busy while any connection is being served: request threads (and the pools an install
+        # starts from them) are the only non-daemon threads besides this one. A connection
+        # from a uid outside allowed_uids does not count: it may only read the status, lives
+        # at most request_timeout, and is ended when the daemon stops.
+        others = set(threading.enumerate()) - {threading.current_thread(),
+                                               threading.main_thread()}  # fmt: skip
+        locked = installer.status().locked
+        busy = not locked or any(not t.daemon and t.name != OTHER_REQUEST for t in others)
+        now = time.monotonic()
+        if busy or idle_exit is None:
+            idle_since = now
+        elif now - idle_since >= idle_exit:
+            return True
+    return False
