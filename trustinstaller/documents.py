@@ -12,11 +12,13 @@ that into a StateError naming the file.
 from __future__ import annotations
 
 import enum
+import types
+import typing
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
-from trustinstaller.errors import Problem, ProblemKind
+from trustinstaller.errors import Problem
 
 
 class State(enum.StrEnum):
@@ -35,6 +37,12 @@ class Phase(enum.StrEnum):
     VERIFYING = "verifying"
     COMMITTED = "committed"
 
+
+# How a field is written, in its metadata: "omit_none" leaves out a None; "round" rounds a
+# float to that many digits; "under" nests the field in an object of that name; "required"
+# refuses a document without it, even where the dataclass has a default.
+_OMIT_NONE = {"omit_none": True}
+_REQUIRED = {"required": True}
 
 # -- the status ----------------------------------------------------------------------------
 
@@ -70,8 +78,8 @@ class FetchReport:
     calls: int = 0
     throttled_calls: int = 0
     throttled_fetches: int = 0
-    throttle_delay_s: float = 0.0
-    duration_s: float = 0.0
+    throttle_delay_s: float = field(default=0.0, metadata={"round": 3})
+    duration_s: float = field(default=0.0, metadata={"round": 3})
     timed_out: bool = False
 
 
@@ -79,13 +87,13 @@ class FetchReport:
 class Status:
     """The session's status: ``status.json`` and the answer to ``GET /v1/status``."""
 
-    state: State = State.OPEN
+    state: State = field(default=State.OPEN, metadata=_REQUIRED)
     certificates: tuple[CertEntry, ...] = ()
     warnings: tuple[str, ...] = ()
     errors: tuple[Problem, ...] = ()
-    locked_at: str | None = None
-    updated_at: str | None = None
-    fetch: FetchReport | None = None
+    locked_at: str | None = field(default=None, metadata=_OMIT_NONE)
+    updated_at: str | None = field(default=None, metadata=_OMIT_NONE)
+    fetch: FetchReport | None = field(default=None, metadata=_OMIT_NONE)
 
     @property
     def locked(self) -> bool:
@@ -140,9 +148,6 @@ class AddCert:
 
 
 Entry = Mkdir | Write | Update | CreateDb | AddCert
-_ENTRY_KINDS: dict[str, type[Entry]] = {
-    k.action: k for k in (Mkdir, Write, Update, CreateDb, AddCert)
-}
 
 
 @dataclass(frozen=True)
@@ -159,9 +164,9 @@ class Journal:
 
     id: str
     started_at: str
-    phase: Phase = Phase.APPLYING
-    certificates: tuple[CertEntry, ...] = ()
-    entries: tuple[Recorded, ...] = field(default=())
+    phase: Phase = field(default=Phase.APPLYING, metadata=_REQUIRED)
+    certificates: tuple[CertEntry, ...] = field(default=(), metadata={"under": "summary"})
+    entries: tuple[Recorded, ...] = field(default=(), metadata=_REQUIRED)
 
     def by_store(self) -> dict[str, list[Entry]]:
         """Each store's entries, stores in order of first appearance."""
@@ -172,77 +177,40 @@ class Journal:
 
 
 # -- JSON ---------------------------------------------------------------------------------------
+# One encoder and one decoder, driven by each dataclass's fields and type hints. A journal entry
+# is the one shape that is not a dataclass's own: its store and kind (``action``) sit beside
+# the entry's fields.
+
+_T = typing.TypeVar("_T")
+_ENTRY_KINDS: dict[str, type[Entry]] = {
+    k.action: k for k in (Mkdir, Write, Update, CreateDb, AddCert)
+}
 
 
 def status_to_json(s: Status) -> dict[str, Any]:
     """The JSON form of a status."""
-    doc: dict[str, Any] = {
-        "state": s.state.value,
-        "certificates": [_cert_to_json(c) for c in s.certificates],
-        "warnings": list(s.warnings),
-        "errors": [p.as_dict() for p in s.errors],
-    }
-    if s.locked_at is not None:
-        doc["locked_at"] = s.locked_at
-    if s.updated_at is not None:
-        doc["updated_at"] = s.updated_at
-    if s.fetch is not None:
-        doc["fetch"] = fetch_to_json(s.fetch)
-    return doc
+    return _encode_object(s)
 
 
 def status_from_json(data: object) -> Status:
-    """A status from its JSON form; ValueError if it is not one."""
-    d = _mapping(data, "status")
-    fetch = d.get("fetch")
-    return Status(
-        state=State(_str(d.get("state"), "state")),
-        certificates=tuple(_cert_from_json(c) for c in _list(d.get("certificates", []))),
-        warnings=tuple(_str(w, "warning") for w in _list(d.get("warnings", []))),
-        errors=tuple(_problem_from_json(p) for p in _list(d.get("errors", []))),
-        locked_at=_opt_str(d.get("locked_at"), "locked_at"),
-        updated_at=_opt_str(d.get("updated_at"), "updated_at"),
-        fetch=None if fetch is None else _fetch_from_json(fetch),
-    )
+    """A status from its JSON form; ValueError if it is not one. Keys it does not know are
+    left (an answer carries ``outcome`` and ``message`` beside the status)."""
+    return _decode_object(Status, data, "status")
 
 
 def fetch_to_json(f: FetchReport) -> dict[str, Any]:
     """The JSON form of a fetch report (rounded to the millisecond)."""
-    return {
-        "secrets": f.secrets,
-        "calls": f.calls,
-        "throttled_calls": f.throttled_calls,
-        "throttled_fetches": f.throttled_fetches,
-        "throttle_delay_s": round(f.throttle_delay_s, 3),
-        "duration_s": round(f.duration_s, 3),
-        "timed_out": f.timed_out,
-    }
+    return _encode_object(f)
 
 
 def journal_to_json(j: Journal) -> dict[str, Any]:
     """The JSON form of a journal."""
-    return {
-        "id": j.id,
-        "started_at": j.started_at,
-        "phase": j.phase.value,
-        "summary": {"certificates": [_cert_to_json(c) for c in j.certificates]},
-        "entries": [
-            {"store": r.store, "action": r.entry.action, **_fields(r.entry)} for r in j.entries
-        ],
-    }
+    return _encode_object(j)
 
 
 def journal_from_json(data: object) -> Journal:
     """A journal from its JSON form; ValueError if it is not one."""
-    d = _mapping(data, "journal")
-    summary = _mapping(d.get("summary", {}), "summary")
-    return Journal(
-        id=_str(d.get("id"), "id"),
-        started_at=_str(d.get("started_at"), "started_at"),
-        phase=Phase(_str(d.get("phase"), "phase")),
-        certificates=tuple(_cert_from_json(c) for c in _list(summary.get("certificates", []))),
-        entries=tuple(_recorded_from_json(e) for e in _list(d.get("entries"))),
-    )
+    return _decode_object(Journal, data, "journal")
 
 
 def with_entry(j: Journal, store: str, entry: Entry) -> Journal:
@@ -250,91 +218,105 @@ def with_entry(j: Journal, store: str, entry: Entry) -> Journal:
     return replace(j, entries=(*j.entries, Recorded(store, entry)))
 
 
-def _fields(entry: Entry) -> dict[str, Any]:
-    return {k: getattr(entry, k) for k in entry.__dataclass_fields__}
+def _encode_object(obj: Any) -> dict[str, Any]:
+    if isinstance(obj, Recorded):
+        return {"store": obj.store, "action": obj.entry.action, **_encode_object(obj.entry)}
+    out: dict[str, Any] = {}
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if value is None and f.metadata.get("omit_none"):
+            continue
+        encoded = _encode(value)
+        if "round" in f.metadata:
+            encoded = round(encoded, f.metadata["round"])
+        if "under" in f.metadata:
+            out.setdefault(f.metadata["under"], {})[f.name] = encoded
+        else:
+            out[f.name] = encoded
+    return out
 
 
-def _recorded_from_json(data: object) -> Recorded:
+def _encode(value: object) -> Any:
+    if is_dataclass(value):
+        return _encode_object(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, tuple):
+        return [_encode(v) for v in value]
+    return value
+
+
+def _decode_object(cls: type[_T], data: object, what: str) -> _T:
+    d = _mapping(data, what)
+    hints = _hints(cls)
+    kw: dict[str, Any] = {}
+    for f in fields(cls):  # type: ignore[arg-type]
+        where = d
+        if "under" in f.metadata:
+            where = _mapping(d.get(f.metadata["under"], {}), f.metadata["under"])
+        name = f"{what}.{f.name}"
+        if f.name in where:
+            kw[f.name] = _decode(hints[f.name], where[f.name], name)
+        elif f.metadata.get("required") or (f.default is MISSING and f.default_factory is MISSING):
+            kw[f.name] = _decode(hints[f.name], None, name)  # says what is missing
+    return cls(**kw)
+
+
+def _decode(tp: Any, value: object, what: str) -> Any:
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (types.UnionType, typing.Union):
+        if value is None and type(None) in args:
+            return None
+        if tp == Entry:
+            raise ValueError(f"{what}: a journal entry is decoded by its action")
+        (inner,) = (a for a in args if a is not type(None))
+        return _decode(inner, value, what)
+    if typing.get_origin(tp) is tuple:
+        return tuple(_decode(args[0], v, what) for v in _list(value, what))
+    if tp is Recorded:
+        return _recorded(value)
+    if is_dataclass(tp):
+        return _decode_object(tp, value, what)  # type: ignore[arg-type]
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        try:
+            return tp(_str(value, what))
+        except ValueError:
+            field_name = what.rpartition(".")[2]
+            raise ValueError(f"{what}: unknown {field_name} {str(value)[:40]!r}") from None
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{what}: not true or false")
+        return value
+    if tp is int or tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{what}: not a number")
+        if tp is int and not isinstance(value, int):
+            raise ValueError(f"{what}: not an integer")
+        return value
+    return _str(value, what)
+
+
+def _recorded(data: object) -> Recorded:
     d = dict(_mapping(data, "journal entry"))
     store = _str(d.pop("store", None), "store")
     action = _str(d.pop("action", None), "action")
     kind = _ENTRY_KINDS.get(action)
     if kind is None:
         raise ValueError(f"journal entry: unknown action {action[:40]!r}")
-    if set(d) - set(kind.__dataclass_fields__):
-        raise ValueError(f"journal entry {action}: unknown fields {sorted(d)[:5]}")
-    try:
-        return Recorded(store, kind(**d))
-    except TypeError as exc:
-        raise ValueError(f"journal entry {action}: {exc}") from exc
+    unknown = set(d) - {f.name for f in fields(kind)}
+    if unknown:
+        raise ValueError(f"journal entry {action}: unknown fields {sorted(unknown)[:5]}")
+    return Recorded(store, _decode_object(kind, d, f"journal entry {action}"))
 
 
-def _cert_to_json(c: CertEntry) -> dict[str, Any]:
-    return {
-        "fingerprint_sha256": c.fingerprint_sha256,
-        "subject": c.subject,
-        "not_before": c.not_before,
-        "not_after": c.not_after,
-        "source": _source_to_json(c.source),
-        "duplicates": [_source_to_json(s) for s in c.duplicates],
-        "stores": list(c.stores),
-        "warnings": list(c.warnings),
-    }
+_HINTS: dict[type, dict[str, Any]] = {}
 
 
-def _cert_from_json(data: object) -> CertEntry:
-    d = _mapping(data, "certificate")
-    return CertEntry(
-        fingerprint_sha256=_str(d.get("fingerprint_sha256"), "fingerprint_sha256"),
-        subject=_str(d.get("subject"), "subject"),
-        not_before=_str(d.get("not_before"), "not_before"),
-        not_after=_str(d.get("not_after"), "not_after"),
-        source=_source_from_json(d.get("source")),
-        duplicates=tuple(_source_from_json(s) for s in _list(d.get("duplicates", []))),
-        stores=tuple(_str(s, "store") for s in _list(d.get("stores", []))),
-        warnings=tuple(_str(w, "warning") for w in _list(d.get("warnings", []))),
-    )
-
-
-def _source_to_json(s: Source) -> dict[str, Any]:
-    return {"level": s.level, "index": s.index, "arn": s.arn}
-
-
-def _source_from_json(data: object) -> Source:
-    d = _mapping(data, "source")
-    index = d.get("index")
-    if not isinstance(index, int) or isinstance(index, bool):
-        raise ValueError("source: index is not an integer")
-    return Source(_str(d.get("level"), "level"), index, _str(d.get("arn"), "arn"))
-
-
-def _problem_from_json(data: object) -> Problem:
-    d = _mapping(data, "problem")
-    kind = _str(d.get("kind"), "kind")
-    try:
-        known = ProblemKind(kind)
-    except ValueError:
-        raise ValueError(f"problem: unknown kind {kind[:40]!r}") from None
-    return Problem(known, _str(d.get("object"), "object"), _str(d.get("message"), "m"))
-
-
-def _fetch_from_json(data: object) -> FetchReport:
-    d = _mapping(data, "fetch")
-    kw: dict[str, Any] = {}
-    for name, f in FetchReport.__dataclass_fields__.items():
-        if name in d:
-            v = d[name]
-            kind = str(f.type)
-            ok = (
-                isinstance(v, bool)
-                if kind == "bool"
-                else isinstance(v, int | float) and not isinstance(v, bool)
-                and (kind == "float" or isinstance(v, int))
-            )  # fmt: skip
-            if not ok:
-                raise ValueError(f"fetch: {name} has the wrong type")
-            kw[name] = v
-    return FetchReport(**kw)
+def _hints(cls: type) -> dict[str, Any]:
+    """A dataclass's resolved type hints, found once."""
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
 
 
 def _mapping(data: object, what: str) -> Mapping[str, Any]:
@@ -343,9 +325,9 @@ def _mapping(data: object, what: str) -> Mapping[str, Any]:
     return data
 
 
-def _list(data: object) -> Sequence[Any]:
+def _list(data: object, what: str) -> Sequence[Any]:
     if not isinstance(data, list):
-        raise ValueError("not a list")
+        raise ValueError(f"{what}: not a list")
     return data
 
 
@@ -353,7 +335,3 @@ def _str(data: object, what: str) -> str:
     if not isinstance(data, str):
         raise ValueError(f"{what}: not a string")
     return data
-
-
-def _opt_str(data: object, what: str) -> str | None:
-    return None if data is None else _str(data, what)
