@@ -124,3 +124,22 @@ def _journal(**change: object) -> dict[str, Any]:
 def test_a_journal_that_is_not_ours_is_refused(doc: object, why: str) -> None:
     with pytest.raises(ValueError, match=why):
         documents.journal_from_json(doc)
+
+
+@pytest.mark.parametrize(
+    ("name", "has_status"),
+    [("answer-put.json", True), ("answer-error.json", False), ("answer-forbidden.json", False)],
+)
+def test_a_stored_answer_encodes_back_to_the_same_bytes(name: str, has_status: bool) -> None:
+    """Every HTTP body is an Answer: a PUT's (the status, its outcome and message), a refused
+    request's (its error), and a refused peer's (an outcome and message without a status)."""
+    answer = documents.answer_from_json(_load(name))
+    assert (answer.status is not None) == has_status
+    assert _dump(documents.answer_to_json(answer)) == (EXAMPLES / name).read_text()
+
+
+def test_an_answer_that_is_not_ours_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"answer\.error: not a string"):
+        documents.answer_from_json({"error": 5})
+    with pytest.raises(ValueError, match="state"):
+        documents.answer_from_json({"state": "exploded", "outcome": "busy"})

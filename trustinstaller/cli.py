@@ -151,17 +151,17 @@ def _apply(args: argparse.Namespace, cfg: config.Config) -> int:
 
 def _submit(args: argparse.Namespace, cfg: config.Config) -> int:
     data = _read_manifest(args.manifest)
-    code, doc = _request(cfg.socket, "PUT", "/v1/manifest", data, timeout=args.timeout)
-    outcome = Outcome.from_label(str(doc.get("outcome", "")))
+    code, answer = _request(cfg.socket, "PUT", "/v1/manifest", data, timeout=args.timeout)
+    outcome = Outcome.from_label(answer.outcome or "")
     if code == 200:
         outcome = Outcome.INSTALLED
-    message = str(doc.get("message") or doc.get("error") or f"HTTP {code}")
-    status = _status_of(doc)
-    if status is not None:
-        _print_status(status, args.json, outcome, message)
+    message = answer.message or answer.error or f"HTTP {code}"
+    if answer.status is not None:
+        _print_status(answer.status, args.json, outcome, message)
+    elif args.json:
+        print(json.dumps(documents.answer_to_json(answer), indent=2))
     else:
-        print(json.dumps(doc, indent=2) if args.json else escape(message, limit=MESSAGE_LIMIT),
-              file=sys.stdout if args.json else sys.stderr)  # fmt: skip
+        print(escape(message, limit=MESSAGE_LIMIT), file=sys.stderr)
     return outcome.exit_code
 
 
@@ -186,10 +186,10 @@ def _ask_daemon(cfg: config.Config) -> tuple[Status, str] | None:
     """The daemon's status and which socket gave it, or None when no daemon answered."""
     for path, source in _status_sockets(cfg):
         try:
-            _, doc = _request(path, "GET", "/v1/status", None, timeout=10.0)
+            _, answer = _request(path, "GET", "/v1/status", None, timeout=10.0)
         except TrustInstallerError:
             continue
-        status = _status_of(doc)
+        status = answer.status
         if status is None:
             raise TrustInstallerError(f"socket {path}: the daemon's answer is not a status")
         return status, source
@@ -205,16 +205,6 @@ def _status_sockets(cfg: config.Config) -> list[tuple[Path, str]]:
     control = (cfg.socket, "daemon")
     status = (cfg.status_socket_path, f"daemon, status socket {cfg.status_socket_path}")
     return [control, status] if os.geteuid() == 0 else [status, control]
-
-
-def _status_of(doc: dict[str, Any]) -> Status | None:
-    """The status in a daemon's answer, or None when it holds none (an HTTP error, say)."""
-    if "state" not in doc:
-        return None
-    try:
-        return documents.status_from_json(doc)
-    except ValueError:
-        return None
 
 
 def _check(args: argparse.Namespace, cfg: config.Config) -> int:
@@ -308,7 +298,7 @@ def _read_manifest(name: str) -> bytes:
 
 def _request(
     path: Path, method: str, url: str, body: bytes | None, *, timeout: float
-) -> tuple[int, dict[str, Any]]:
+) -> tuple[int, documents.Answer]:
     conn = UnixHTTPConnection(path, timeout)
     try:
         headers = {"Content-Type": "application/json"} if body is not None else {}
@@ -320,17 +310,16 @@ def _request(
     finally:
         conn.close()
     try:
-        doc = json.loads(raw)
+        return resp.status, documents.answer_from_json(json.loads(raw))
     except ValueError:
-        doc = {"error": raw.decode("utf-8", "replace")[:500]}
-    return resp.status, doc if isinstance(doc, dict) else {"error": str(doc)}
+        # Not JSON, or not an answer of ours: what it says is shown (escaped), never parsed.
+        return resp.status, documents.Answer(error=raw.decode("utf-8", "replace")[:500])
 
 
 def _print_status(status: Status, as_json: bool, outcome: Outcome, message: str) -> None:
     if as_json:
-        doc = documents.status_to_json(status)
-        print(json.dumps({**doc, "outcome": outcome.label, "message": message},
-                         indent=2, sort_keys=True))  # fmt: skip
+        doc = documents.answer_to_json(documents.Answer(status, outcome.label, message))
+        print(json.dumps(doc, indent=2, sort_keys=True))
         return
     stream = sys.stdout if outcome is Outcome.INSTALLED else sys.stderr
     print(f"{outcome.label}: {escape(message, limit=MESSAGE_LIMIT)}", file=stream)

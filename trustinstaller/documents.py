@@ -39,8 +39,9 @@ class Phase(enum.StrEnum):
 
 
 # How a field is written, in its metadata: "omit_none" leaves out a None; "round" rounds a
-# float to that many digits; "under" nests the field in an object of that name; "required"
-# refuses a document without it, even where the dataclass has a default.
+# float to that many digits; "under" nests the field in an object of that name; "flatten" puts
+# a dataclass's keys beside the others (and reads it back where one of its keys is there);
+# "required" refuses a document without it, even where the dataclass has a default.
 _OMIT_NONE = {"omit_none": True}
 _REQUIRED = {"required": True}
 
@@ -99,6 +100,18 @@ class Status:
     def locked(self) -> bool:
         """Whether the session's configuration is locked."""
         return self.state is State.LOCKED
+
+
+@dataclass(frozen=True)
+class Answer:
+    """Every HTTP body the daemon sends: the status where there is one (its keys at the top),
+    a PUT's outcome and message, or why a request was refused (``error``). A part that is None
+    is left out."""
+
+    status: Status | None = field(default=None, metadata={**_OMIT_NONE, "flatten": True})
+    outcome: str | None = field(default=None, metadata=_OMIT_NONE)
+    message: str | None = field(default=None, metadata=_OMIT_NONE)
+    error: str | None = field(default=None, metadata=_OMIT_NONE)
 
 
 # -- the journal -----------------------------------------------------------------------------
@@ -198,6 +211,16 @@ def status_from_json(data: object) -> Status:
     return _decode_object(Status, data, "status")
 
 
+def answer_to_json(a: Answer) -> dict[str, Any]:
+    """The JSON form of an HTTP body."""
+    return _encode_object(a)
+
+
+def answer_from_json(data: object) -> Answer:
+    """An HTTP body from its JSON form; ValueError if it is not one."""
+    return _decode_object(Answer, data, "answer")
+
+
 def fetch_to_json(f: FetchReport) -> dict[str, Any]:
     """The JSON form of a fetch report (rounded to the millisecond)."""
     return _encode_object(f)
@@ -231,6 +254,8 @@ def _encode_object(obj: Any) -> dict[str, Any]:
             encoded = round(encoded, f.metadata["round"])
         if "under" in f.metadata:
             out.setdefault(f.metadata["under"], {})[f.name] = encoded
+        elif f.metadata.get("flatten"):
+            out.update(encoded)
         else:
             out[f.name] = encoded
     return out
@@ -255,7 +280,11 @@ def _decode_object(cls: type[_T], data: object, what: str) -> _T:
         if "under" in f.metadata:
             where = _mapping(d.get(f.metadata["under"], {}), f.metadata["under"])
         name = f"{what}.{f.name}"
-        if f.name in where:
+        if f.metadata.get("flatten"):
+            inner = typing.get_args(hints[f.name])[0]
+            if any(x.name in d for x in fields(inner)):
+                kw[f.name] = _decode_object(inner, d, name)
+        elif f.name in where:
             kw[f.name] = _decode(hints[f.name], where[f.name], name)
         elif f.metadata.get("required") or (f.default is MISSING and f.default_factory is MISSING):
             kw[f.name] = _decode(hints[f.name], None, name)  # says what is missing

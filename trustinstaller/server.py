@@ -27,6 +27,7 @@ from typing import Any
 import structlog
 
 from trustinstaller import documents, log
+from trustinstaller.documents import Answer
 from trustinstaller.errors import Outcome, TrustInstallerError
 from trustinstaller.installer import Installer
 
@@ -49,7 +50,7 @@ OTHER_REQUEST = "request-other"
 
 def _unavailable(error: str) -> bytes:
     """A whole 503 answer, sent from the accept thread without a handler."""
-    body = json.dumps({"error": error}).encode() + b"\n"
+    body = json.dumps(documents.answer_to_json(Answer(error=error))).encode() + b"\n"
     return (
         b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
         b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
@@ -147,12 +148,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
         with self._context():
             # Not read and not ignored: left unread, a body would be parsed as the next request.
             if "Transfer-Encoding" in self.headers or int(self.headers.get("Content-Length", 0)):
-                self._send(400, {"error": "a GET request may not have a body"})
+                self._send(400, Answer(error="a GET request may not have a body"))
                 return
             if self.path.split("?", 1)[0] != "/v1/status":
-                self._send(404, {"error": f"no such resource {self._path()}; try /v1/status"})
+                self._send(404, Answer(error=f"no such resource {self._path()}; try /v1/status"))
                 return
-            self._send(200, documents.status_to_json(self.server.installer.status()))
+            self._send(200, Answer(self.server.installer.status()))
 
     def do_PUT(self) -> None:
         """``PUT /v1/manifest``."""
@@ -167,13 +168,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self._wrong_method()
                 return
             if self.path != "/v1/manifest":
-                self._send(404, {"error": f"no such resource {self._path()}; PUT /v1/manifest"})
+                self._send(404, Answer(error=f"no such resource {self._path()}; PUT /v1/manifest"))
                 return
             uid = self._peer()[1]
             if uid not in self.server.allowed_uids:
                 log.get().warning("peer_refused", peer_uid=uid, outcome=Outcome.FORBIDDEN.label)
-                self._send(403, {"outcome": Outcome.FORBIDDEN.label,
-                                 "message": f"uid {uid} may not submit a manifest"})  # fmt: skip
+                self._send(403, Answer(outcome=Outcome.FORBIDDEN.label,
+                                       message=f"uid {uid} may not submit a manifest"))  # fmt: skip
                 return
             body = self._read_body()
             if body is None:
@@ -194,8 +195,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 outcome=outcome.label,
                 duration_ms=round((time.monotonic() - started) * 1000),
             )
-            doc = documents.status_to_json(status)
-            self._send(outcome.http_status, {**doc, "outcome": outcome.label, "message": message})
+            self._send(outcome.http_status, Answer(status, outcome.label, message))
 
     def do_POST(self) -> None:
         """Wrong method: say which one to use."""
@@ -208,43 +208,42 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if self.server.read_only:
             self._send(
                 405,
-                {
-                    "error": f"method {self.command} not allowed on the status socket, "
-                    "which answers GET /v1/status only; a manifest goes to "
-                    "the control socket"
-                },
+                Answer(
+                    error=f"method {self.command} not allowed on the status socket, "
+                    "which answers GET /v1/status only; a manifest goes to the control socket"
+                ),
                 allow="GET",
             )
             return
-        self._send(405, {"error": f"method {self.command} not allowed; use GET /v1/status "
-                                  "or PUT /v1/manifest"}, allow="GET, PUT")  # fmt: skip
+        self._send(405, Answer(error=f"method {self.command} not allowed; use GET /v1/status "
+                                     "or PUT /v1/manifest"), allow="GET, PUT")  # fmt: skip
 
     def _read_body(self) -> bytes | None:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            self._send(411, {"error": "chunked bodies are not accepted; send Content-Length"})
+            self._send(411, Answer(error="chunked bodies are not accepted; send Content-Length"))
             return None
         raw = self.headers.get("Content-Length")
         if raw is None:
-            self._send(411, {"error": "Content-Length is required"})
+            self._send(411, Answer(error="Content-Length is required"))
             return None
         try:
             length = int(raw)
             if length < 0:
                 raise ValueError
         except ValueError:
-            self._send(400, {"error": "Content-Length is not a non-negative integer"})
+            self._send(400, Answer(error="Content-Length is not a non-negative integer"))
             return None
         if length > MAX_BODY:
             # Refused without reading it; the connection is closed, not drained.
-            self._send(413, {"error": f"body of {length} bytes is over the {MAX_BODY}-byte cap"})
+            self._send(413, Answer(error=f"body of {length} bytes is over the {MAX_BODY}-byte cap"))
             return None
         try:
             body = self.rfile.read(length)
         except TimeoutError:
-            self._send(408, {"error": "timed out reading the body"})
+            self._send(408, Answer(error="timed out reading the body"))
             return None
         if len(body) != length:
-            self._send(400, {"error": "body shorter than Content-Length"})
+            self._send(400, Answer(error="body shorter than Content-Length"))
             return None
         return body
 
@@ -265,7 +264,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         ):
             yield
 
-    def _send(self, code: int, doc: dict[str, Any], **headers: str) -> None:
+    def _send(self, code: int, answer: Answer, **headers: str) -> None:
+        doc = documents.answer_to_json(answer)
         payload = json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n"
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
@@ -287,7 +287,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         # and then sends no status line at all.
         self.request_version = self.protocol_version
         with contextlib.suppress(OSError):
-            self._send(code, {"error": (message or "bad request")[:200]})
+            self._send(code, Answer(error=(message or "bad request")[:200]))
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's name)
         """Silenced: requests are logged as structured events instead."""
