@@ -14,6 +14,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -580,7 +581,7 @@ print(json.dumps({"found": c.describe(), "problem": c.problem}))
 """
 
 
-@pytest.mark.parametrize("owned", ["own", "parent"])
+@pytest.mark.parametrize("owned", ["own", "parent", "mode"])
 def test_a_cgroup_a_user_controls_is_not_used(owned: str) -> None:
     """Root sits in a cgroup that a user owns, or under one (as ``sudo`` does in a user's
     delegated session): that user could move the steps out of their limits, or freeze and
@@ -591,9 +592,13 @@ def test_a_cgroup_a_user_controls_is_not_used(owned: str) -> None:
     inner = top / "session"
     inner.mkdir(parents=True)
     try:
-        target = inner if owned == "own" else top
-        for f in (target, target / "cgroup.procs"):
-            os.chown(f, NOBODY.uid, NOBODY.gid)
+        target = inner if owned != "parent" else top
+        if owned == "mode":  # root's, but anyone may move a process in
+            target = inner / "cgroup.procs"
+            target.chmod(0o666)
+        else:
+            for f in (target, target / "cgroup.procs"):
+                os.chown(f, NOBODY.uid, NOBODY.gid)
         repo = Path(__file__).resolve().parents[1]
         done = subprocess.run(
             ["/bin/sh", "-c", 'echo $$ > "$1/cgroup.procs" && shift && exec "$@"', "sh",
@@ -607,7 +612,8 @@ def test_a_cgroup_a_user_controls_is_not_used(owned: str) -> None:
     seen = json.loads(done.stdout)
     assert str(pids) not in str(seen["found"]["cgroup"]), seen
     assert str(seen["problem"]).startswith(str(target)), seen
-    assert f"belongs to uid {NOBODY.uid}, not root" in str(seen["problem"]), seen
+    why = "writable by others than root" if owned == "mode" else f"belongs to uid {NOBODY.uid}"
+    assert why in str(seen["problem"]), seen
 
 
 def test_a_step_whose_cgroup_cannot_be_made_does_not_run() -> None:
@@ -669,3 +675,57 @@ def test_a_users_cgroup_another_run_removed_is_made_again() -> None:
         assert {h for h, _ in cell.dirs} == set(c.hierarchies), cell
     finally:
         assert c.release(cell).removed
+
+
+EXIT_TRACER = """
+import ctypes, os, socket
+libc = ctypes.CDLL(None, use_errno=True)
+libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(SOCK); s.listen(4)
+print("ready", flush=True)
+held = []
+while True:
+    c, _ = s.accept()
+    pid = int(c.recv(16))
+    # PTRACE_SEIZE with PTRACE_O_TRACEEXIT: a killed tracee stops at its exit, and is never
+    # let go; nor is it ever waited for.
+    ok = libc.ptrace(0x4206, pid, None, ctypes.c_void_p(0x40)) == 0
+    c.send(b"k" if ok else b"e"); held.append(c)
+"""
+EXIT_STEP = """
+import os, socket, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(SOCK)
+# Our PID as the tracer sees it (outside any PID namespace): /proc is the host's.
+nspid = [x for x in open("/proc/self/status") if x.startswith("NSpid:")][0].split()[1]
+s.send(nspid.encode())
+assert s.recv(1) == b"k"
+os.execvp("sleep", ["sleep", MARKER])
+"""
+
+
+@pytest.mark.parametrize("how", ["namespace and cgroups", "cgroups only"])
+def test_a_users_tracer_cannot_keep_a_killed_step_alive(how: str) -> None:
+    """The user's own process traces the step with an exit stop it never lets go: the step,
+    killed at its timeout, would stay a live task in its cgroup for as long as the tracer
+    likes. The step's end ends that tracer (the user's own process) too, and nothing of the
+    step is left."""
+    chosen = _modes()[how]
+    marker = _marker()
+    tag = f"{os.getpid()}-{random.randrange(10**6)}"
+    head = f"SOCK = {chr(0) + 'ti-exit-' + tag!r}\nMARKER = {marker!r}\n"
+    saved = _contain._found
+    _contain._found = chosen
+    tracer = None
+    try:
+        tracer = _outside(head + EXIT_TRACER)
+        with pytest.raises(HostError, match="timed out"):
+            _run.run(["/usr/bin/python3", "-c", head + EXIT_STEP], user=NOBODY, timeout=2)
+        left = _left(marker)
+        tracer_ended = tracer.wait(timeout=10)
+    finally:
+        _contain._found = saved
+        _stop(tracer)
+    assert left == [], f"the traced step outlived its end: {left}"
+    assert tracer_ended == -signal.SIGKILL

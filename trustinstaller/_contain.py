@@ -105,6 +105,7 @@ class Cell:
     removed after."""
 
     dirs: tuple[tuple[Hierarchy, Path], ...] = ()
+    uid: int | None = None  # whose step: a tracer of this uid's is ended with it
     _until: float | None = None
 
     def procs(self) -> list[str]:
@@ -173,9 +174,9 @@ class Containment:
                 elif h.controllers:
                     raise UncontainedError(f"cannot make a step's cgroup in {h.path}")
         except BaseException:
-            self.release(Cell(tuple(made)))
+            self.release(Cell(tuple(made), uid))
             raise
-        return Cell(tuple(made))
+        return Cell(tuple(made), uid)
 
     def _step(self, h: Hierarchy, uid: int) -> Path | None:
         for _ in range(_NAME_TRIES):
@@ -235,9 +236,11 @@ class Containment:
         # everything in the namespace, even what left the process group (setsid).
         for pid in _children(proc.pid):
             _kill_checked(pid, lambda p: p in _children(proc.pid))
+            _end_tracer(pid, cell.uid)
+        _end_tracer(proc.pid, cell.uid)  # without a namespace, the step's command itself
         gone = True
         for h, d in cell.dirs:
-            gone = _empty(h, d, cell.until()) and gone
+            gone = _empty(h, d, cell.until(), cell.uid) and gone
         return gone
 
     def release(self, cell: Cell) -> Left:
@@ -248,7 +251,7 @@ class Containment:
         """
         removed, tasks, memory = True, 0, 0
         for h, d in cell.dirs:
-            removed = _empty(h, d, cell.until()) and removed
+            removed = _empty(h, d, cell.until(), cell.uid) and removed
             if "pids" in h.controllers:
                 tasks = max(tasks, _read_int(d / "pids.current"))
             if "memory" in h.controllers:
@@ -308,6 +311,8 @@ def _set_limits(h: Hierarchy, d: Path) -> bool:
     A second round writes what the first refused: v1 takes no memory limit above the memsw
     limit an earlier run left, until that is raised.
     """
+    if h.version == 1 and "memory" in h.controllers and not _v1_hierarchical(d):
+        return False
     wanted = _limits(h)
     for _ in range(2):
         refused = []
@@ -317,12 +322,38 @@ def _set_limits(h: Hierarchy, d: Path) -> bool:
             except FileNotFoundError:
                 if needed:
                     return False
-                # Not there without swap accounting: there is no swap to limit.
+                # Not there without swap accounting. With swap, v1's memcg reclaim is told
+                # not to swap instead; v2 has no such knob (told at start, see detect).
+                if h.version == 1 and _swap_on():
+                    with contextlib.suppress(OSError):
+                        (d / "memory.swappiness").write_text("0\n")
+                    if _limit(d / "memory.swappiness") != 0:
+                        return False
             except OSError:
                 refused.append((name, value, needed))
         wanted = refused
     # v1 refuses a memory limit below what is charged already: keep a lower one.
     return all(_limit(d / name) <= value for name, value, _ in wanted)
+
+
+def _v1_hierarchical(d: Path) -> bool:
+    """Whether a v1 memory cgroup's limit covers its children (always, since Linux 5.11);
+    turned on while ``d`` has none yet."""
+    flag = d / "memory.use_hierarchy"
+    if not flag.exists():
+        return True
+    with contextlib.suppress(OSError):
+        if flag.read_text().strip() != "1":
+            flag.write_text("1\n")
+    return _limit(flag) == 1
+
+
+def _swap_on() -> bool:
+    """Whether any swap device is active."""
+    try:
+        return len(Path("/proc/swaps").read_text().splitlines()) > 1
+    except OSError:
+        return False
 
 
 def _limit(path: Path) -> float:
@@ -392,11 +423,16 @@ def _members(d: Path) -> list[int]:
         return []
 
 
-def _empty(h: Hierarchy, d: Path, deadline: float) -> bool:
-    """SIGKILL every process in ``d`` until none is left (or ``deadline`` passes)."""
+def _empty(h: Hierarchy, d: Path, deadline: float, uid: int | None = None) -> bool:
+    """SIGKILL every process in ``d`` until none is left (or ``deadline`` passes).
+
+    A killed process that a tracer holds in its exit stop stays a member for as long as the
+    tracer likes: a tracer of the step's user is ended too (see ``_end_tracer``).
+    """
     if h.version == 2:
         with contextlib.suppress(OSError):
             (d / "cgroup.kill").write_text("1\n")
+    rounds = 0
     while True:
         members = _members(d)
         if not members:
@@ -406,7 +442,49 @@ def _empty(h: Hierarchy, d: Path, deadline: float) -> bool:
         # v1 has no cgroup.kill: each round kills every member seen; pids.max bounds the forks.
         for pid in members:
             _kill_checked(pid, lambda p: p in _members(d))
+            if rounds:
+                _end_tracer(pid, uid)
+        rounds += 1
         time.sleep(0.01)
+
+
+def _end_tracer(pid: int, uid: int | None) -> None:
+    """SIGKILL the tracer of process ``pid`` if it runs as ``uid``: the step's user.
+
+    A tracer can hold a killed tracee in its exit stop (PTRACE_O_TRACEEXIT) without end, or keep
+    its zombies. Only a tracer of the step's own user is ended, never root's or another
+    user's; it is that user's own process, obstructing the step's end.
+    """
+    if uid is None:
+        return
+    try:
+        pinned = os.pidfd_open(pid)
+    except OSError:
+        return
+    try:
+        tracer = _status_field(pid, "TracerPid")
+        if tracer <= 0 or _status_field(tracer, "Uid") != uid:
+            return
+        with contextlib.suppress(OSError):
+            signal.pidfd_send_signal(pinned, 0)  # still not reaped: ``pid`` is still it
+            _kill_checked(tracer, lambda t: _status_field(pid, "TracerPid") == t
+                          and _status_field(t, "Uid") == uid)  # fmt: skip
+    finally:
+        os.close(pinned)
+
+
+def _status_field(pid: int, name: str) -> int:
+    """The first number of a line of /proc/PID/status (Uid: the real uid); -1 if unknown."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return -1
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key == name:
+            first = value.split()[:1]
+            return int(first[0]) if first and first[0].isdigit() else -1
+    return -1
 
 
 def _mounts(mountinfo: str) -> list[tuple[str, str, str, set[str]]]:
@@ -519,13 +597,14 @@ def _root_owned(d: Path) -> str | None:
         dev = os.lstat(d).st_dev
     except OSError as exc:
         return f"cannot read {d}: {exc.strerror or exc}"
-    checked = [d / "cgroup.procs", d / "cgroup.subtree_control"]
+    names = ("cgroup.procs", "cgroup.threads", "tasks", "cgroup.subtree_control")
+    checked = [d / n for n in names]
     for p in [*checked, d, *d.parents]:
         try:
             st = os.lstat(p)
         except FileNotFoundError:
             if p in checked:
-                continue  # v1 has no cgroup.subtree_control
+                continue  # v1 has no cgroup.subtree_control, v2 no tasks
             return f"cannot read {p}"
         except OSError as exc:
             return f"cannot read {p}: {exc.strerror or exc}"
@@ -533,7 +612,42 @@ def _root_owned(d: Path) -> str | None:
             break  # above the mount
         if st.st_uid != 0:
             return f"{p} belongs to uid {st.st_uid}, not root: not used"
+        if st.st_mode & 0o022:
+            return f"{p} is writable by others than root (mode {st.st_mode & 0o777:o}): not used"
     return None
+
+
+def _others_may_move(point: Path, limit: int = 5000) -> str | None:
+    """On v1, a process may move into any cgroup whose ``cgroup.procs`` it may write: one
+    anywhere in the hierarchy that a user may write lets that user's step leave its limits
+    (for a cgroup of the user's own, not root's). Say where, looking at ``limit`` cgroups."""
+    seen = 0
+    for top, dirs, _ in os.walk(point):
+        for name in ("cgroup.procs", "tasks"):
+            try:
+                st = os.lstat(Path(top) / name)
+            except OSError:
+                continue
+            if st.st_uid != 0 or st.st_mode & 0o022:
+                return f"{Path(top) / name} may be written by others than root"
+        seen += 1
+        if seen >= limit:
+            dirs.clear()
+    return None
+
+
+def _mount_of(d: Path) -> Path:
+    """The top of the cgroup mount ``d`` is on."""
+    dev = os.lstat(d).st_dev
+    top = d
+    for p in d.parents:
+        try:
+            if os.lstat(p).st_dev != dev:
+                break
+        except OSError:
+            break
+        top = p
+    return top
 
 
 def _writable(d: Path) -> bool:
@@ -598,10 +712,16 @@ def detect() -> Containment:
                 if version == 2 and not any(h.controllers for h in found):
                     usable, problem = _v2_usable(d)
                     c.problem = c.problem or problem
+                    if "memory" in usable and _swap_on() and not (d / "memory.swap.max").exists():
+                        c.problem = c.problem or "swap is on but not accounted: no swap limit"
                 elif version == 2:
                     usable = frozenset()
+                elif usable:
+                    c.problem = c.problem or _others_may_move(_mount_of(d))
                 found.append(Hierarchy(version, frozenset(usable), d))
             c.hierarchies = tuple(found)
+            if not any(h.controllers for h in found):
+                c.problem = c.problem or "no writable, root-owned cgroup with pids or memory"
             atexit.register(c.close)
         _found = c
         return c
