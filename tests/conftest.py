@@ -13,6 +13,7 @@ import pytest
 
 from tests.support import clientenv, osroot
 from tests.support.certs import Issued, make_ca
+from tests.support.hostile import hostile  # noqa: F401 (a fixture for every suite)
 from tests.support.moto import FAKE_ENV, MotoServer, moto_server
 from trustinstaller.config import Config
 from trustinstaller.stores.debian import DebianPaths
@@ -62,8 +63,8 @@ def host_policies_untouched() -> Iterator[None]:
 # tens of seconds to minutes. `make test-fast` leaves them out; `make test` runs everything.
 SLOW_SUITES = frozenset({
     "test_chromium_policy.py", "test_clients.py", "test_faults.py", "test_firefox_browser.py",
-    "test_hardening.py", "test_namespace.py", "test_privsep.py", "test_review_attacks.py",
-    "test_review2_attacks.py", "test_socket_http.py", "test_throttling.py",
+    "test_hardening.py", "test_namespace.py", "test_privsep.py", "test_user_store_attacks.py",
+    "test_user_rollback_attacks.py", "test_socket_http.py", "test_throttling.py",
     "test_wheel.py", "test_env_clients.py", "test_dpkg_lock.py", "test_login_shell.py",
     "test_activation.py", "test_package.py", "test_sdnotify.py", "test_units.py",
 })  # fmt: skip

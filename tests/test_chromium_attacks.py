@@ -12,12 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.builders import Journal, b64, manifest, policy, snapshot, trusted, unique
 from tests.support.certs import make_ca
 from tests.support.daemon import write_config
 from tests.support.moto import MotoServer
-from tests.test_chromium_policy import b64, policy, snapshot
-from tests.test_firefox import Journal, trusted
-from tests.test_install import manifest, unique
 from trustinstaller.config import Config
 from trustinstaller.errors import StoreError
 from trustinstaller.installer import Installer

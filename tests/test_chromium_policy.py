@@ -20,17 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 
 from tests.support import strace_uids
 from tests.support.browseruser import BrowserUser, add_browser_user, clean_env
-from tests.support.certs import Issued, make_ca
+from tests.support.builders import Journal, b64, manifest, policy, snapshot, trusted, unique
+from tests.support.certs import make_ca
 from tests.support.moto import MotoServer
 from tests.support.ns import PrivateNamespace
 from tests.support.probe import CHROMIUM_FLAGS, Probe
 from tests.support.tls import https_server
-from tests.test_firefox import Journal, trusted
-from tests.test_install import manifest, unique
 from trustinstaller.documents import Mkdir, Write
 from trustinstaller.errors import PolicyError, StoreError
 from trustinstaller.stores import chromium
@@ -38,16 +36,6 @@ from trustinstaller.stores.chromium import FILENAME, ChromiumPolicyStore, Policy
 
 MANAGED = "/etc/chromium/policies/managed"
 CHROME_MANAGED = "/etc/opt/chrome/policies/managed"
-
-
-def b64(ca: Issued) -> str:
-    """The policy's form of a certificate: base64 DER."""
-    return base64.b64encode(ca.cert.public_bytes(serialization.Encoding.DER)).decode()
-
-
-def policy(**policies: object) -> bytes:
-    """A policy file setting ``policies``."""
-    return json.dumps(policies).encode()
 
 
 # -- Chromium's JSON dialect, as a table ------------------------------------------------------
@@ -199,15 +187,6 @@ def test_a_distrusted_ca_of_ours_is_found_in_any_file() -> None:
 
 
 # -- the store on real directories -----------------------------------------------------------
-
-
-def snapshot(top: Path) -> dict[str, tuple[int, bytes | None]]:
-    """Every entry under ``top`` with its mode and bytes: what an exact rollback must restore."""
-    out: dict[str, tuple[int, bytes | None]] = {}
-    for p in sorted(top.rglob("*")):
-        st = p.lstat()
-        out[str(p.relative_to(top))] = (st.st_mode, p.read_bytes() if p.is_file() else None)
-    return out
 
 
 def test_install_makes_a_world_readable_file_and_rollback_removes_it_and_its_dirs(

@@ -23,12 +23,12 @@ from pathlib import Path
 import pytest
 
 from tests.support.browseruser import BrowserUser, add_browser_user, clean_env
+from tests.support.builders import manifest, unique
 from tests.support.certs import Issued, make_ca
 from tests.support.moto import MotoServer
 from tests.support.ns import PrivateNamespace
 from tests.support.probe import CHROMIUM_FLAGS, PAGE_TEXT, Probe
 from tests.support.tls import https_server
-from tests.test_install import manifest, unique
 from trustinstaller.stores.runtime_env import BUNDLE_KEYS, CUSTOM_KEYS, DIR_KEY, pem_ders
 
 pytestmark = pytest.mark.root

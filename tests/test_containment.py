@@ -24,15 +24,13 @@ from pathlib import Path
 
 import pytest
 
-from tests import test_review_attacks
 from tests.support.attack import gcc
-from tests.test_review_attacks import INSTALL_BOUND, Hostile
+from tests.support.hostile import INSTALL_BOUND, Hostile
 from trustinstaller import _contain, _run
 from trustinstaller.errors import HostError
 
 pytestmark = pytest.mark.root
 
-hostile = test_review_attacks.hostile
 
 NOBODY = _run.Account("nobody", 65534, 65534, Path("/nonexistent"))
 

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 from tests.support import osroot
+from tests.support.builders import manifest, unique
 from tests.support.certs import make_ca
 from tests.support.daemon import Daemon, cli, request, write_config
 from tests.support.moto import MotoServer
 from tests.support.tls import handshake, https_server
-from tests.test_install import manifest, unique
 from trustinstaller.config import Config
 
 

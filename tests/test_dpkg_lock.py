@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 
 from tests.support import osroot
+from tests.support.builders import manifest, unique
 from tests.support.certs import make_ca
 from tests.support.moto import MotoServer
 from tests.support.ns import PrivateNamespace
 from tests.support.shims import write_shim
-from tests.test_install import manifest, unique
 from tests.test_namespace import HAS_JAVA_HOOK, keytool_aliases
 from trustinstaller.stores.debian import dpkg_lock_holder
 

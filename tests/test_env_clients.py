@@ -25,12 +25,12 @@ from pathlib import Path
 import certifi
 import pytest
 
+from tests.support.builders import manifest, unique
 from tests.support.certs import Issued, make_ca, make_leaf
 from tests.support.clientenv import clean_env
 from tests.support.moto import MotoServer
 from tests.support.ns import PrivateNamespace
 from tests.support.tls import PAGE, https_server
-from tests.test_install import manifest, unique
 from trustinstaller.stores import runtime_env
 from trustinstaller.stores.debian import bundle_ders
 

@@ -21,11 +21,11 @@ from typing import Any
 import pytest
 
 from tests.support import osroot
+from tests.support.builders import manifest, unique
 from tests.support.certs import make_ca
 from tests.support.daemon import Daemon, cli, write_config
 from tests.support.moto import MotoServer
 from tests.support.shims import BLOCK_ON_CALL, kill_group_of, wait_for, write_shim
-from tests.test_install import manifest, unique
 from trustinstaller.config import Config
 from trustinstaller.documents import State, Status, status_to_json
 from trustinstaller.errors import HostError, StoreError

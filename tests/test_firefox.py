@@ -24,22 +24,22 @@ from typing import Any
 import pytest
 
 from tests.support import osroot
-from tests.support.certs import Issued, make_ca
+from tests.support.builders import Journal, manifest, trusted, unique
+from tests.support.certs import make_ca
 from tests.support.daemon import Daemon, write_config
 from tests.support.moto import MotoServer
 from tests.support.shims import kill_group_of, wait_for, write_shim
 from tests.support.tls import https_server
-from tests.test_install import manifest, unique
 from trustinstaller import config as config_mod
 from trustinstaller import verify
 from trustinstaller.config import Config
-from trustinstaller.documents import Entry, Mkdir, Write
+from trustinstaller.documents import Mkdir, Write
 from trustinstaller.errors import ConfigError, StoreError
 from trustinstaller.installer import Installer
 from trustinstaller.stores import firefox
 from trustinstaller.stores.debian import DebianPaths, cert_filename
 from trustinstaller.stores.firefox import FirefoxStore, PolicyError, merge
-from trustinstaller.validate import TrustedCA, validate
+from trustinstaller.validate import TrustedCA
 
 NOW = dt.datetime.now(dt.UTC)
 # What an image builder or a managed platform may have put there before us.
@@ -48,21 +48,6 @@ EXISTING = (
     b'        "Certificates": {"Install": ["/opt/corp/proxy.pem"], "ImportEnterpriseRoots": true}'
     b"\n    }\n}\n"
 )
-
-
-def trusted(ca: Issued) -> TrustedCA:
-    """The validated form of a test CA, as the installer hands it to a store."""
-    return validate("test.pem", secret_string=ca.pem, secret_binary=None, now=NOW)
-
-
-class Journal:
-    """A recorder that keeps every entry in memory."""
-
-    def __init__(self) -> None:
-        self.entries: list[Entry] = []
-
-    def __call__(self, entry: Entry) -> None:
-        self.entries.append(entry)
 
 
 # -- the merge, as a table ------------------------------------------------------------------

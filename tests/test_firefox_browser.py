@@ -20,11 +20,11 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 
 from tests.support.browseruser import BrowserUser, add_browser_user
+from tests.support.builders import manifest, unique
 from tests.support.certs import Issued, make_ca
 from tests.support.moto import MotoServer
 from tests.support.ns import PrivateNamespace
 from tests.support.tls import https_server
-from tests.test_install import manifest, unique
 
 pytestmark = pytest.mark.root
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from tests.support import osroot
+from tests.support.builders import manifest, unique
 from tests.support.certs import make_ca, make_leaf
 from tests.support.daemon import Daemon, request, write_config
 from tests.support.moto import MotoServer, moto_server
-from tests.test_install import manifest, unique
 from trustinstaller import server
 from trustinstaller.config import Config
 from trustinstaller.errors import CertificatesRefusedError

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import secrets
 from pathlib import Path
-from typing import Any
 
 import pytest
 import structlog
 
 from tests.support import osroot
+from tests.support.builders import manifest, unique
 from tests.support.certs import Issued, make_ca
 from tests.support.moto import MotoServer
 from tests.support.tls import handshake, https_server
@@ -24,22 +23,6 @@ from trustinstaller.errors import (
 )
 from trustinstaller.installer import Installer
 from trustinstaller.stores import nss
-
-
-def manifest(tool: list[str] = (), session: list[str] = (), **extra: Any) -> bytes:  # type: ignore[assignment]
-    """A manifest document naming these ARNs."""
-
-    def entries(arns: list[str]) -> list[dict[str, Any]]:
-        return [{"location": {"secretsManager": {"secretArn": a}}} for a in arns]
-
-    return json.dumps(
-        {"toolCertificates": entries(tool), "certificates": entries(session), **extra}
-    ).encode()
-
-
-def unique(prefix: str = "ca") -> str:
-    """A secret name no other test uses."""
-    return f"{prefix}-{secrets.token_hex(4)}"
 
 
 def nss_dir(config: Config) -> Path:

@@ -22,11 +22,11 @@ from pathlib import Path
 import pytest
 
 from tests.support.browseruser import BrowserUser, add_browser_user
+from tests.support.builders import manifest, unique
 from tests.support.certs import make_ca
 from tests.support.moto import MotoServer
 from tests.support.ns import PrivateNamespace
 from tests.support.tls import https_server
-from tests.test_install import manifest, unique
 
 pytestmark = pytest.mark.root
 

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 
 from tests.support import osroot
+from tests.support.builders import manifest, unique
 from tests.support.certs import make_ca
 from tests.support.moto import MotoServer
 from tests.support.ns import REFUSED, PrivateNamespace
 from tests.support.shims import write_shim
 from tests.test_faults import FAIL_SECOND_ADD
-from tests.test_install import manifest, unique
 
 pytestmark = pytest.mark.root
 

@@ -16,9 +16,9 @@ import pytest
 import structlog
 from botocore.exceptions import ClientError
 
+from tests.support.builders import manifest
 from tests.support.daemon import Daemon, cli, write_config
 from tests.support.echoaws import EchoAws, echoing_secretsmanager
-from tests.test_install import manifest
 from trustinstaller import fetch
 from trustinstaller.config import Config
 from trustinstaller.errors import (

@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
+from tests.support.builders import manifest
 from tests.support.daemon import Daemon, request, write_config
-from tests.test_install import manifest
 from trustinstaller import server
 from trustinstaller.config import Config
 

@@ -40,7 +40,7 @@ from tests.support.daemon import Daemon, cli, request, write_config
 from tests.system.conftest import NotifySocket, listening_socket, stop
 from tests.system.test_activation import put
 from tests.system.test_units import PACKAGED_CONFIG, SOCKET, unit_settings
-from tests.test_review3_socket import KEEPALIVE
+from tests.test_socket_availability import KEEPALIVE
 from trustinstaller import _acl
 from trustinstaller.config import Config
 

@@ -18,11 +18,11 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.support.builders import manifest, unique
 from tests.support.certs import Issued, make_leaf
 from tests.support.daemon import cli
 from tests.support.moto import MotoServer
 from tests.support.tls import https_server
-from tests.test_install import manifest, unique
 from trustinstaller import _run, validate, verify
 from trustinstaller.config import Config
 from trustinstaller.documents import status_to_json

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.builders import manifest, unique
 from tests.support.certs import make_ca
 from tests.support.daemon import cli, write_config
 from tests.support.moto import MotoServer
 from tests.support.tls import https_server
-from tests.test_install import manifest, unique
 from trustinstaller.config import Config
 from trustinstaller.terminal import FIELD_LIMIT, escape
 

@@ -16,9 +16,10 @@ import structlog
 
 from tests.bench.throttle import throttling_proxy
 from tests.support import osroot
+from tests.support.builders import manifest
 from tests.support.certs import make_ca
 from tests.support.moto import MotoServer, moto_server
-from tests.test_install import manifest, nss_dir
+from tests.test_install import nss_dir
 from trustinstaller.config import Config
 from trustinstaller.documents import status_to_json
 from trustinstaller.errors import CertificatesRefusedError, Outcome

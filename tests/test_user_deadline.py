@@ -16,16 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from tests import test_review_attacks
 from tests.support.attack import gcc
+from tests.support.builders import manifest, unique
 from tests.support.certs import make_ca
+from tests.support.hostile import CERTUTIL_TIMEOUT, INSTALL_BOUND, Hostile
 from tests.support.moto import MotoServer
-from tests.test_install import manifest, unique
-from tests.test_review_attacks import CERTUTIL_TIMEOUT, INSTALL_BOUND, Hostile
 
 pytestmark = pytest.mark.root
 
-hostile = test_review_attacks.hostile
 
 USER_STORE_TIMEOUT = 4
 # Just under certutil_timeout, so that no single step is killed.

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.builders import manifest, unique
 from tests.support.certs import make_ca
 from tests.support.moto import FAKE_ENV, MotoServer
 from tests.support.ns import PrivateNamespace
-from tests.test_install import manifest, unique
 from trustinstaller import pem
 
 pytestmark = pytest.mark.root

@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.support.browseruser import BrowserUser, add_browser_user, free_uid
+from tests.support.builders import manifest, unique
 from tests.support.certs import make_ca
 from tests.support.moto import MotoServer
 from tests.support.ns import PrivateNamespace
-from tests.test_install import manifest, unique
 
 ROOT_PKI = "/root/.local/share/pki"
 ROOT_DB = f"{ROOT_PKI}/nssdb"

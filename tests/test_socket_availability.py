@@ -1,4 +1,4 @@
-"""Third review: the socket root always reaches, against real task limits and a real second uid.
+"""The socket root always reaches, against real task limits and a real second uid.
 
 A pids cgroup (the kernel's, as the unit's TasksMax is) that stops the daemon from starting a
 thread, and keep-alive connections from uid 65534, each run for real against the real daemon.

@@ -1,7 +1,8 @@
-"""Attacks by a hostile browser user on the privilege-separated design, run for real.
+"""A browser user who traces or breaks its own certutil cannot hang the install or veto it for
+the other stores, run for real.
 
-Each test here is an attack that worked against the design when it was reviewed; it states the
-behaviour that should hold, and fails while the attack still works. Everything runs in a
+Each test is an attack that once worked; it states the behaviour that should hold, and fails
+while the attack works. Everything runs in a
 private mount namespace with a throwaway browser user (tests/support/browseruser.py); the host's
 trust store and /root are never touched.
 """
@@ -10,27 +11,16 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 import textwrap
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.support.browseruser import BrowserUser, add_browser_user
-from tests.support.certs import make_ca
-from tests.support.moto import MotoServer
-from tests.support.ns import PrivateNamespace
-from tests.test_install import manifest, unique
+from tests.support.hostile import CERTUTIL_TIMEOUT, INSTALL_BOUND, Hostile
 
 pytestmark = pytest.mark.root
 
-CERTUTIL_TIMEOUT = 3
-# An honest install in the namespace takes a few seconds (update-ca-certificates and its Java
-# hook are the slow part); a hung one is given up on after this.
-INSTALL_BOUND = 60.0
 # The user's tracer lets go after this, so a hung install ends and the test with it.
 TRACER_LIFETIME = INSTALL_BOUND + 60
 
@@ -90,60 +80,6 @@ TRACER_PY = textwrap.dedent("""
             print("seized", pid, rc, ctypes.get_errno(), flush=True)
         time.sleep(0.01)
 """)
-
-
-@dataclass
-class Hostile:
-    """A namespace, its browser user, and the agent's configuration and manifest."""
-
-    ns: PrivateNamespace
-    user: BrowserUser
-    config: Path
-    manifest: Path
-
-    def as_user(self, script: str) -> subprocess.CompletedProcess[str]:
-        """Run a shell script as the browser user inside the namespace."""
-        return self.ns.run(self.user.argv(["sh", "-c", script]), timeout=60)
-
-    def module_db(self, db: Path, lib: Path) -> None:
-        """As the user: make an NSS database at ``db`` whose pkcs11.txt names ``lib``."""
-        made = self.as_user(
-            f"mkdir -p {db} && certutil -N -d sql:{db} --empty-password "
-            f"&& printf 'library={lib}\\nname=mine\\n\\n' >> {db}/pkcs11.txt"
-        )
-        assert made.returncode == 0, made.stderr
-
-    def agent_argv(self, *args: str) -> list[str]:
-        """``python -m trustinstaller --config CONFIG ARGS``, to run as root in the namespace."""
-        return [sys.executable, "-m", "trustinstaller", "--config", str(self.config), *args]
-
-    def agent(self, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
-        """``python -m trustinstaller --config CONFIG ARGS`` inside the namespace, as root."""
-        return self.ns.run(self.agent_argv(*args), timeout=timeout)
-
-
-@pytest.fixture
-def hostile(tmp_path_factory: pytest.TempPathFactory, moto: MotoServer) -> Iterator[Hostile]:
-    """A namespace with a browser user, and a config that names it in ``browser_users``."""
-    base = tmp_path_factory.mktemp("review")
-    ca = make_ca("trustinstaller review CA")
-    arn = moto.put_secret(unique("review"), ca.pem)
-    (base / "manifest.json").write_bytes(manifest(session=[arn]))
-    (base / "ca.pem").write_text(ca.pem)
-    (base / "config.toml").write_text(
-        'state_dir = "/run/trustinstaller"\n'
-        'socket = "/run/trustinstaller/trustinstaller.sock"\n'
-        f'endpoint_url = "{moto.endpoint}"\n'
-        'browser_users = ["ti-browser"]\n'
-        f"certutil_timeout = {CERTUTIL_TIMEOUT}\n"
-        "firefox_policies = []\n"
-    )
-    with PrivateNamespace(base / "ns") as ns:
-        user = add_browser_user(ns)
-        try:
-            yield Hostile(ns, user, base / "config.toml", base / "manifest.json")
-        finally:
-            user.remove_home()
 
 
 def _build_module(hostile: Hostile, pidfile: Path) -> Path:

@@ -1,7 +1,8 @@
-"""Second review: attacks by a hostile browser user on the privilege-separated design, run for real.
+"""A browser user's helper that answers for its certutil, or feeds its rollback, neither vetoes
+the install nor keeps the CA behind or the daemon from starting, run for real.
 
-Each test is an attack that worked when the design was reviewed a second time; it states the
-behaviour that should hold, and fails while the attack still works. Everything runs in a private
+Each test is an attack that once worked; it states the behaviour that should hold, and fails
+while the attack works. Everything runs in a private
 mount namespace with a throwaway browser user (tests/support/browseruser.py); the host's trust
 store and /root are never touched.
 """
@@ -14,14 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from tests import test_review_attacks
 from tests.support.attack import gcc
-from tests.test_review_attacks import INSTALL_BOUND, Hostile
+from tests.support.hostile import INSTALL_BOUND, Hostile
 
 pytestmark = pytest.mark.root
 
-# The first review's arena: a namespace, its browser user, a config naming it, a manifest.
-hostile = test_review_attacks.hostile
 
 # The user's feeder: it finds each helper that the daemon runs as the user (``python3 -I -S -
 # OP ...``: the user's own process, which the threat model lets it trace), attaches to it, and

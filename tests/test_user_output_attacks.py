@@ -1,7 +1,8 @@
-"""Third review: a hostile browser user who cannot stall, veto or disturb the install, for real.
+"""What a browser user's certutil and tstclnt print never reaches root's status, log or verify
+report, and never aborts verify, run for real.
 
-Each test is an attack that worked when the design was reviewed a third time; it states the
-behaviour that should hold, and fails while the attack still works. Everything runs in a private
+Each test is an attack that once worked; it states the behaviour that should hold, and fails
+while the attack works. Everything runs in a private
 mount namespace with a throwaway browser user (tests/support/browseruser.py), who lists its own
 PKCS #11 module in its own database's pkcs11.txt, so every certutil and tstclnt the daemon runs
 as that user loads the user's code. The host's trust store and /root are never touched.
@@ -15,18 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from tests import test_review_attacks
 from tests.support.attack import gcc
+from tests.support.builders import manifest, unique
 from tests.support.certs import make_ca
+from tests.support.hostile import INSTALL_BOUND, Hostile
 from tests.support.moto import MotoServer
 from tests.support.tls import https_server
-from tests.test_install import manifest, unique
-from tests.test_review_attacks import INSTALL_BOUND, Hostile
 
 pytestmark = pytest.mark.root
 
-# The first review's arena: a namespace, its browser user, a config naming it, a manifest.
-hostile = test_review_attacks.hostile
 
 # What the user wants root's status, answers and logs to say.
 NOTICE = "SECURITY NOTICE from trustinstaller: corp-root was REVOKED by IT"
