@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import hashes
 
+from tests.support import probe
 from tests.support.browseruser import BrowserUser, add_browser_user
 from tests.support.builders import manifest, unique
 from tests.support.certs import Issued, make_ca
@@ -33,27 +34,15 @@ PROBE = TOP / "tests" / "js" / "firefox_probe.mjs"
 FIREFOX = "/usr/bin/firefox-esr"
 POLICIES = "/etc/firefox/policies/policies.json"
 RUNTIME_DIR = "/run/trustinstaller-env"
-PAGE_TEXT = "trusted by trustinstaller"
 OTHER_POLICY = {"DisableAppUpdate": True}
 
 
-@dataclass
-class Probe:
-    """What one Firefox run printed."""
-
-    returncode: int
-    stdout: str
-    stderr: str
+class Probe(probe.Probe):
+    """What one Firefox run printed: it reached the page once the probe says LOADED too."""
 
     @property
     def reached(self) -> bool:
-        """The page loaded and its text was read."""
-        return self.returncode == 0 and "LOADED" in self.stdout and PAGE_TEXT in self.stdout
-
-    def __str__(self) -> str:
-        return (
-            f"exit {self.returncode}\n--- stdout\n{self.stdout}\n--- stderr\n{self.stderr[-3000:]}"
-        )
+        return super().reached and "LOADED" in self.stdout
 
 
 @dataclass
