@@ -86,6 +86,8 @@ class Status:
     locked_at: str | None = None
     updated_at: str | None = None
     fetch: FetchReport | None = None
+    # How the OS store was updated: "fast" (the proven fast path) or "script".
+    os_update: str | None = None
 
     @property
     def locked(self) -> bool:
@@ -188,6 +190,8 @@ def status_to_json(s: Status) -> dict[str, Any]:
         doc["updated_at"] = s.updated_at
     if s.fetch is not None:
         doc["fetch"] = fetch_to_json(s.fetch)
+    if s.os_update is not None:
+        doc["os_update"] = s.os_update
     return doc
 
 
@@ -203,6 +207,7 @@ def status_from_json(data: object) -> Status:
         locked_at=_opt_str(d.get("locked_at"), "locked_at"),
         updated_at=_opt_str(d.get("updated_at"), "updated_at"),
         fetch=None if fetch is None else _fetch_from_json(fetch),
+        os_update=_opt_str(d.get("os_update"), "os_update"),
     )
 
 
