@@ -9,20 +9,27 @@ fails on a host whose script is not in it.
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import structlog.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.support import osroot
 from tests.support.certs import make_ca
+from tests.support.moto import MotoServer
+from tests.support.tls import handshake, https_server
 from trustinstaller import _run
+from trustinstaller.config import Config
 from trustinstaller.documents import State, Status, status_from_json, status_to_json
 from trustinstaller.errors import HostError
+from trustinstaller.installer import Installer
 from trustinstaller.stores import debian_fast
 from trustinstaller.stores.debian import DebianPaths, DebianStore
 from trustinstaller.stores.debian_fast import FastDebianStore, Unproven
@@ -367,3 +374,18 @@ def test_status_says_which_path_ran_and_round_trips() -> None:
     fast = Status(State.LOCKED, os_update=debian_fast.FAST)
     assert status_to_json(fast)["os_update"] == "fast"
     assert status_from_json(status_to_json(fast)) == fast
+
+
+def test_an_install_says_it_took_the_fast_path(config: Config, moto: MotoServer) -> None:
+    """A whole install through the registry's OS store reports ``os_update`` in its status and
+    log, and a real handshake trusts the CA afterwards."""
+    ca = make_ca("fast path install")
+    arn = moto.put_secret(f"fast-{secrets.token_hex(4)}", ca.pem)
+    body = json.dumps({"toolCertificates": [{"location": {"secretsManager": {"secretArn": arn}}}]})
+    with https_server(ca) as url, structlog.testing.capture_logs() as logs:
+        status = status_to_json(Installer(config).submit(body.encode()))
+        assert handshake(url, config.os_store.bundle) is None
+    assert status["os_update"] == "fast"
+    assert status_to_json(Installer(config).status())["os_update"] == "fast"
+    [event] = [e for e in logs if e["event"] == "os_update"]
+    assert event["path"] == "fast"
