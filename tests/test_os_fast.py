@@ -25,7 +25,7 @@ from tests.support import osroot
 from tests.support.certs import make_ca
 from tests.support.moto import MotoServer
 from tests.support.tls import handshake, https_server
-from trustinstaller import _run
+from trustinstaller import _fs, _run
 from trustinstaller.config import Config
 from trustinstaller.documents import State, Status, status_from_json, status_to_json
 from trustinstaller.errors import HostError
@@ -306,7 +306,8 @@ def test_unmodelled_layouts_are_unproven(
     setup(os_root)
     before = osroot.snapshot_store(os_root)
     if reason is None:
-        debian_fast.plan(os_root)
+        with _fs.opened_dir(os_root.etc_certs_dir) as fd:
+            debian_fast.plan(os_root, fd)
         return
     with pytest.raises(Unproven, match=reason):
         debian_fast.run(os_root, _run.run)
@@ -389,3 +390,21 @@ def test_an_install_says_it_took_the_fast_path(config: Config, moto: MotoServer)
     assert status_to_json(Installer(config).status())["os_update"] == "fast"
     [event] = [e for e in logs if e["event"] == "os_update"]
     assert event["path"] == "fast"
+
+
+def test_a_fresh_run_never_leaves_a_link_missing(os_root: DebianPaths) -> None:
+    """--fresh removes and remakes every .pem link in the script; the fast path leaves one whose
+    target stays the same as it is (same inode), and replaces the bundle by a rename (the hash
+    links are openssl rehash's own)."""
+    _local(OURS, CAS[0])(os_root)
+    FastDebianStore(_run.run, os_root)._update()
+    links = {p.name: p.lstat().st_ino for p in os_root.etc_certs_dir.glob("*.pem")}
+    bundle = os_root.bundle.stat().st_ino
+    store = FastDebianStore(_run.run, os_root)
+    store._update(fresh=True)
+    assert store.os_update == debian_fast.FAST
+    after = {p.name: p.lstat().st_ino for p in os_root.etc_certs_dir.glob("*.pem")}
+    assert len(after) > 100
+    assert after == links
+    assert os_root.bundle.stat().st_ino != bundle
+    assert not [p for p in os_root.etc_certs_dir.iterdir() if p.name.endswith(".tmp")]

@@ -77,7 +77,8 @@ class Outcome:
     @property
     def hook_input(self) -> bytes:
         """The hooks' stdin, as the script feeds it: every ``+`` line, then every ``-`` line."""
-        return "".join(f"{line}\n" for line in (*self.added, *self.removed)).encode()
+        text = "".join(f"{line}\n" for line in (*self.added, *self.removed))
+        return text.encode("utf-8", "surrogateescape")  # names as their bytes were
 
 
 def script_digest(command: str) -> str:
@@ -146,6 +147,8 @@ def pem_name(cert: str) -> str:
 
 def read_lines(data: bytes) -> list[str]:
     """The lines ``while read`` takes from ``data``: newline-ended ones, with blanks stripped."""
+    if b"\0" in data:
+        raise Unproven("ca-certificates.conf has a NUL byte")
     text = data.decode("utf-8", "surrogateescape")
     lines = text.split("\n")[:-1]  # the text after the last newline is never read
     if any("\\" in line for line in lines):
@@ -195,21 +198,21 @@ class Tree:
     """
 
     root: Path
+    fd: int  # the directory, reached by the checked walk: read and written through it
     changes: dict[str, str | None] = field(default_factory=dict)
-    ops: list[tuple[str, str | None]] = field(default_factory=list)
 
     def names(self) -> list[str]:
         """Every top-level name, after the changes."""
         gone = {n for n, t in self.changes.items() if t is None}
-        return sorted((set(os.listdir(self.root)) | set(self.changes)) - gone)
+        return sorted((set(os.listdir(self.fd)) | set(self.changes)) - gone)
 
     def readlink(self, name: str) -> str | None:
         """The target of link ``name``, or None when it is no link (or missing)."""
         if name in self.changes:
             return self.changes[name]
         try:
-            return os.readlink(self.root / name)
-        except (FileNotFoundError, OSError):
+            return os.readlink(name, dir_fd=self.fd)
+        except OSError:
             return None
 
     def kind(self, name: str, depth: int = 0) -> str | None:
@@ -220,7 +223,7 @@ class Tree:
         if name in self.changes or target is not None:
             return None if target is None else self._target_kind(target, depth + 1)
         try:
-            st = (self.root / name).lstat()
+            st = os.lstat(name, dir_fd=self.fd)
         except FileNotFoundError:
             return None
         return _kind(st.st_mode)
@@ -241,12 +244,24 @@ class Tree:
         if self.kind(name) == "dir":
             raise Unproven(f"{self.root / name} is a directory, which ln would link into")
         self.changes[name] = target
-        self.ops.append((name, target))
 
     def remove(self, name: str) -> None:
         """``rm -f NAME``."""
         self.changes[name] = None
-        self.ops.append((name, None))
+
+    def apply(self) -> None:
+        """Take every name to its final state: a link replaced by a rename, never missing."""
+        for name, target in self.changes.items():
+            try:
+                current: str | None = os.readlink(name, dir_fd=self.fd)
+            except FileNotFoundError:
+                current = None
+            except OSError:  # not a link: a file the script's ln -sf replaces, or rm removes
+                current = ""
+            if target is None:
+                _fs.remove(self.fd, name)
+            elif current != target:
+                _symlink(self.fd, name, target)
 
     def subdir_links(self) -> Iterator[str]:
         """Links below a subdirectory: none are modelled, so any one is Unproven."""
@@ -282,16 +297,17 @@ class Plan:
         return bool(self.added or self.removed)
 
 
-def plan(paths: DebianPaths, *, fresh: bool = False) -> Plan:
-    """The steps the script would take on this tree, or Unproven."""
+def plan(paths: DebianPaths, fd: int, *, fresh: bool = False) -> Plan:
+    """The steps the script would take on the tree whose store directory is ``fd``."""
     root = paths.etc_certs_dir
-    tree = Tree(root)
+    tree = Tree(root, fd)
     for link in tree.subdir_links():
         raise Unproven(f"{link} is a link below a subdirectory, which is not modelled")
     for name in tree.names():
         if _special(name) and tree.readlink(name) is not None:
             raise Unproven(f"{name!r} in {root} has a character the script mangles")
-    conf = paths.certs_conf.read_bytes()
+    with _fs.opened_dir(paths.certs_conf.parent) as conf_dir:
+        conf = _fs.read_file(conf_dir, paths.certs_conf.name, limit=16 * 1024 * 1024) or b""
     if not conf:
         fresh = True  # [ ! -s "$CERTSCONF" ]
     removed, added = conf_entries(conf)
@@ -357,20 +373,16 @@ def run(
     paths: DebianPaths, runner: Runner, *, fresh: bool = False, timeout: float = 300.0
 ) -> Outcome:
     """Do what ``update-ca-certificates [--fresh]`` does on ``paths``; Unproven before any step."""
-    p = plan(paths, fresh=fresh)
-    try:
-        data = bundle(p.bundle_parts) if p.bundle_parts else None
-    except OSError as exc:
-        # The script's sed fails on it too, in its own words: let it.
-        raise Unproven(f"cannot read {exc.filename}: {exc.strerror or exc}") from exc
     with _fs.opened_dir(paths.etc_certs_dir) as fd:
+        p = plan(paths, fd, fresh=fresh)
+        try:
+            data = bundle(p.bundle_parts) if p.bundle_parts else None
+        except OSError as exc:
+            # The script's sed fails on it too, in its own words: let it.
+            raise Unproven(f"cannot read {exc.filename}: {exc.strerror or exc}") from exc
         # As DebianStore does before the script: a killed run's partial bundle goes.
         _fs.remove(fd, f"{BUNDLE}.new")
-        for name, target in p.tree.ops:
-            if target is None:
-                _fs.remove(fd, name)
-            else:
-                _symlink(fd, name, target)
+        p.tree.apply()
         _fs.sync_dir(fd)
         if p.rehash:
             runner(["env", "-C", str(paths.etc_certs_dir), "openssl", "rehash", "."],
@@ -403,6 +415,7 @@ def run_hooks(paths: DebianPaths, runner: Runner, lines: bytes, *, timeout: floa
         return
     listing = runner(["run-parts", "--test", "--", str(paths.hooks_dir)], timeout=timeout)
     errors: list[str] = []
+    failed: list[str] = []
     for hook in listing.stdout.split("\n"):
         hook = hook.strip(" \t")
         if not hook:
@@ -410,12 +423,15 @@ def run_hooks(paths: DebianPaths, runner: Runner, lines: bytes, *, timeout: floa
         argv = ["env", "-C", str(paths.etc_certs_dir), hook]
         result = runner(argv, input=lines, timeout=timeout, check=False)
         output = f"{result.stdout}\n{result.stderr}"
-        errors += [line for line in output.splitlines() if line.startswith("E: ")]
+        found = [line for line in output.splitlines() if line.startswith("E: ")]
         if result.returncode != 0:
-            errors.append(f"E: {hook} exited with code {result.returncode}.")
+            found.append(f"E: {hook} exited with code {result.returncode}.")
+        if found:
+            failed.append(hook)
+            errors += found
     if errors:
-        raise HostError(["update-ca-certificates", "(fast path)"],
-                        "a hook failed (it still exits 0)", output="\n".join(errors))  # fmt: skip
+        # In the script path's words: the script would have printed these and exited 0.
+        raise HostError(failed[:1], "a hook failed (it still exits 0)", output="\n".join(errors))
 
 
 @dataclass
