@@ -408,3 +408,16 @@ def test_a_fresh_run_never_leaves_a_link_missing(os_root: DebianPaths) -> None:
     assert after == links
     assert os_root.bundle.stat().st_ino != bundle
     assert not [p for p in os_root.etc_certs_dir.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_linked_conf_is_left_to_the_script(os_root: DebianPaths, tmp_path: Path) -> None:
+    """A ca-certificates.conf that is a symlink is not read through: the script runs instead."""
+    real = tmp_path / "elsewhere.conf"
+    real.write_bytes(os_root.certs_conf.read_bytes())
+    os_root.certs_conf.unlink()
+    os_root.certs_conf.symlink_to(real)
+    _local(OURS, CAS[0])(os_root)
+    store = FastDebianStore(_run.run, os_root)
+    store._update()
+    assert store.os_update == debian_fast.SCRIPT
+    assert CAS[0].encode() in os_root.bundle.read_bytes()

@@ -374,11 +374,11 @@ def run(
 ) -> Outcome:
     """Do what ``update-ca-certificates [--fresh]`` does on ``paths``; Unproven before any step."""
     with _fs.opened_dir(paths.etc_certs_dir) as fd:
-        p = plan(paths, fd, fresh=fresh)
         try:
+            p = plan(paths, fd, fresh=fresh)
             data = bundle(p.bundle_parts) if p.bundle_parts else None
         except OSError as exc:
-            # The script's sed fails on it too, in its own words: let it.
+            # Nothing is changed yet: the script meets the same file, and says so its own way.
             raise Unproven(f"cannot read {exc.filename}: {exc.strerror or exc}") from exc
         # As DebianStore does before the script: a killed run's partial bundle goes.
         _fs.remove(fd, f"{BUNDLE}.new")
