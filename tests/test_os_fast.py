@@ -13,6 +13,7 @@ import json
 import os
 import secrets
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,7 +25,9 @@ from hypothesis import strategies as st
 from tests.support import osroot
 from tests.support.certs import make_ca
 from tests.support.moto import MotoServer
+from tests.support.ns import PrivateNamespace
 from tests.support.tls import handshake, https_server
+from tests.test_namespace import HAS_JAVA_HOOK, keytool_aliases
 from trustinstaller import _fs, _run
 from trustinstaller.config import Config
 from trustinstaller.documents import State, Status, status_from_json, status_to_json
@@ -421,3 +424,56 @@ def test_a_linked_conf_is_left_to_the_script(os_root: DebianPaths, tmp_path: Pat
     store._update()
     assert store.os_update == debian_fast.SCRIPT
     assert CAS[0].encode() in os_root.bundle.read_bytes()
+
+
+# -- with Debian's own Java hook, in private namespaces ----------------------------------------
+
+# Inside a namespace: update the OS store the way argv[1] names, or roll back its install.
+_IN_NS = """
+import os, sys
+from trustinstaller import _run
+from trustinstaller.documents import Update, Write
+from trustinstaller.stores.debian import DebianStore
+from trustinstaller.stores.debian_fast import FastDebianStore
+store = (FastDebianStore if sys.argv[1] == "fast" else DebianStore)(_run.run)
+if sys.argv[2] == "install":
+    store._update()
+else:
+    our = store.paths.our_dir
+    store.rollback([*(Write(str(our), n) for n in sorted(os.listdir(our))), Update()])
+print(store.os_update)
+"""
+
+
+def _java_view(ns: PrivateNamespace) -> dict[str, object]:
+    """The keystore's aliases, and the store's tree but for the keystore's own bytes."""
+    etc = osroot.snapshot_tree(ns.path("/etc/ssl/certs"))
+    etc.pop("java/cacerts", None)  # a PKCS #12 file: salted, so never the same bytes twice
+    return {"java": keytool_aliases(ns), "etc": etc}
+
+
+@pytest.mark.slow
+@pytest.mark.root
+@pytest.mark.skipif(not HAS_JAVA_HOOK, reason="needs ca-certificates-java's hook")
+def test_java_keystore_gets_what_the_script_gives_it(tmp_path: Path) -> None:
+    """With Debian's own jks-keystore hook: the same keystore and store after an install by
+    each path, and after the rollback of each."""
+    views: dict[str, list[dict[str, object]]] = {}
+    for way in ("script", "fast"):
+        with PrivateNamespace(tmp_path / way) as ns:
+            done = ns.run(["update-ca-certificates"])
+            assert done.returncode == 0, done.stderr
+            ours = ns.path("/usr/local/share/ca-certificates") / "trustinstaller"
+            ours.mkdir()
+            for i, pem in enumerate(CAS[:3]):
+                (ours / f"{i:064x}.crt").write_text(pem)
+            views[way] = []
+            for step in ("install", "rollback"):
+                done = ns.run([sys.executable, "-c", _IN_NS, way, step], cwd="/",
+                              env={"PYTHONPATH": str(Path(__file__).parents[1])})  # fmt: skip
+                assert done.returncode == 0, done.stdout + done.stderr
+                assert done.stdout.split()[-1] == way
+                views[way].append(_java_view(ns))
+    assert views["fast"] == views["script"]
+    installed, rolled_back = views["fast"]
+    assert len(installed["java"]) == len(rolled_back["java"]) + 3  # type: ignore[arg-type]
