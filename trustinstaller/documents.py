@@ -95,6 +95,8 @@ class Status:
     locked_at: str | None = field(default=None, metadata=_OMIT_NONE)
     updated_at: str | None = field(default=None, metadata=_OMIT_NONE)
     fetch: FetchReport | None = field(default=None, metadata=_OMIT_NONE)
+    # How the OS store was updated: "fast" (the proven fast path) or "script".
+    os_update: str | None = field(default=None, metadata=_OMIT_NONE)
 
     @property
     def locked(self) -> bool:

@@ -27,6 +27,7 @@ from trustinstaller.errors import (
     redact,
 )
 from trustinstaller.manifest import CertificateRef, Credentials
+from trustinstaller.stores.debian import DebianStore
 from trustinstaller.stores.registry import Registry
 
 if TYPE_CHECKING:
@@ -132,7 +133,8 @@ class Installer:
             txn = transaction.Transaction(stores, certs, self.state, registry.named)
             entries = self._worded(entries, txn.run(entries))
             txn.commit(entries)
-        status = self.state.write_status(self._locked_status(entries))
+        os_update = next((s.os_update for s in stores if isinstance(s, DebianStore)), None)
+        status = self.state.write_status(self._locked_status(entries, os_update))
         self.state.clear_journal()
         for e in entries:
             self.logger.info(
@@ -147,7 +149,7 @@ class Installer:
         # One event per manifest, with what the fetch cost, so that an operator can see an
         # account nearing its Secrets Manager quota before sessions start failing.
         self.logger.info("manifest_installed", count=len(entries), state=State.LOCKED.value,
-                         fetch=self._fetch_json())  # fmt: skip
+                         fetch=self._fetch_json(), os_update=os_update)  # fmt: skip
         return status
 
     def _fetch_report(self) -> FetchReport | None:
@@ -237,13 +239,14 @@ class Installer:
             for e in entries
         )  # fmt: skip
 
-    def _locked_status(self, entries: Sequence[CertEntry]) -> Status:
+    def _locked_status(self, entries: Sequence[CertEntry], os_update: str | None = None) -> Status:
         return Status(
             State.LOCKED,
             certificates=tuple(entries),
             warnings=tuple(f"{e.source.arn}: {w}" for e in entries for w in e.warnings),
             locked_at=iso(self.clock()),
             fetch=self._fetch_report(),
+            os_update=os_update,
         )
 
     def _record_failure(self, exc: BaseException) -> None:

@@ -83,6 +83,10 @@ ALLOWED_FIELDS = frozenset(
         "removed",
         "tasks",
         "memory_bytes",
+        # os_update: which way the OS store was updated ("path"), and what it changed.
+        "os_update",
+        "fresh",
+        "added",
     }
 )
 

@@ -253,6 +253,24 @@ def measure_floor(base: Path, secrets: Sequence[Secret], label: str) -> dict[str
     return {"t_floor_s": elapsed, "cpu_s": cpu}
 
 
+def measure_store(base: Path, secrets: Sequence[Secret], label: str, way: str) -> dict[str, float]:
+    """The same files in place; time the OS store's update ``way`` ("fast" or "script") and
+    then its rollback, from a process in the namespace (tests/bench/osstore.py)."""
+    with common.fresh_namespace(base, label) as ns:
+        d = ns.path("/usr/local/share/ca-certificates") / "trustinstaller"
+        d.mkdir(mode=0o755)
+        for s in secrets:
+            (d / f"{s.fingerprint}.crt").write_text(s.pem)
+        done = ns.run([sys.executable, "-m", "tests.bench.osstore", way], cwd="/",
+                      env={"PYTHONPATH": str(common.REPO)})  # fmt: skip
+        if done.returncode != 0:
+            raise RuntimeError(f"osstore {way}: {done.stdout}{done.stderr[-3000:]}")
+        row: dict[str, float] = json.loads(done.stdout.splitlines()[-1])
+        if way == "fast" and row["fast"] != 1.0:
+            raise RuntimeError("the fast path was not taken: is this script in PROVEN?")
+    return row
+
+
 def _check_bundle(ns: PrivateNamespace, secrets: Sequence[Secret]) -> None:
     bundle = ns.path("/etc/ssl/certs/ca-certificates.crt").read_text()
     squashed = "".join(bundle.split())
@@ -300,6 +318,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             )
                         )
                 one.setdefault("floor", []).append(measure_floor(base, secrets[n], f"{tag}-floor"))
+                for way in ("fast", "script"):
+                    one.setdefault(f"store/{way}", []).append(
+                        measure_store(base, secrets[n], f"{tag}-store-{way}", way)
+                    )
                 if n == max(args.counts):
                     exit_row = measure_idle_exit(
                         base, moto, secrets[n], f"{tag}-exit",
@@ -436,6 +458,25 @@ def table(report: dict[str, Any]) -> str:
         out.append(f"| {n} | {_cell(_col(one.get(f'agent/{main}'), 'cpu_s'))} "
                    f"| {_cell(_col(one.get('script'), 'cpu_s'))} "
                    f"| {_cell(_col(one.get('floor'), 'cpu_s'))} |")  # fmt: skip
+    out += [
+        "",
+        "The OS store alone, from a process in the namespace (the Java hook included): its "
+        "update by the fast path and by update-ca-certificates, then the rollback of that "
+        "install; CPU seconds beside each:",
+        "",
+        "| certs | store/fast | store/script | fast/script | rollback/fast | rollback/script "
+        "| CPU store fast / script | CPU rollback fast / script |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for n in sorted(results):
+        fast, script = results[n].get("store/fast"), results[n].get("store/script")
+        out.append(
+            f"| {n} | {_cell(_col(fast, 't_store_s'))} | {_cell(_col(script, 't_store_s'))} "
+            f"| {_ratio(_col(fast, 't_store_s'), _col(script, 't_store_s'))} "
+            f"| {_cell(_col(fast, 't_rollback_s'))} | {_cell(_col(script, 't_rollback_s'))} "
+            f"| {_cell(_col(fast, 'cpu_s'))} / {_cell(_col(script, 'cpu_s'))} "
+            f"| {_cell(_col(fast, 'cpu_rollback_s'))} / {_cell(_col(script, 'cpu_rollback_s'))} |"
+        )
     if len(variants) > 1:
         out += [
             "",

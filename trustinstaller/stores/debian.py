@@ -143,6 +143,8 @@ class DebianStore:
     name: str = "os"
     parallel: bool = False
     optional: bool = False
+    # Which way the last update ran: "script" here, "fast" in debian_fast's store.
+    os_update: str | None = field(default=None, init=False, compare=False)
 
     def preflight(self) -> None:
         """The local directory and the bundle directory must exist, reached through root's own."""
@@ -296,6 +298,7 @@ class DebianStore:
         argv = [self.command, *(["--fresh"] if fresh else []), *self._args()]
         result = self.runner(argv, timeout=timeout or self.timeout)
         check_update_output(argv, result.stdout, result.stderr)
+        self.os_update = "script"
 
     def _tell_hooks_removed(self, names: Sequence[str]) -> None:
         """Run each hook with ``-<etccertsdir>/<name>.pem`` lines, as the script does on removal."""

@@ -13,7 +13,7 @@ from trustinstaller import _run
 from trustinstaller.config import Config
 from trustinstaller.errors import StateError
 from trustinstaller.stores import Store, chromium, firefox
-from trustinstaller.stores.debian import DebianStore
+from trustinstaller.stores.debian_fast import FastDebianStore
 from trustinstaller.stores.nss import NssDatabase, NssStore
 from trustinstaller.stores.runtime_env import RuntimeEnvStore
 
@@ -72,9 +72,10 @@ class Registry:
             "undo that install by hand, then remove journal.json",
         )
 
-    def os_store(self) -> DebianStore:
-        """The OS store."""
-        return DebianStore(self.runner, self.config.os_store, timeout=self.config.update_timeout)
+    def os_store(self) -> FastDebianStore:
+        """The OS store: its proven fast path, or update-ca-certificates itself."""
+        return FastDebianStore(self.runner, self.config.os_store,
+                               timeout=self.config.update_timeout)  # fmt: skip
 
     def nss_store(self, db: NssDatabase) -> NssStore:
         """One NSS database's store."""

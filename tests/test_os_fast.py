@@ -1,0 +1,479 @@
+"""The OS store's fast path against the real update-ca-certificates, on copies of one tree.
+
+Each case sets up two copies of the same store the same way, runs the script (as DebianStore
+runs it) on one and the fast path on the other, and requires the same result: every file's
+bytes and mode, every link's target, and what each hook got on stdin, in which directory.
+PROVEN in trustinstaller/stores/debian_fast.py lists the scripts this covers; the first test
+fails on a host whose script is not in it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import structlog.testing
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.support import osroot
+from tests.support.certs import make_ca
+from tests.support.moto import MotoServer
+from tests.support.ns import PrivateNamespace
+from tests.support.tls import handshake, https_server
+from tests.test_namespace import HAS_JAVA_HOOK, keytool_aliases
+from trustinstaller import _fs, _run
+from trustinstaller.config import Config
+from trustinstaller.documents import State, Status, status_from_json, status_to_json
+from trustinstaller.errors import HostError
+from trustinstaller.installer import Installer
+from trustinstaller.stores import debian_fast
+from trustinstaller.stores.debian import DebianPaths, DebianStore
+from trustinstaller.stores.debian_fast import FastDebianStore, Unproven
+
+Setup = Callable[[DebianPaths], None]
+CAS = [make_ca(f"fast path CA {i}").pem for i in range(6)]
+# The hook records its stdin and its working directory, one block per run.
+HOOK = """#!/bin/sh
+{{ echo "cwd=$(pwd)"; cat; echo "--"; }} >> {log}
+"""
+
+
+def _hook(paths: DebianPaths) -> Path:
+    log = paths.hooks_dir.parent / "hook.log"
+    hook = paths.hooks_dir / "10record"
+    hook.write_text(HOOK.format(log=log))
+    hook.chmod(0o755)
+    return log
+
+
+def _pair(template: Path, tmp: Path) -> tuple[DebianPaths, DebianPaths]:
+    script = osroot.clone_os_root(template, tmp / "script")
+    fast = osroot.clone_os_root(template, tmp / "fast")
+    return script, fast
+
+
+def _result(paths: DebianPaths, base: Path) -> dict[str, object]:
+    """The store, the local CAs and the hooks' record, with the copy's own path taken out."""
+    log = paths.hooks_dir.parent / "hook.log"
+
+    def norm(tree: dict[str, tuple[str, str]]) -> dict[str, tuple[str, str]]:
+        return {k: (kind, v.replace(str(base), "ROOT")) for k, (kind, v) in tree.items()}
+
+    return {
+        "etc": norm(osroot.snapshot_tree(paths.etc_certs_dir)),
+        "local": norm(osroot.snapshot_tree(paths.local_certs_dir)),
+        "hooks": log.read_text().replace(str(base), "ROOT") if log.exists() else None,
+    }
+
+
+def _both(template: Path, tmp: Path, *steps: tuple[Setup, bool]) -> dict[str, object]:
+    """Apply each (setup, fresh) step to both copies, update each its way, compare after each.
+
+    Returns the script's result after the last step.
+    """
+    script, fast = _pair(template, tmp)
+    for paths in (script, fast):
+        _hook(paths)
+    for setup, fresh in steps:
+        setup(script)
+        setup(fast)
+        DebianStore(_run.run, script)._update(fresh=fresh)
+        store = FastDebianStore(_run.run, fast)
+        store._update(fresh=fresh)
+        assert store.os_update == debian_fast.FAST
+        assert _result(fast, tmp / "fast") == _result(script, tmp / "script")
+    return _result(script, tmp / "script")
+
+
+def _local(name: str, data: str | bytes) -> Setup:
+    def setup(paths: DebianPaths) -> None:
+        path = paths.local_certs_dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data.encode() if isinstance(data, str) else data)
+
+    return setup
+
+
+def _unlink(name: str) -> Setup:
+    def setup(paths: DebianPaths) -> None:
+        (paths.local_certs_dir / name).unlink()
+
+    return setup
+
+
+def _conf(edit: Callable[[str], str]) -> Setup:
+    def setup(paths: DebianPaths) -> None:
+        paths.certs_conf.write_text(edit(paths.certs_conf.read_text()))
+
+    return setup
+
+
+def _etc(name: str, target: str | None = None, data: bytes | None = None) -> Setup:
+    def setup(paths: DebianPaths) -> None:
+        path = paths.etc_certs_dir / name
+        if target is not None:
+            path.symlink_to(target.replace("LOCAL", str(paths.local_certs_dir)))
+        elif data is not None:
+            path.write_bytes(data)
+
+    return setup
+
+
+def _nothing(paths: DebianPaths) -> None:
+    pass
+
+
+def _first_conf_entry(text: str) -> str:
+    return next(line for line in text.splitlines() if line and not line.startswith("#"))
+
+
+def _deselect(text: str) -> str:
+    first = _first_conf_entry(text)
+    return text.replace(f"{first}\n", f"!{first}\n", 1)
+
+
+OURS = "trustinstaller/" + "ab" * 32 + ".crt"
+CASES: dict[str, tuple[tuple[Setup, bool], ...]] = {
+    "add": ((_local(OURS, CAS[0]), False),),
+    "add then remove, plain": ((_local(OURS, CAS[0]), False), (_unlink(OURS), False)),
+    "add then remove, fresh": ((_local(OURS, CAS[0]), False), (_unlink(OURS), True)),
+    "around ours in sort order": (
+        (_local("aaa.crt", CAS[1]), False),
+        (_local("trustinstaller-z/x.crt", CAS[2]), False),
+        (_local("Trust.crt", CAS[3]), False),
+        (_local("trustinstaller.crt", CAS[4]), False),
+        (_local(OURS, CAS[0]), False),
+        (_local("zzz/ours.crt", CAS[5]), False),
+    ),
+    "deselected entry": ((_conf(_deselect), False), (_local(OURS, CAS[0]), False)),
+    "deselected entry, fresh": ((_conf(_deselect), True),),
+    "stale link": (
+        (_etc("gone.pem", "LOCAL/gone.crt"), False),
+        (_etc("12345678.0", "gone.pem"), False),
+        (_local(OURS, CAS[0]), False),
+    ),
+    "stale link, nothing else": ((_etc("gone.pem", "LOCAL/gone.crt"), False),),
+    "name with spaces": ((_local("My Corp (Root), CA.crt", CAS[1]), False),),
+    "CRLF and no final newline": (
+        (_local("crlf.crt", CAS[1].replace("\n", "\r\n")), False),
+        (_local("nonl.crt", CAS[2].rstrip("\n")), False),
+        (_local("empty.crt", b""), False),
+    ),
+    "bundle out of date": (
+        (_etc("ca-certificates.crt", data=CAS[3].encode()), False),
+        (_local(OURS, CAS[0]), False),
+    ),
+    "bundle out of date, nothing to add": (
+        (_etc("ca-certificates.crt", data=b"stale\n"), False),
+        (_etc("ca-certificates.crt.new", data=b"half\n"), False),
+    ),
+    "a regular file at our link's name": (
+        (_etc("over.pem", data=b"x"), False),
+        (_local("over.crt", CAS[1]), False),
+    ),
+    "conf: blanks, a comment, no final newline": (
+        (
+            _conf(
+                lambda t: (
+                    f"  \n# c\n{t.replace(_first_conf_entry(t), '  ' + _first_conf_entry(t))}"
+                    "mozilla/NoSuch.crt"
+                )
+            ),
+            False,
+        ),
+    ),
+    "empty conf means fresh": ((_conf(lambda t: ""), False),),
+    "same again": ((_local(OURS, CAS[0]), False), (_nothing, False), (_nothing, True)),
+}
+# What the hooks must have been told in some cases: the comparison is not of two empty records.
+TOLD = {
+    "add": "+ROOT/etc/ssl/certs/" + "ab" * 32 + ".pem\n",
+    "add then remove, fresh": "+ROOT/etc/ssl/certs/ACCVRAIZ1.pem\n",
+    "deselected entry": "\n-ROOT/etc/ssl/certs/",
+    "name with spaces": "+ROOT/etc/ssl/certs/My_Corp_=Root=__CA.pem\n",
+    "stale link": "cwd=ROOT/etc/ssl/certs\n",
+}
+
+
+def test_the_hosts_script_is_proven() -> None:
+    """The installed update-ca-certificates is one the differential test below covers."""
+    digest = debian_fast.script_digest("update-ca-certificates")
+    assert digest in debian_fast.PROVEN, f"update-ca-certificates {digest} is not in PROVEN"
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_fast_path_gives_what_the_script_gives(
+    case: str, os_root_template: Path, tmp_path: Path
+) -> None:
+    """Byte for byte, link for link, hook input for hook input: the script's result."""
+    result = _both(os_root_template, tmp_path, *CASES[case])
+    assert TOLD.get(case, "") in str(result["hooks"])
+
+
+def test_a_failing_hook_fails_both(os_root_template: Path, tmp_path: Path) -> None:
+    """A hook that exits non-zero fails both ways, after every hook ran, with the same input."""
+    script, fast = _pair(os_root_template, tmp_path)
+    for paths in (script, fast):
+        log = _hook(paths)
+        bad = paths.hooks_dir / "20fail"
+        bad.write_text(f"#!/bin/sh\ncat >> {log}\nexit 3\n")
+        bad.chmod(0o755)
+        _local(OURS, CAS[0])(paths)
+    with pytest.raises(HostError, match="a hook failed"):
+        DebianStore(_run.run, script)._update()
+    with pytest.raises(HostError, match="a hook failed"):
+        FastDebianStore(_run.run, fast)._update()
+    assert _result(fast, tmp_path / "fast") == _result(script, tmp_path / "script")
+
+
+_NAME = st.text(st.sampled_from("abcXYZ019 _-,()."), min_size=1, max_size=12)
+
+
+@pytest.mark.slow
+@settings(
+    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    files=st.dictionaries(
+        st.tuples(st.sampled_from(["", "trustinstaller/", "sub dir/"]), _NAME),
+        st.tuples(st.integers(0, len(CAS) - 1), st.sampled_from(["\n", "\r\n", ""])),
+        max_size=6,
+    ),
+    fresh=st.booleans(),
+)
+def test_property_random_local_cas(
+    files: dict[tuple[str, str], tuple[int, str]],
+    fresh: bool,
+    os_root_template: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Any set of local CAs, under any names, gives the script's result."""
+    steps: list[tuple[Setup, bool]] = []
+    for (folder, name), (index, eol) in files.items():
+        text = CAS[index].replace("\n", eol) if eol != "\n" else CAS[index]
+        steps.append((_local(f"{folder}{name}.crt", text), fresh))
+    _both(os_root_template, tmp_path_factory.mktemp("prop"), *(steps or [(_nothing, fresh)]))
+
+
+# -- when the fast path is not taken ---------------------------------------------------------
+
+
+def _unproven_copy(tmp: Path) -> str:
+    copy = tmp / "bin" / "update-ca-certificates"
+    copy.parent.mkdir()
+    shutil.copy2(shutil.which("update-ca-certificates") or "", copy)
+    with copy.open("a") as f:
+        f.write("# changed\n")
+    return str(copy)
+
+
+def test_an_unknown_script_runs_itself(os_root: DebianPaths, tmp_path: Path) -> None:
+    """A script whose SHA-256 is not in PROVEN is run as it is, and the store says so."""
+    command = _unproven_copy(tmp_path)
+    with pytest.raises(Unproven, match="no differential test covers"):
+        debian_fast.check(os_root, command)
+    _local(OURS, CAS[0])(os_root)
+    store = FastDebianStore(_run.run, os_root, command=command)
+    store._update()
+    assert store.os_update == debian_fast.SCRIPT
+    assert CAS[0].encode() in os_root.bundle.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("setup", "reason"),
+    [
+        (lambda p: os.symlink("/nowhere", p.etc_certs_dir / "java-link"), None),
+        (lambda p: (p.etc_certs_dir / "sub").mkdir() or os.symlink("x", p.etc_certs_dir / "sub/l"),
+         "below a subdirectory"),
+        (lambda p: os.symlink("/nowhere", p.etc_certs_dir / "a b.pem"), "mangles"),
+        (lambda p: _local("back\\slash.crt", CAS[0])(p), "read would change"),
+        (lambda p: p.certs_conf.write_text("mozilla\\x.crt\n"), "backslash"),
+        (lambda p: (p.etc_certs_dir / "x.pem").mkdir() or _local("x.crt", CAS[0])(p),
+         "ln would link into"),
+        # Resolved only when orphans are looked for: after a change.
+        (lambda p: os.symlink("../x", p.etc_certs_dir / "rel.pem") or _local("y.crt", CAS[0])(p),
+         "through its directory"),
+    ],
+)  # fmt: skip
+def test_unmodelled_layouts_are_unproven(
+    setup: Callable[[DebianPaths], object], reason: str | None, os_root: DebianPaths
+) -> None:
+    """What the fast path does not model is Unproven, before any step; the rest is planned."""
+    setup(os_root)
+    before = osroot.snapshot_store(os_root)
+    if reason is None:
+        with _fs.opened_dir(os_root.etc_certs_dir) as fd:
+            debian_fast.plan(os_root, fd)
+        return
+    with pytest.raises(Unproven, match=reason):
+        debian_fast.run(os_root, _run.run)
+    assert osroot.snapshot_store(os_root) == before
+
+
+def test_a_missing_conf_is_unproven(os_root: DebianPaths) -> None:
+    """Without ca-certificates.conf the layout is not the expected one: the script runs."""
+    os_root.certs_conf.unlink()
+    with pytest.raises(Unproven, match="missing"):
+        debian_fast.check(os_root, "update-ca-certificates")
+
+
+# -- pure pieces ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "suffix", "expected"),
+    [
+        ("/a/b/c.crt", ".crt", "c"),
+        ("/a/b/.crt", ".crt", ".crt"),
+        ("/a/b/", ".crt", "b"),
+        ("/a/b/c.crt.crt", ".crt", "c.crt"),
+        ("c", "", "c"),
+        ("/", "", "/"),
+    ],
+)
+def test_basename(path: str, suffix: str, expected: str) -> None:
+    """basename as coreutils prints it."""
+    assert debian_fast.basename(path, suffix) == expected
+
+
+@pytest.mark.parametrize(
+    ("cert", "expected"),
+    [
+        ("/x/My Corp (Root), CA.crt", "My_Corp_=Root=__CA.pem"),
+        ("/x/plain.crt", "plain.pem"),
+        ("/x/no-suffix", "no-suffix.pem"),
+    ],
+)
+def test_pem_name(cert: str, expected: str) -> None:
+    """The link name the script's add makes."""
+    assert debian_fast.pem_name(cert) == expected
+
+
+@pytest.mark.parametrize(
+    ("conf", "removed", "added"),
+    [
+        (b"a.crt\n!b.crt\n#c.crt\n\n  d.crt \n", ["b.crt"], ["a.crt", "d.crt"]),
+        (b"a.crt\nlast.crt", [], ["a.crt"]),
+        (b"!\n", [""], []),
+        (b"a.crt\r\n", [], ["a.crt\r"]),
+    ],
+)
+def test_conf_entries(conf: bytes, removed: list[str], added: list[str]) -> None:
+    """The entries the script's two seds and read loops take from ca-certificates.conf."""
+    assert debian_fast.conf_entries(conf) == (removed, added)
+
+
+def test_status_says_which_path_ran_and_round_trips() -> None:
+    """os_update is written only when known, and read back as written."""
+    bare = Status(State.LOCKED)
+    assert "os_update" not in status_to_json(bare)
+    assert status_from_json(status_to_json(bare)) == bare
+    fast = Status(State.LOCKED, os_update=debian_fast.FAST)
+    assert status_to_json(fast)["os_update"] == "fast"
+    assert status_from_json(status_to_json(fast)) == fast
+
+
+def test_an_install_says_it_took_the_fast_path(config: Config, moto: MotoServer) -> None:
+    """A whole install through the registry's OS store reports ``os_update`` in its status and
+    log, and a real handshake trusts the CA afterwards."""
+    ca = make_ca("fast path install")
+    arn = moto.put_secret(f"fast-{secrets.token_hex(4)}", ca.pem)
+    body = json.dumps({"toolCertificates": [{"location": {"secretsManager": {"secretArn": arn}}}]})
+    with https_server(ca) as url, structlog.testing.capture_logs() as logs:
+        status = status_to_json(Installer(config).submit(body.encode()))
+        assert handshake(url, config.os_store.bundle) is None
+    assert status["os_update"] == "fast"
+    assert status_to_json(Installer(config).status())["os_update"] == "fast"
+    [event] = [e for e in logs if e["event"] == "os_update"]
+    assert event["path"] == "fast"
+
+
+def test_a_fresh_run_never_leaves_a_link_missing(os_root: DebianPaths) -> None:
+    """--fresh removes and remakes every .pem link in the script; the fast path leaves one whose
+    target stays the same as it is (same inode), and replaces the bundle by a rename (the hash
+    links are openssl rehash's own)."""
+    _local(OURS, CAS[0])(os_root)
+    FastDebianStore(_run.run, os_root)._update()
+    links = {p.name: p.lstat().st_ino for p in os_root.etc_certs_dir.glob("*.pem")}
+    bundle = os_root.bundle.stat().st_ino
+    store = FastDebianStore(_run.run, os_root)
+    store._update(fresh=True)
+    assert store.os_update == debian_fast.FAST
+    after = {p.name: p.lstat().st_ino for p in os_root.etc_certs_dir.glob("*.pem")}
+    assert len(after) > 100
+    assert after == links
+    assert os_root.bundle.stat().st_ino != bundle
+    assert not [p for p in os_root.etc_certs_dir.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_linked_conf_is_left_to_the_script(os_root: DebianPaths, tmp_path: Path) -> None:
+    """A ca-certificates.conf that is a symlink is not read through: the script runs instead."""
+    real = tmp_path / "elsewhere.conf"
+    real.write_bytes(os_root.certs_conf.read_bytes())
+    os_root.certs_conf.unlink()
+    os_root.certs_conf.symlink_to(real)
+    _local(OURS, CAS[0])(os_root)
+    store = FastDebianStore(_run.run, os_root)
+    store._update()
+    assert store.os_update == debian_fast.SCRIPT
+    assert CAS[0].encode() in os_root.bundle.read_bytes()
+
+
+# -- with Debian's own Java hook, in private namespaces ----------------------------------------
+
+# Inside a namespace: update the OS store the way argv[1] names, or roll back its install.
+_IN_NS = """
+import os, sys
+from trustinstaller import _run
+from trustinstaller.documents import Update, Write
+from trustinstaller.stores.debian import DebianStore
+from trustinstaller.stores.debian_fast import FastDebianStore
+store = (FastDebianStore if sys.argv[1] == "fast" else DebianStore)(_run.run)
+if sys.argv[2] == "install":
+    store._update()
+else:
+    our = store.paths.our_dir
+    store.rollback([*(Write(str(our), n) for n in sorted(os.listdir(our))), Update()])
+print(store.os_update)
+"""
+
+
+def _java_view(ns: PrivateNamespace) -> dict[str, object]:
+    """The keystore's aliases, and the store's tree but for the keystore's own bytes."""
+    etc = osroot.snapshot_tree(ns.path("/etc/ssl/certs"))
+    etc.pop("java/cacerts", None)  # a PKCS #12 file: salted, so never the same bytes twice
+    return {"java": keytool_aliases(ns), "etc": etc}
+
+
+@pytest.mark.slow
+@pytest.mark.root
+@pytest.mark.skipif(not HAS_JAVA_HOOK, reason="needs ca-certificates-java's hook")
+def test_java_keystore_gets_what_the_script_gives_it(tmp_path: Path) -> None:
+    """With Debian's own jks-keystore hook: the same keystore and store after an install by
+    each path, and after the rollback of each."""
+    views: dict[str, list[dict[str, object]]] = {}
+    for way in ("script", "fast"):
+        with PrivateNamespace(tmp_path / way) as ns:
+            done = ns.run(["update-ca-certificates"])
+            assert done.returncode == 0, done.stderr
+            ours = ns.path("/usr/local/share/ca-certificates") / "trustinstaller"
+            ours.mkdir()
+            for i, pem in enumerate(CAS[:3]):
+                (ours / f"{i:064x}.crt").write_text(pem)
+            views[way] = []
+            for step in ("install", "rollback"):
+                done = ns.run([sys.executable, "-c", _IN_NS, way, step], cwd="/",
+                              env={"PYTHONPATH": str(Path(__file__).parents[1])})  # fmt: skip
+                assert done.returncode == 0, done.stdout + done.stderr
+                assert done.stdout.split()[-1] == way
+                views[way].append(_java_view(ns))
+    assert views["fast"] == views["script"]
+    installed, rolled_back = views["fast"]
+    assert len(installed["java"]) == len(rolled_back["java"]) + 3  # type: ignore[arg-type]
