@@ -520,6 +520,7 @@ while True:
 SERVICE_TASKS_MAX = 140  # stands for the unit's TasksMax
 
 
+@pytest.mark.slow
 def test_zombies_a_users_tracer_holds_stay_within_the_users_limit() -> None:
     """Three steps each fork 60 children that the user's tracer seizes and never waits for:
     their zombies keep their task charge, but only up to the user's one TASKS_MAX, so root

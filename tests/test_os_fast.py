@@ -208,6 +208,7 @@ def test_the_hosts_script_is_proven() -> None:
     assert digest in debian_fast.PROVEN, f"update-ca-certificates {digest} is not in PROVEN"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
 def test_fast_path_gives_what_the_script_gives(
     case: str, os_root_template: Path, tmp_path: Path

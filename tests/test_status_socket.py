@@ -214,6 +214,7 @@ def test_cli_status_as_the_browser_user_reads_the_status_socket(
         assert daemon.proc.poll() is None
 
 
+@pytest.mark.slow
 def test_a_non_root_allowed_uid_gets_an_acl_entry_and_no_group_does(
     config: Config, open_dir: Path
 ) -> None:

@@ -105,6 +105,7 @@ def test_a_user_stalling_every_step_holds_the_install_for_its_deadline_only(
     assert took < USER_STORE_TIMEOUT + 12, f"the install took {took:.1f} s"
 
 
+@pytest.mark.slow
 def test_recovery_after_a_crash_is_bounded_by_the_users_deadline(
     hostile: Hostile, moto: MotoServer
 ) -> None:
