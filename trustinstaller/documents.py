@@ -38,6 +38,11 @@ class Phase(enum.StrEnum):
     COMMITTED = "committed"
 
 
+# A JSON object as json.loads gives it and json.dumps takes it: the type of every document at
+# the boundary, where it is read or written (the status, the journal, an answer, a manifest, a
+# browser's policy file). Inside, documents are the dataclasses below.
+JSONObject = dict[str, Any]
+
 # How a field is written, in its metadata: "omit_none" leaves out a None; "round" rounds a
 # float to that many digits; "under" nests the field in an object of that name; "flatten" puts
 # a dataclass's keys beside the others (and reads it back where one of its keys is there);
@@ -202,7 +207,7 @@ _ENTRY_KINDS: dict[str, type[Entry]] = {
 }
 
 
-def status_to_json(s: Status) -> dict[str, Any]:
+def status_to_json(s: Status) -> JSONObject:
     """The JSON form of a status."""
     return _encode_object(s)
 
@@ -213,7 +218,7 @@ def status_from_json(data: object) -> Status:
     return _decode_object(Status, data, "status")
 
 
-def answer_to_json(a: Answer) -> dict[str, Any]:
+def answer_to_json(a: Answer) -> JSONObject:
     """The JSON form of an HTTP body."""
     return _encode_object(a)
 
@@ -223,12 +228,12 @@ def answer_from_json(data: object) -> Answer:
     return _decode_object(Answer, data, "answer")
 
 
-def fetch_to_json(f: FetchReport) -> dict[str, Any]:
+def fetch_to_json(f: FetchReport) -> JSONObject:
     """The JSON form of a fetch report (rounded to the millisecond)."""
     return _encode_object(f)
 
 
-def journal_to_json(j: Journal) -> dict[str, Any]:
+def journal_to_json(j: Journal) -> JSONObject:
     """The JSON form of a journal."""
     return _encode_object(j)
 
@@ -243,10 +248,10 @@ def with_entry(j: Journal, store: str, entry: Entry) -> Journal:
     return replace(j, entries=(*j.entries, Recorded(store, entry)))
 
 
-def _encode_object(obj: Any) -> dict[str, Any]:
+def _encode_object(obj: Any) -> JSONObject:
     if isinstance(obj, Recorded):
         return {"store": obj.store, "action": obj.entry.action, **_encode_object(obj.entry)}
-    out: dict[str, Any] = {}
+    out: JSONObject = {}
     for f in fields(obj):
         value = getattr(obj, f.name)
         if value is None and f.metadata.get("omit_none"):
@@ -276,7 +281,7 @@ def _encode(value: object) -> Any:
 def _decode_object(cls: type[_T], data: object, what: str) -> _T:
     d = _mapping(data, what)
     hints = _hints(cls)
-    kw: dict[str, Any] = {}
+    kw: dict[str, object] = {}
     for f in fields(cls):  # type: ignore[arg-type]
         where = d
         if "under" in f.metadata:
@@ -343,7 +348,7 @@ def _recorded(data: object) -> Recorded:
 _HINTS: dict[type, dict[str, Any]] = {}
 
 
-def _hints(cls: type) -> dict[str, Any]:
+def _hints(cls: type) -> JSONObject:
     """A dataclass's resolved type hints, found once."""
     if cls not in _HINTS:
         _HINTS[cls] = typing.get_type_hints(cls)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from trustinstaller import _contain, _run, documents, fetch, log, manifest, state, transaction
 from trustinstaller.clock import Clock, iso, utc_now
 from trustinstaller.config import Config
-from trustinstaller.documents import CertEntry, FetchReport, State, Status
+from trustinstaller.documents import CertEntry, FetchReport, JSONObject, State, Status
 from trustinstaller.errors import (
     CertificateError,
     CertificatesRefusedError,
@@ -155,7 +155,7 @@ class Installer:
     def _fetch_report(self) -> FetchReport | None:
         return None if self.fetch_stats is None else self.fetch_stats.report
 
-    def _fetch_json(self) -> dict[str, Any] | None:
+    def _fetch_json(self) -> JSONObject | None:
         report = self._fetch_report()
         return None if report is None else documents.fetch_to_json(report)
 

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from trustinstaller.documents import Source
+from trustinstaller.documents import JSONObject, Source
 from trustinstaller.errors import ManifestError
 
 MAX_MANIFEST_BYTES = 1024 * 1024
@@ -180,7 +180,7 @@ def _credentials(value: object) -> Credentials:
 
 def _object(
     value: object, path: str, allowed: set[str], required: frozenset[str] | set[str] = frozenset()
-) -> dict[str, Any]:
+) -> JSONObject:
     if not isinstance(value, dict):
         # ManifestError already names the path; only the top level needs saying.
         where = "" if path else "the top level "
@@ -216,8 +216,8 @@ def _load_json(text: str) -> object:
         raise ManifestError("", f"is not acceptable JSON: {exc}") from exc
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> JSONObject:
+    out: JSONObject = {}
     for key, value in pairs:
         if key in out:
             raise ManifestError("", f"key {_quote(key)} appears twice in one object")

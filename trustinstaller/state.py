@@ -16,11 +16,11 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from trustinstaller import _fs, documents
 from trustinstaller.clock import Clock, iso, utc_now
-from trustinstaller.documents import Journal, Status
+from trustinstaller.documents import Journal, JSONObject, Status
 from trustinstaller.errors import BusyError, StateError, UnsafePathError
 
 STATUS_FILE = "status.json"
@@ -142,7 +142,7 @@ class StateDir:
         except ValueError:
             return _UNREADABLE
 
-    def _write(self, name: str, data: dict[str, Any]) -> None:
+    def _write(self, name: str, data: JSONObject) -> None:
         payload = json.dumps(data, indent=2, sort_keys=True).encode() + b"\n"
         with _fs.opened_dir(self.path) as dfd:
             _fs.atomic_write(dfd, name, payload, 0o600)

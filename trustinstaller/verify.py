@@ -30,10 +30,10 @@ import urllib.parse
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from trustinstaller import _fs
 from trustinstaller._run import Runner
+from trustinstaller.documents import JSONObject
 from trustinstaller.errors import BadURLError, HostError, PolicyError, StoreError
 from trustinstaller.stores import chromium
 from trustinstaller.stores.firefox import installed_paths
@@ -92,7 +92,7 @@ class Verdict:
         """The trust path, with the kind of client for a bundle: ``os bundle (openssl default)``."""
         return f"{self.trust_path} ({self.client})" if self.client else self.trust_path
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> JSONObject:
         """The JSON form."""
         return asdict(self)
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trustinstaller import _fs, stores
-from trustinstaller.documents import Entry
+from trustinstaller.documents import Entry, JSONObject
 from trustinstaller.errors import PolicyError, StoreError, UnsafePathError
 
 if TYPE_CHECKING:  # annotations only: keeps cryptography off the path to ready
@@ -55,7 +55,7 @@ _COMMENTS = re.compile(r'"(?:\\.|[^"\\])*"|//[^\n]*|/\*.*?\*/', re.DOTALL)
 _TRAILING_COMMAS = re.compile(r'"(?:\\.|[^"\\])*"|,(?=\s*[\]}])')
 
 
-def parse_policy(data: bytes) -> dict[str, Any]:
+def parse_policy(data: bytes) -> JSONObject:
     """A policy file as Chromium reads it; PolicyError when Chromium would skip it too.
 
     Chromium's reader takes ``//`` and ``/* */`` comments, a trailing comma in an object or a
@@ -125,7 +125,7 @@ class PolicyFile:
 
     name: str
     # What Chromium takes from it; None when Chromium skips it or it was not read.
-    policies: dict[str, Any] | None = None
+    policies: JSONObject | None = None
     # False for a symlink, a special file or one too large: its contents were not read.
     read: bool = True
     # Unparsed here, but its bytes name CACertificates: Chromium's reader may take it still.

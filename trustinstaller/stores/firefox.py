@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trustinstaller import _fs
-from trustinstaller.documents import Entry
+from trustinstaller.documents import Entry, JSONObject
 from trustinstaller.errors import PolicyError, StoreError
 from trustinstaller.stores import (
     Recorder,
@@ -80,7 +80,7 @@ def merge(original: bytes | None, install: Sequence[str]) -> bytes | None:
     return _dump(doc)
 
 
-def _parse(data: bytes) -> dict[str, Any]:
+def _parse(data: bytes) -> JSONObject:
     try:
         doc = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -90,7 +90,7 @@ def _parse(data: bytes) -> dict[str, Any]:
     return doc
 
 
-def _install_list(doc: dict[str, Any]) -> list[Any]:
+def _install_list(doc: JSONObject) -> list[Any]:
     policies = doc.get("policies", {})
     if not isinstance(policies, dict):
         raise PolicyError(f'"policies" is a JSON {_kind(policies)}, not an object')
@@ -108,7 +108,7 @@ def _kind(value: object) -> str:
     return names.get(type(value), "number")
 
 
-def _dump(doc: dict[str, Any]) -> bytes:
+def _dump(doc: JSONObject) -> bytes:
     return (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
