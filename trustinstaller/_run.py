@@ -208,12 +208,16 @@ def run(argv: Sequence[str], **options: Unpack[RunOptions]) -> Result:
             output="" if user is not None else _text(err) or _text(out),
             note=_whose(user),
         )
-    result = Result(args, proc.returncode, _text(out), _text(err))
-    if options.get("check", True) and proc.returncode != 0:
+    return _result(Result(args, proc.returncode, _text(out), _text(err)), options, user)
+
+
+def _result(result: Result, options: RunOptions, user: Account | None) -> Result:
+    """``result``; or, with ``check`` and a non-zero exit, the HostError that says so."""
+    if options.get("check", True) and result.returncode != 0:
         raise HostError(
-            args,
-            _ended(proc.returncode),
-            returncode=proc.returncode if proc.returncode > 0 else None,
+            result.argv,
+            _ended(result.returncode),
+            returncode=result.returncode if result.returncode > 0 else None,
             output="" if user is not None else result.stderr or result.stdout,
             note=_whose(user),
         )
