@@ -139,9 +139,25 @@ class AddCert:
     action = "add"
 
 
-Entry = Mkdir | Write | Update | CreateDb | AddCert
+@dataclass(frozen=True)
+class ManagerEnv:
+    """Variables about to be set in systemd's manager environment, and the values they replace."""
+
+    assigned: dict[str, str]
+    original: dict[str, str]
+    action = "setenv"
+
+    def __post_init__(self) -> None:
+        for held in (self.assigned, self.original):
+            if not isinstance(held, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in held.items()
+            ):
+                raise TypeError("assigned and original must map names to strings")
+
+
+Entry = Mkdir | Write | Update | CreateDb | AddCert | ManagerEnv
 _ENTRY_KINDS: dict[str, type[Entry]] = {
-    k.action: k for k in (Mkdir, Write, Update, CreateDb, AddCert)
+    k.action: k for k in (Mkdir, Write, Update, CreateDb, AddCert, ManagerEnv)
 }
 
 
