@@ -55,6 +55,9 @@ def test_show_environment_is_parsed_without_guessing(
         # Someone set it again after us: theirs stays.
         ({"SSL_CERT_FILE": "/old"}, {**OURS, "SSL_CERT_FILE": "/theirs"},
          ["NODE_EXTRA_CA_CERTS=/run/e/custom-cas.pem"], []),
+        # It held our value already (set by another install): it stays.
+        ({"SSL_CERT_FILE": "/run/e/ca-bundle.pem"}, OURS,
+         ["NODE_EXTRA_CA_CERTS=/run/e/custom-cas.pem"], ["SSL_CERT_FILE=/run/e/ca-bundle.pem"]),
         # A crash before set-environment: nothing of ours is there, nothing is put back.
         ({"SSL_CERT_FILE": "/old"}, {"SSL_CERT_FILE": "/old"},
          ["NODE_EXTRA_CA_CERTS=/run/e/custom-cas.pem"], []),

@@ -119,9 +119,8 @@ class SystemdEnvStore:
     def install(self, certs: Sequence[TrustedCA], record: Recorder) -> None:
         """Record what the manager held, then set ours in one call."""
         current = self._show()
-        original = {
-            k: v for k in self.pairs if (v := current.get(k)) is not None and v != self.pairs[k]
-        }
+        # Even a value equal to ours: another install set it, and it must stay after our rollback.
+        original = {k: v for k in self.pairs if (v := current.get(k)) is not None}
         record(ManagerEnv(dict(self.pairs), original))
         self._systemctl("set-environment", *assignments(self.pairs))
         log.get().info("systemd_environment_set", names=sorted(self.pairs))
