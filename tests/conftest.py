@@ -113,6 +113,8 @@ def config(tmp_path: Path, os_root: DebianPaths, moto: MotoServer) -> Config:
         # name a path here, or run in a private namespace.
         firefox_policies=(),
         chromium_policies=(),
+        # Never the host's service manager, on a machine where systemd is PID 1.
+        systemd_environment=False,
     )
 
 

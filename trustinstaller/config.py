@@ -60,6 +60,9 @@ class Config:
     idle_exit: float | None = None
     browser_users: tuple[str, ...] = ()
     runtime_dir: Path | None = None
+    # Set the runtime trust variables in systemd's manager environment, where systemd runs, so
+    # that services started after the install get them (docs/clients.md says why it is on).
+    systemd_environment: bool = True
     # Firefox's policies.json files; default: /etc/firefox/policies/policies.json if installed.
     firefox_policies: tuple[Path, ...] = field(default_factory=default_policies)
     # Managed-policy directories that get CACertificates: Chromium's and Google Chrome's.
@@ -112,6 +115,7 @@ _KEYS = (
         "os_store",
         "firefox_policies",
         "chromium_policies",
+        "systemd_environment",
     }
 )
 
@@ -173,6 +177,10 @@ def from_mapping(data: Mapping[str, Any], *, source: str = "config") -> Config:
         kw["nss_databases"] = _unique_databases([*kw.get("nss_databases", ()), *user_dbs], fail)
     elif "nss_databases" in kw:
         kw["nss_databases"] = _unique_databases(kw["nss_databases"], fail)
+    if "systemd_environment" in data:
+        if not isinstance(data["systemd_environment"], bool):
+            raise fail("systemd_environment", "must be true or false")
+        kw["systemd_environment"] = data["systemd_environment"]
     if "allowed_uids" in data:
         uids = data["allowed_uids"]
         if not isinstance(uids, list) or not all(

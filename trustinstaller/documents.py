@@ -167,7 +167,23 @@ class AddCert:
     action = "add"
 
 
-Entry = Mkdir | Write | Update | CreateDb | AddCert
+@dataclass(frozen=True)
+class ManagerEnv:
+    """Variables about to be set in systemd's manager environment, and the values they replace."""
+
+    assigned: dict[str, str]
+    original: dict[str, str]
+    action = "setenv"
+
+    def __post_init__(self) -> None:
+        for held in (self.assigned, self.original):
+            if not isinstance(held, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in held.items()
+            ):
+                raise TypeError("assigned and original must map names to strings")
+
+
+Entry = Mkdir | Write | Update | CreateDb | AddCert | ManagerEnv
 
 
 @dataclass(frozen=True)
@@ -203,7 +219,7 @@ class Journal:
 
 _T = typing.TypeVar("_T")
 _ENTRY_KINDS: dict[str, type[Entry]] = {
-    k.action: k for k in (Mkdir, Write, Update, CreateDb, AddCert)
+    k.action: k for k in (Mkdir, Write, Update, CreateDb, AddCert, ManagerEnv)
 }
 
 
@@ -309,6 +325,9 @@ def _decode(tp: Any, value: object, what: str) -> Any:
         return _decode(inner, value, what)
     if typing.get_origin(tp) is tuple:
         return tuple(_decode(args[0], v, what) for v in _list(value, what))
+    if typing.get_origin(tp) is dict:
+        return {_str(k, what): _decode(args[1], v, f"{what}.{k}") for k, v in
+                _mapping(value, what).items()}  # fmt: skip
     if tp is Recorded:
         return _recorded(value)
     if is_dataclass(tp):

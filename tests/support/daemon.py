@@ -41,6 +41,8 @@ def write_config(config: Config, path: Path) -> Path:
         if isinstance(v, tuple):
             items = ", ".join(str(x) if isinstance(x, int) else q(x) for x in v)
             lines.append(f"{f.name} = [{items}]")
+        elif isinstance(v, bool):
+            lines.append(f"{f.name} = {str(v).lower()}")
         elif isinstance(v, int | float):
             lines.append(f"{f.name} = {v}")
         else:

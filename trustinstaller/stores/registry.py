@@ -9,16 +9,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trustinstaller import _run
+from trustinstaller import _run, log
 from trustinstaller.config import Config
 from trustinstaller.errors import StateError
-from trustinstaller.stores import Store, chromium, firefox
+from trustinstaller.stores import Store, chromium, firefox, systemd_env
 from trustinstaller.stores.debian_fast import FastDebianStore
 from trustinstaller.stores.nss import NssDatabase, NssStore
-from trustinstaller.stores.runtime_env import RuntimeEnvStore
+from trustinstaller.stores.runtime_env import RuntimeEnvStore, env_pairs, hashed_dir
+from trustinstaller.stores.systemd_env import SystemdEnvStore
 
 OS = "os"
 ENV = "env"
+SYSTEMD = "systemd"
 NSS_PREFIX = "nss:"
 
 
@@ -43,9 +45,21 @@ class Registry:
             *(self.nss_store(db) for db in cfg.nss_databases),
             # After the OS store: the policies name the .crt files it writes.
             *(firefox.FirefoxStore(p, cfg.os_store) for p in cfg.firefox_policies),
-            # Last: its combined bundle copies the OS bundle just regenerated.
+            # After the OS store: its combined bundle copies the OS bundle just regenerated.
             self.env_store(),
+            # Last, so that the variables name files already written and verified soonest;
+            # first undone, so that no service started later gets a path about to go.
+            *([self.systemd_store()] if self._systemd_runs() else []),
         ]
+
+    def _systemd_runs(self) -> bool:
+        """Whether the systemd store applies: configured, and systemd is the running manager."""
+        if not self.config.systemd_environment:
+            return False
+        why = systemd_env.manager_running()
+        if why is not None:
+            log.get().info("systemd_environment_skipped", reason=why)
+        return why is None
 
     def named(self, name: str) -> Store:
         """The store a journal entry names; StateError for a name no store has."""
@@ -54,6 +68,9 @@ class Registry:
             return self.os_store()
         if name == ENV:
             return self.env_store()
+        if name == SYSTEMD:
+            # Whatever the configuration says now: the journal's entry holds what to undo.
+            return self.systemd_store()
         if name.startswith(NSS_PREFIX):
             # The owner comes from the configuration, never from the journal or the disk. A
             # database no longer configured is handled as root's: the checked walk then
@@ -76,6 +93,12 @@ class Registry:
         """The OS store: its proven fast path, or update-ca-certificates itself."""
         return FastDebianStore(self.runner, self.config.os_store,
                                timeout=self.config.update_timeout)  # fmt: skip
+
+    def systemd_store(self) -> SystemdEnvStore:
+        """The service manager's environment: the env file's variables, from the configuration."""
+        cfg = self.config
+        pairs = env_pairs(cfg.runtime_env_dir, hashed_dir(cfg.os_store.bundle))
+        return SystemdEnvStore(dict(pairs), self.runner)
 
     def nss_store(self, db: NssDatabase) -> NssStore:
         """One NSS database's store."""
