@@ -677,12 +677,22 @@ def test_a_users_cgroup_another_run_removed_is_made_again() -> None:
 
 
 EXIT_TRACER = """
-import ctypes, os, socket
+import ctypes, os, socket, time
 libc = ctypes.CDLL(None, use_errno=True)
 libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 s.bind(SOCK); s.listen(4)
-print("ready", flush=True)
+if CHAIN:
+    # A second tracer above the first: it holds the first in its own exit stop, so that the
+    # first, once killed, stays the step's tracer.
+    first = os.fork()
+    if first:
+        assert libc.ptrace(0x4206, first, None, ctypes.c_void_p(0x40)) == 0
+        print("ready", flush=True)
+        while True:
+            time.sleep(3600)
+if not CHAIN:
+    print("ready", flush=True)
 held = []
 while True:
     c, _ = s.accept()
@@ -704,16 +714,17 @@ os.execvp("sleep", ["sleep", MARKER])
 """
 
 
+@pytest.mark.parametrize("chain", [False, True], ids=["one tracer", "a chain of two"])
 @pytest.mark.parametrize("how", ["namespace and cgroups", "cgroups only"])
-def test_a_users_tracer_cannot_keep_a_killed_step_alive(how: str) -> None:
+def test_a_users_tracer_cannot_keep_a_killed_step_alive(how: str, chain: bool) -> None:
     """The user's own process traces the step with an exit stop it never lets go: the step,
     killed at its timeout, would stay a live task in its cgroup for as long as the tracer
-    likes. The step's end ends that tracer (the user's own process) too, and nothing of the
-    step is left."""
+    likes. The step's end ends that tracer (the user's own process) too, and the tracer that
+    holds it in turn, and nothing of the step is left."""
     chosen = _modes()[how]
     marker = _marker()
     tag = f"{os.getpid()}-{random.randrange(10**6)}"
-    head = f"SOCK = {chr(0) + 'ti-exit-' + tag!r}\nMARKER = {marker!r}\n"
+    head = f"SOCK = {chr(0) + 'ti-exit-' + tag!r}\nMARKER = {marker!r}\nCHAIN = {chain}\n"
     saved = _contain._found
     _contain._found = chosen
     tracer = None

@@ -449,42 +449,67 @@ def _empty(h: Hierarchy, d: Path, deadline: float, uid: int | None = None) -> bo
 
 
 def _end_tracer(pid: int, uid: int | None) -> None:
-    """SIGKILL the tracer of process ``pid`` if it runs as ``uid``: the step's user.
+    """SIGKILL the tracer of process ``pid`` if it is the step's user's, and so on up a chain
+    of tracers (a killed tracer held in its own exit stop by another stays the tracer).
 
     A tracer can hold a killed tracee in its exit stop (PTRACE_O_TRACEEXIT) without end, or keep
-    its zombies. Only a tracer of the step's own user is ended, never root's or another
-    user's; it is that user's own process, obstructing the step's end.
+    its zombies. Only a tracer of the step's own user is ended (its real or saved uid is the
+    user's, as kill(2) would let that user signal it), never root's or another user's; it is
+    that user's own process, obstructing the step's end. A step of root's ends no tracer.
     """
-    if uid is None:
+    if uid is None or uid == 0:
         return
+    seen: set[int] = set()
+    while pid not in seen and len(seen) < TASKS_MAX:
+        seen.add(pid)
+        tracer = _kill_tracer_of(pid, uid)
+        if tracer is None:
+            return
+        pid = tracer
+
+
+def _kill_tracer_of(pid: int, uid: int) -> int | None:
+    """SIGKILL the user's tracer of ``pid``; return its PID, or None if there is none."""
     try:
         pinned = os.pidfd_open(pid)
     except OSError:
-        return
+        return None
     try:
         tracer = _status_field(pid, "TracerPid")
-        if tracer <= 0 or _status_field(tracer, "Uid") != uid:
-            return
-        with contextlib.suppress(OSError):
-            signal.pidfd_send_signal(pinned, 0)  # still not reaped: ``pid`` is still it
-            _kill_checked(tracer, lambda t: _status_field(pid, "TracerPid") == t
-                          and _status_field(t, "Uid") == uid)  # fmt: skip
+        if tracer <= 0 or not _users(tracer, uid):
+            return None
+        signal.pidfd_send_signal(pinned, 0)  # still not reaped: ``pid`` is still it
+        _kill_checked(tracer, lambda t: _status_field(pid, "TracerPid") == t and _users(t, uid))
+        return tracer
+    except OSError:
+        return None
     finally:
         os.close(pinned)
 
 
-def _status_field(pid: int, name: str) -> int:
-    """The first number of a line of /proc/PID/status (Uid: the real uid); -1 if unknown."""
+def _users(pid: int, uid: int) -> bool:
+    """Whether process ``pid``'s real or saved uid is ``uid``."""
+    ids = _status_ids(pid, "Uid")
+    return len(ids) >= 3 and uid in (ids[0], ids[2])
+
+
+def _status_ids(pid: int, name: str) -> list[int]:
+    """The numbers of a line of /proc/PID/status; [] if unknown."""
     try:
         text = Path(f"/proc/{pid}/status").read_text()
     except OSError:
-        return -1
+        return []
     for line in text.splitlines():
         key, _, value = line.partition(":")
         if key == name:
-            first = value.split()[:1]
-            return int(first[0]) if first and first[0].isdigit() else -1
-    return -1
+            return [int(x) for x in value.split() if x.isdigit()]
+    return []
+
+
+def _status_field(pid: int, name: str) -> int:
+    """The first number of a line of /proc/PID/status; -1 if unknown."""
+    ids = _status_ids(pid, name)
+    return ids[0] if ids else -1
 
 
 def _mounts(mountinfo: str) -> list[tuple[str, str, str, set[str]]]:
@@ -622,7 +647,7 @@ def _others_may_move(point: Path, limit: int = 5000) -> str | None:
     anywhere in the hierarchy that a user may write lets that user's step leave its limits
     (for a cgroup of the user's own, not root's). Say where, looking at ``limit`` cgroups."""
     seen = 0
-    for top, dirs, _ in os.walk(point):
+    for top, _dirs, _ in os.walk(point):
         for name in ("cgroup.procs", "tasks"):
             try:
                 st = os.lstat(Path(top) / name)
@@ -632,7 +657,7 @@ def _others_may_move(point: Path, limit: int = 5000) -> str | None:
                 return f"{Path(top) / name} may be written by others than root"
         seen += 1
         if seen >= limit:
-            dirs.clear()
+            return f"{point} has over {limit} cgroups: not all were checked"
     return None
 
 
