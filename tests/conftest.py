@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,6 +58,24 @@ def host_policies_untouched() -> Iterator[None]:
     yield
     after = {d: _tree(d) for d in HOST_POLICY_DIRS}
     assert after == before, "a test changed the host's browser policy directories"
+
+
+def _manager_env() -> str | None:
+    """The service manager's environment, where systemd runs here."""
+    if not Path("/run/systemd/system").is_dir():
+        return None
+    done = subprocess.run(["systemctl", "show-environment"], capture_output=True, text=True,
+                          timeout=30, check=False)  # fmt: skip
+    return done.stdout
+
+
+@pytest.fixture(scope="session", autouse=True)
+def host_manager_env_untouched() -> Iterator[None]:
+    """Fail the run if any test changed this host's systemd manager environment (the
+    ``systemd_environment`` store, which tests turn off or run inside a booted root)."""
+    before = _manager_env()
+    yield
+    assert _manager_env() == before, "a test changed the host's systemd manager environment"
 
 
 # Suites that start real browsers, race a hostile user, flood sockets or boot systemd: each takes
