@@ -105,16 +105,9 @@ def test_a_user_stalling_every_step_holds_the_install_for_its_deadline_only(
     assert took < USER_STORE_TIMEOUT + 12, f"the install took {took:.1f} s"
 
 
-@pytest.mark.slow
-def test_recovery_after_a_crash_is_bounded_by_the_users_deadline(
-    hostile: Hostile, moto: MotoServer
-) -> None:
-    """Killed amid the user's steps, the next start's rollback is bounded by the user's deadline.
-
-    The crashed install has a long deadline, so that it gets far into the user's databases
-    before the kill; the next start (an ``apply`` of a manifest that is then refused, so that
-    only the recovery is timed) has the short one.
-    """
+def _crash_amid_users_steps(hostile: Hostile, moto: MotoServer) -> Path:
+    """An install with a long user deadline, SIGKILLed amid the user's stalled steps; returns
+    the module's load log, emptied."""
     loaded = _stalling_user(hostile)
     short = hostile.config.read_text()
     long_config = hostile.config.with_name("config-long.toml")
@@ -139,6 +132,20 @@ def test_recovery_after_a_crash_is_bounded_by_the_users_deadline(
     assert journal.returncode == 0, journal.stderr
     assert journal.stdout.count('"nss:') >= 2, "too few of the user's steps were journalled"
     loaded.write_text("")
+    return loaded
+
+
+@pytest.mark.slow
+def test_recovery_after_a_crash_is_bounded_by_the_users_deadline(
+    hostile: Hostile, moto: MotoServer
+) -> None:
+    """Killed amid the user's steps, the next start's rollback is bounded by the user's deadline.
+
+    The crashed install has a long deadline, so that it gets far into the user's databases
+    before the kill; the next start (an ``apply`` of a manifest that is then refused, so that
+    only the recovery is timed) has the short one.
+    """
+    loaded = _crash_amid_users_steps(hostile, moto)
     bad = hostile.manifest.with_name("not-a-manifest.json")
     bad.write_text("not a manifest")
     started = time.monotonic()
@@ -149,3 +156,45 @@ def test_recovery_after_a_crash_is_bounded_by_the_users_deadline(
     assert loaded.read_text(), "the recovery ran none of the user's steps: nothing was bounded"
     # Unbounded, the user's rollback alone is one stalled certutil per CA added, in each database.
     assert took < USER_STORE_TIMEOUT + 6, f"the recovery took {took:.1f} s"
+
+
+@pytest.mark.slow
+def test_a_daemon_started_after_a_crash_answers_before_the_users_rollback(
+    hostile: Hostile, moto: MotoServer
+) -> None:
+    """The daemon rolls root's stores back and gets ready; the user's stalled databases are
+    undone after, so its first answer comes while their part of the journal is still there."""
+    _crash_amid_users_steps(hostile, moto)
+    serve = subprocess.Popen(hostile.ns.argv(hostile.agent_argv("serve")),
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    try:
+        first = pending = None
+        deadline = time.monotonic() + INSTALL_BOUND
+        while first is None and time.monotonic() < deadline:
+            done = hostile.agent("status", "--json", timeout=60)
+            if done.returncode == 0 and done.stdout.startswith("{") and serve.poll() is None:
+                probe = hostile.agent("status", timeout=60)
+                if probe.stdout.startswith("source: daemon"):
+                    first = json.loads(done.stdout)
+                    pending = hostile.ns.run(["cat", "/run/trustinstaller/journal.json"],
+                                             timeout=30)  # fmt: skip
+            time.sleep(0.1)
+        gone = False
+        deadline = time.monotonic() + USER_STORE_TIMEOUT + INSTALL_BOUND
+        while not gone and time.monotonic() < deadline:
+            gone = hostile.ns.run(["test", "-e", "/run/trustinstaller/journal.json"],
+                                  timeout=30).returncode != 0  # fmt: skip
+            time.sleep(0.2)
+    finally:
+        subprocess.run(["pkill", "-TERM", "-s", str(serve.pid)], check=False)
+        _, err = serve.communicate(timeout=120)
+    assert first is not None, f"the daemon never answered: {err[-2000:]}"
+    assert first["state"] == "failed", first
+    assert pending is not None
+    assert pending.returncode == 0, "no user part was left for later"
+    stores = {e["store"] for e in json.loads(pending.stdout)["entries"]}
+    assert stores, pending.stdout
+    assert all(s.startswith("nss:") for s in stores), stores
+    assert gone, "the user's part of the journal was never undone"
+    assert "install_rolled_back" in err, err[-2000:]

@@ -217,7 +217,8 @@ def serve(installer: Installer, *, idle_exit: float | None = None) -> None:
 
     # Readiness waits for recovery: a journal left by a killed install is rolled back first.
     # A concurrent `trustinstaller apply` holds the lock: wait for it rather than fail to start.
-    status = installer.prepare(wait=installer.config.update_timeout)
+    # A user's databases in that journal are undone after READY (finish_recovery, below).
+    status = installer.prepare(wait=installer.config.update_timeout, defer_users=True)
     inherited = inherited_sockets()
     servers = _servers(installer, inherited)
     text = [sdnotify.describe(status)]
@@ -238,6 +239,8 @@ def serve(installer: Installer, *, idle_exit: float | None = None) -> None:
     if len(servers) > 1:
         log.get().info("status_socket_ready", socket=str(servers[1].socket.getsockname()))
     sdnotify.notify("READY=1", f"STATUS={text[0]}", f"MAINPID={os.getpid()}")
+    # Not a daemon thread: it counts as busy for the idle exit, and is waited for at the end.
+    threading.Thread(target=installer.finish_recovery, name="recovery").start()
     try:
         if _until_stopped(installer, stop, None if inherited is None else idle_exit):
             stopped_by.append("idle")

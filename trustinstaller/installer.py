@@ -75,10 +75,12 @@ class Installer:
 
     # -- lifecycle -----------------------------------------------------------
 
-    def prepare(self, wait: float = 0.0) -> Status:
+    def prepare(self, wait: float = 0.0, *, defer_users: bool = False) -> Status:
         """Create the state directory and finish any interrupted install; return the status.
 
-        ``wait`` is how long to wait for a concurrent install (``apply``) to finish first.
+        ``wait`` is how long to wait for a concurrent install (``apply``) to finish first. With
+        ``defer_users``, a user's databases in an interrupted install are left in the journal
+        for ``finish_recovery()``, so that a start waits on root's stores only.
         """
         self.state.ensure()
         if os.geteuid() == 0 and any(db.owner for db in self.config.nss_databases):
@@ -88,8 +90,17 @@ class Installer:
             if contain.problem is not None:
                 self.logger.warning("user_steps_limits_missing", reason=contain.problem)
         with self.state.exclusive(wait=wait):
-            self._recover()
+            self._recover(defer_users=defer_users)
         return self.status()
+
+    def finish_recovery(self) -> None:
+        """Undo what ``prepare(defer_users=True)`` left: a user's databases, within that user's
+        ``user_store_timeout``. A submit that takes the lock first does it itself."""
+        try:
+            with self.state.exclusive(wait=self.config.update_timeout):
+                self._recover()
+        except TrustInstallerError as exc:
+            self.logger.warning("user_rollback_incomplete", reason=exc.outcome.label)
 
     def status(self) -> Status:
         """The current status document."""
@@ -264,7 +275,7 @@ class Installer:
             fetch=self._fetch_json(),
         )
 
-    def _recover(self) -> None:
+    def _recover(self, *, defer_users: bool = False) -> None:
         """Finish an interrupted install: roll it back, or confirm a committed one."""
 
         def confirm(entries: tuple[CertEntry, ...]) -> None:
@@ -276,8 +287,13 @@ class Installer:
                               "manifest again")  # fmt: skip
             self.logger.warning("install_rolled_back", state=State.FAILED.value)
 
-        found = transaction.recover(self.state, self.registry.named, confirm=confirm,
-                                    rolled_back=rolled_back)  # fmt: skip
+        found = transaction.recover(
+            self.state,
+            self.registry.named,
+            confirm=confirm,
+            rolled_back=rolled_back,
+            defer_optional=defer_users,
+        )
         if not found and self.state.read_status().state is State.INSTALLING:
             self._interrupted("an install was interrupted before anything was written; "
                               "nothing to undo")  # fmt: skip

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from trustinstaller import documents, log
 from trustinstaller.clock import iso
-from trustinstaller.documents import CertEntry, Entry, Journal, Phase
+from trustinstaller.documents import CertEntry, Entry, Journal, Phase, Recorded
 from trustinstaller.errors import RollbackFailedError, StoreError, TrustInstallerError, own_words
 from trustinstaller.state import StateDir
 from trustinstaller.stores import Recorder, Store
@@ -214,12 +214,17 @@ def recover(
     *,
     confirm: Callable[[tuple[CertEntry, ...]], None],
     rolled_back: Callable[[], None],
+    defer_optional: bool = False,
 ) -> bool:
     """Finish an install a crash interrupted; False when no journal was there.
 
     A committed journal is confirmed (``confirm`` gets its certificates, to record the lock); any
     other is rolled back (then ``rolled_back`` records it). Each is told before the journal is
     removed, so a crash in between only repeats this.
+
+    With ``defer_optional``, only root's stores are rolled back now; the journal is then
+    replaced by the optional stores' entries alone (a user's databases), for a later call to
+    undo: the daemon gets ready without waiting on a user's steps.
     """
     journal = state.read_journal()
     if journal is None:
@@ -227,7 +232,26 @@ def recover(
     if journal.phase is Phase.COMMITTED:
         confirm(journal.certificates)
     else:
+        later = _optional_entries(journal, resolve) if defer_optional else ()
+        if later:
+            now = tuple(r for r in journal.entries if r not in later)
+            rollback(replace(journal, entries=now), resolve)
+            state.write_journal(replace(journal, entries=later))
+            rolled_back()
+            return True
         rollback(journal, resolve)
         rolled_back()
     state.clear_journal()
     return True
+
+
+def _optional_entries(journal: Journal, resolve: Callable[[str], Store]) -> tuple[Recorded, ...]:
+    """The entries of the journal's optional stores (a user's databases)."""
+    optional: set[str] = set()
+    for name in journal.by_store():
+        try:
+            if resolve(name).optional:
+                optional.add(name)
+        except TrustInstallerError:
+            pass  # rolled back (and reported) with root's stores
+    return tuple(r for r in journal.entries if r.store in optional)
