@@ -239,8 +239,9 @@ def serve(installer: Installer, *, idle_exit: float | None = None) -> None:
     if len(servers) > 1:
         log.get().info("status_socket_ready", socket=str(servers[1].socket.getsockname()))
     sdnotify.notify("READY=1", f"STATUS={text[0]}", f"MAINPID={os.getpid()}")
-    # Not a daemon thread: it counts as busy for the idle exit, and is waited for at the end.
-    threading.Thread(target=installer.finish_recovery, name="recovery").start()
+    if installer.recovery_left():
+        # Not a daemon thread: it counts as busy for the idle exit, and is waited for at the end.
+        threading.Thread(target=installer.finish_recovery, name="recovery").start()
     try:
         if _until_stopped(installer, stop, None if inherited is None else idle_exit):
             stopped_by.append("idle")

@@ -93,6 +93,10 @@ class Installer:
             self._recover(defer_users=defer_users)
         return self.status()
 
+    def recovery_left(self) -> bool:
+        """Whether ``prepare(defer_users=True)`` left a user's databases to undo."""
+        return self.state.read_journal() is not None
+
     def finish_recovery(self) -> None:
         """Undo what ``prepare(defer_users=True)`` left: a user's databases, within that user's
         ``user_store_timeout``. A submit that takes the lock first does it itself."""
