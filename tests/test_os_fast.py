@@ -396,6 +396,64 @@ def test_an_install_says_it_took_the_fast_path(config: Config, moto: MotoServer)
     assert event["path"] == "fast"
 
 
+def _submit_one(config: Config, moto: MotoServer, name: str) -> tuple[bytes, str]:
+    ca = make_ca(name)
+    arn = moto.put_secret(f"hooks-{secrets.token_hex(4)}", ca.pem)
+    body = json.dumps({"toolCertificates": [{"location": {"secretsManager": {"secretArn": arn}}}]})
+    return body.encode(), ca.pem
+
+
+# Waits for the runtime environment's file, which a later store writes: it returns only when
+# that store ran while this hook was still running, and fails after 30 s otherwise.
+WAITING_HOOK = """#!/bin/sh
+cat > /dev/null
+i=0
+while [ ! -e {env} ]; do
+    i=$((i + 1)); [ $i -lt 600 ] || {{ echo "E: {env} never came"; exit 1; }}
+    sleep 0.05
+done
+"""
+
+
+def test_the_hooks_run_beside_the_stores_after_the_os_store(
+    config: Config, moto: MotoServer
+) -> None:
+    """On the fast path the hooks (Java's keystore, the slowest step) run in a thread while the
+    stores after the OS store install: a hook that waits for the runtime environment's file
+    sees it come, and the install finishes and verifies."""
+    env_file = config.runtime_env_dir / "env"
+    hook = config.os_store.hooks_dir / "50wait"
+    hook.write_text(WAITING_HOOK.format(env=env_file))
+    hook.chmod(0o755)
+    body, pem = _submit_one(config, moto, "hooks beside")
+    status = status_to_json(Installer(config).submit(body))
+    assert status["state"] == "locked"
+    assert status["os_update"] == "fast"
+    assert pem.encode() in config.os_store.bundle.read_bytes()
+
+
+def test_a_failing_hook_on_the_fast_path_rolls_the_install_back(
+    config: Config, moto: MotoServer
+) -> None:
+    """A hook that fails (once) after the later stores have installed beside it fails the
+    install: every store is undone (the bundle lacks the CA, the runtime environment is gone)
+    and the hook's E: line is the error's output."""
+    hook = config.os_store.hooks_dir / "50fail"
+    once = config.os_store.hooks_dir.parent / "failed-once"
+    hook.write_text(f"#!/bin/sh\ncat > /dev/null\n[ -e {once} ] && exit 0\ntouch {once}\n"
+                    "sleep 0.5\necho 'E: keystore broke'\n")  # fmt: skip
+    hook.chmod(0o755)
+    before = config.os_store.bundle.read_bytes()
+    body, pem = _submit_one(config, moto, "hooks fail")
+    with pytest.raises(HostError) as caught:
+        Installer(config).submit(body)
+    assert "E: keystore broke" in caught.value.output
+    assert pem.encode() not in config.os_store.bundle.read_bytes()
+    assert config.os_store.bundle.read_bytes() == before
+    assert not (config.runtime_env_dir / "env").exists()
+    assert not (config.state_dir / "journal.json").exists()
+
+
 def test_a_fresh_run_never_leaves_a_link_missing(os_root: DebianPaths) -> None:
     """--fresh removes and remakes every .pem link in the script; the fast path leaves one whose
     target stays the same as it is (same inode), and replaces the bundle by a rename (the hash

@@ -68,9 +68,11 @@ class Transaction:
 
     A store that depends on no other (an NSS database) runs each step in a thread of its own
     while the other stores run in order on this thread: certutil then overlaps
-    update-ca-certificates and its hooks, the slowest step (``_each`` decides). The journal
-    records every step before it is taken, whichever thread takes it, and every branch has
-    finished before a rollback starts, so the rollback never races a store command.
+    update-ca-certificates and its hooks, the slowest step (``_each`` decides). What a store's
+    install leaves as its rest (the OS store's hooks, once its bundle is written) runs in a
+    thread too, beside the stores after it; every rest ends before any store verifies. The
+    journal records every step before it is taken, whichever thread takes it, and every branch
+    has finished before a rollback starts, so the rollback never races a store command.
 
     An optional store (a user's own NSS database) that fails is rolled back alone, and the
     install goes on without it: that user controls the store and could otherwise veto the
@@ -99,13 +101,17 @@ class Transaction:
         The rollback's own failure raises RollbackFailedError, which carries both; the journal then
         stays for the next start.
         """
+        # One worker more than the parallel stores: a rest starts as soon as it is submitted.
         with concurrent.futures.ThreadPoolExecutor(
-            max_workers=max(1, len(self._parallel)), thread_name_prefix="store"
+            max_workers=len(self._parallel) + 1, thread_name_prefix="store"
         ) as self._pool:
             self._each(lambda s: s.preflight())
             self._writer = JournalWriter(self.state, certificates)
             try:
-                self._each(lambda s: s.install(self.certs, self._journal().recorder(s.name)))
+                rests: list[concurrent.futures.Future[None]] = []
+                self._each(lambda s: self._install(s, rests))
+                for f in concurrent.futures.as_completed(rests):
+                    f.result()  # raises that rest's failure
                 self._journal().update(phase=Phase.VERIFYING)
                 self._each(lambda s: s.verify(self.certs))
                 self._each(self._notice)
@@ -139,6 +145,17 @@ class Transaction:
                 raise RollbackFailedError(exc, failed) from exc
             raise exc from failed  # KeyboardInterrupt, SystemExit: as they are
         self.state.clear_journal()
+
+    def _install(self, store: Store, rests: list[concurrent.futures.Future[None]]) -> None:
+        """Install ``store``, and start the rest it leaves, if any, in the pool."""
+        rest = store.install(self.certs, self._journal().recorder(store.name))
+        if rest is None:
+            return
+        if self._pool is None:
+            raise RuntimeError("the transaction has not started")
+        finish = self._tolerant(lambda _: rest())
+        with self._lock:
+            rests.append(self._pool.submit(finish, store))
 
     def _notice(self, store: Store) -> None:
         found = store.notices(self.certs)

@@ -11,7 +11,7 @@ import base64
 import contextlib
 import os
 import stat
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -27,6 +27,11 @@ class Recorder(Protocol):
     """Persists one journal entry before the step it describes is taken."""
 
     def __call__(self, entry: Entry) -> None: ...
+
+
+# What a store's install leaves to finish beside the stores after it (the OS store's hooks):
+# the transaction runs it in a thread of its own, and waits for it before any store verifies.
+Rest = Callable[[], None]
 
 
 class Store(Protocol):
@@ -47,8 +52,9 @@ class Store(Protocol):
     def preflight(self) -> None:
         """Check the tools and paths are usable, before anything is written."""
 
-    def install(self, certs: Sequence[TrustedCA], record: Recorder) -> None:
-        """Add every certificate; record each step before taking it."""
+    def install(self, certs: Sequence[TrustedCA], record: Recorder) -> Rest | None:
+        """Add every certificate; record each step before taking it. What it returns, if
+        anything, is the rest of the install, which no store after this one waits for."""
 
     def verify(self, certs: Sequence[TrustedCA]) -> None:
         """Raise StoreError unless every certificate is in place."""

@@ -29,7 +29,7 @@ from trustinstaller import _fs, log, pem
 from trustinstaller._run import Runner
 from trustinstaller.documents import Entry, Mkdir, Update, Write
 from trustinstaller.errors import HostError, StoreError, UnsafePathError
-from trustinstaller.stores import Recorder, undo_files
+from trustinstaller.stores import Recorder, Rest, undo_files
 
 if TYPE_CHECKING:  # annotations only: keeps cryptography off the path to ready
     from trustinstaller.validate import TrustedCA
@@ -160,8 +160,13 @@ class DebianStore:
                     self.name, f"{p} is not a directory; is ca-certificates installed?"
                 ) from exc
 
-    def install(self, certs: Sequence[TrustedCA], record: Recorder) -> None:
-        """Write one ``.crt`` per certificate, then run update-ca-certificates."""
+    def install(self, certs: Sequence[TrustedCA], record: Recorder) -> Rest | None:
+        """Write one ``.crt`` per certificate, then run update-ca-certificates.
+
+        The fast path leaves the hooks (Java's keystore, the slowest step) as the rest: the
+        bundle and the links are in place when this returns, so the stores after this one,
+        which read only those, run beside the hooks.
+        """
         try:
             self._write_files(certs, record)
         except UnsafePathError as exc:
@@ -181,7 +186,7 @@ class DebianStore:
                 "when apt or dpkg is done",
             )
         record(Update())
-        self._update()
+        return self._update(defer_hooks=True)
 
     def _write_files(self, certs: Sequence[TrustedCA], record: Recorder) -> None:
         our = self.paths.our_dir
@@ -290,7 +295,11 @@ class DebianStore:
                        duration_ms=round((time.monotonic() - start) * 1000))  # fmt: skip
         return None
 
-    def _update(self, *, fresh: bool = False, timeout: float | None = None) -> None:
+    def _update(
+        self, *, fresh: bool = False, timeout: float | None = None, defer_hooks: bool = False
+    ) -> Rest | None:
+        """Update the bundle and the links, and run the hooks; with ``defer_hooks``, the way
+        that can returns the hooks' run instead (the script runs its hooks itself)."""
         # The script appends to <bundle>.new and removes it only on a normal exit: one killed
         # mid-run leaves it behind, and the next run would append to it, doubling the bundle.
         with _fs.opened_dir(self.paths.etc_certs_dir) as fd:
@@ -299,6 +308,7 @@ class DebianStore:
         result = self.runner(argv, timeout=timeout or self.timeout)
         check_update_output(argv, result.stdout, result.stderr)
         self.os_update = "script"
+        return None
 
     def _tell_hooks_removed(self, names: Sequence[str]) -> None:
         """Run each hook with ``-<etccertsdir>/<name>.pem`` lines, as the script does on removal."""

@@ -39,6 +39,7 @@ from pathlib import Path
 from trustinstaller import _fs, log
 from trustinstaller._run import Runner, command_env
 from trustinstaller.errors import HostError
+from trustinstaller.stores import Rest
 from trustinstaller.stores.debian import BUNDLE, DebianPaths, DebianStore
 
 # The SHA-256 of each /usr/sbin/update-ca-certificates this module reproduces; add one only
@@ -373,6 +374,16 @@ def run(
     paths: DebianPaths, runner: Runner, *, fresh: bool = False, timeout: float = 300.0
 ) -> Outcome:
     """Do what ``update-ca-certificates [--fresh]`` does on ``paths``; Unproven before any step."""
+    outcome = update(paths, runner, fresh=fresh, timeout=timeout)
+    run_hooks(paths, runner, outcome.hook_input, timeout=timeout)
+    return outcome
+
+
+def update(
+    paths: DebianPaths, runner: Runner, *, fresh: bool = False, timeout: float = 300.0
+) -> Outcome:
+    """``run`` up to the hooks: the links, the hash links and the bundle, and what the hooks
+    are to be told; Unproven before any step."""
     with _fs.opened_dir(paths.etc_certs_dir) as fd:
         try:
             p = plan(paths, fd, fresh=fresh)
@@ -389,9 +400,7 @@ def run(
                    timeout=timeout)  # fmt: skip
         if data is not None:
             _fs.atomic_write(fd, BUNDLE, data, 0o644)
-    outcome = Outcome(tuple(p.added), tuple(p.removed), tuple(p.warnings))
-    run_hooks(paths, runner, outcome.hook_input, timeout=timeout)
-    return outcome
+    return Outcome(tuple(p.added), tuple(p.removed), tuple(p.warnings))
 
 
 def _symlink(dir_fd: int, name: str, target: str) -> None:
@@ -438,19 +447,29 @@ def run_hooks(paths: DebianPaths, runner: Runner, lines: bytes, *, timeout: floa
 class FastDebianStore(DebianStore):
     """The OS store, by the fast path where it is proven and by the script everywhere else."""
 
-    def _update(self, *, fresh: bool = False, timeout: float | None = None) -> None:
+    def _update(
+        self, *, fresh: bool = False, timeout: float | None = None, defer_hooks: bool = False
+    ) -> Rest | None:
         start = time.monotonic()
+        timeout = timeout or self.timeout
         try:
             check(self.paths, self.command)
-            outcome = run(self.paths, self.runner, fresh=fresh, timeout=timeout or self.timeout)
+            outcome = update(self.paths, self.runner, fresh=fresh, timeout=timeout)
         except Unproven as why:
             log.get().info("os_update", store=self.name, path=SCRIPT, fresh=fresh,
                            reason=str(why)[:300])  # fmt: skip
-            super()._update(fresh=fresh, timeout=timeout)
-            return
+            return super()._update(fresh=fresh, timeout=timeout)
         self.os_update = FAST
-        log.get().info(
-            "os_update", store=self.name, path=FAST, fresh=fresh, added=len(outcome.added),
-            removed=len(outcome.removed), warnings=len(outcome.warnings),
-            duration_ms=round((time.monotonic() - start) * 1000),
-        )  # fmt: skip
+
+        def hooks() -> None:
+            run_hooks(self.paths, self.runner, outcome.hook_input, timeout=timeout)
+            log.get().info(
+                "os_update", store=self.name, path=FAST, fresh=fresh, added=len(outcome.added),
+                removed=len(outcome.removed), warnings=len(outcome.warnings),
+                duration_ms=round((time.monotonic() - start) * 1000),
+            )  # fmt: skip
+
+        if defer_hooks:
+            return hooks
+        hooks()
+        return None
