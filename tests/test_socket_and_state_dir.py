@@ -113,27 +113,6 @@ def test_a_file_at_the_socket_path_is_not_removed(config: Config, tmp_path: Path
 
 
 @pytest.mark.root
-def test_socket_group_gets_a_status_socket_0660_and_never_the_control_socket(
-    config: Config, tmp_path: Path, public_tmp: Path
-) -> None:
-    """With socket_group, a 0660 root:group status socket is added; the control one stays 0600."""
-    assert os.geteuid() == 0, "this test runs as root in CI"
-    gid = grp.getgrnam(GROUP).gr_gid
-    sock, status = public_tmp / "ti.sock", public_tmp / "ti-status.sock"
-    cfg = write_config(replace(config, socket=sock, socket_group=GROUP), tmp_path / "c.toml")
-    with Daemon(cfg, sock):
-        st = sock.lstat()
-        assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o600, 0, 0)
-        st = status.lstat()
-        assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o660, 0, gid)
-        assert client(OTHER_UID, gid, sock) == ["EACCES"]
-        assert client(OTHER_UID, gid, status) == ["HTTP/1.1 200 OK", "open"]
-        # The status socket answers GET only, whoever asks.
-        assert client(OTHER_UID, gid, status, "PUT")[0] == "HTTP/1.1 405 Method Not Allowed"
-        assert client(OTHER_UID, gid + 1, status) == ["EACCES"]
-
-
-@pytest.mark.root
 def test_a_peer_with_roots_gid_but_another_uid_may_not_submit(
     config: Config, tmp_path: Path, public_tmp: Path
 ) -> None:

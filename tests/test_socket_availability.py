@@ -19,10 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import write_config
+from tests.support.daemon import put, write_config
 from tests.support.peer import NOBODY, SYSTEM_PYTHON, exit_code_within, keepalive_polls, run_as
 from tests.system.conftest import NotifySocket, listening_socket, spawn_activated, stop
-from tests.system.test_activation import put
 from tests.test_socket_http import running_daemon
 from trustinstaller import server
 from trustinstaller.config import Config

@@ -34,7 +34,7 @@ import pytest
 import trustinstaller
 from tests.support.attack import gcc
 from tests.support.browseruser import free_uid
-from tests.support.daemon import Daemon, cli, request, write_config
+from tests.support.daemon import Daemon, cli, put, request, write_config
 from tests.support.peer import (
     SYSTEM_PYTHON,
     as_uid,
@@ -44,7 +44,6 @@ from tests.support.peer import (
     run_as,
 )
 from tests.system.conftest import NotifySocket, listening_socket, stop
-from tests.system.test_activation import put
 from tests.system.test_units import PACKAGED_CONFIG, SOCKET, unit_settings
 from trustinstaller import _acl
 from trustinstaller.config import Config
@@ -120,6 +119,7 @@ def test_the_group_reads_the_status_but_cannot_reach_the_control_socket(
         assert request(status, "GET", "/v1/status") == request(control, "GET", "/v1/status")
         # Outside the group, neither.
         assert client(BROWSER, BROWSER - 1, status) == ["EACCES"]
+        assert client(BROWSER, BROWSER + 1, status) == ["EACCES"]
 
 
 def test_a_put_on_the_status_socket_is_refused_and_installs_nothing(
