@@ -70,7 +70,7 @@ def booted(root: Path, moto: MotoServer) -> Iterator[debroot.Booted]:
         # Explicit: the root has no Firefox, so the default would be none.
         f'firefox_policies = ["{FIREFOX_POLICIES}"]\n'
     )
-    # A browser user, and the drop-in the README gives for NSS databases in a user's home.
+    # A browser user, and the drop-in docs/hardening.md gives for NSS databases in a user's home.
     debroot.chroot_run(root, ["useradd", "--create-home", "--shell", "/bin/sh", "browser"])
     debroot.chroot_run(root, ["install", "-d", "-o", "browser", "-g", "browser", "-m", "0700",
                               *BROWSER_DIRS])  # fmt: skip
