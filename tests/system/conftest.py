@@ -1,4 +1,5 @@
-"""Helpers for the service tests: a real sd_notify datagram socket and a socket-activated daemon.
+"""Helpers for the service tests: a real sd_notify datagram socket, a socket-activated daemon,
+the package that make deb built, and a manifest for a local moto server.
 
 The boot tests (marked ``system``) need root, debootstrap and a Debian mirror; ``make test-system``
 builds the package and runs them. Under a plain ``pytest`` they are skipped with that reason.
