@@ -21,10 +21,9 @@ import pytest
 
 from tests.support.builders import manifest, unique
 from tests.support.certs import make_ca
-from tests.support.daemon import Daemon, write_config
+from tests.support.daemon import Daemon, put, write_config
 from tests.support.moto import MotoServer
 from tests.system.conftest import NotifySocket, listening_socket, spawn_activated, stop
-from tests.system.test_activation import put
 from trustinstaller import config as config_mod
 from trustinstaller.config import Config
 from trustinstaller.errors import ConfigError

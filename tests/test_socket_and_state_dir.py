@@ -14,65 +14,19 @@ import socket
 import stat
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from tests.support.daemon import Daemon, request, write_config
+from tests.support.peer import NOBODY, client, run_as
 from trustinstaller.config import Config
 from trustinstaller.installer import Installer
 
-OTHER_UID = 65534  # nobody
+OTHER_UID = NOBODY
 GROUP = "nogroup"  # gid 65534 on Debian
-
-# Run as another uid by the venv's python: connect to the socket and GET /v1/status, or PUT {}
-# with PUT as the second argument; print the status line, or the connect error's errno name.
-CLIENT = r"""
-import errno, socket, sys
-s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-s.settimeout(30)
-try:
-    s.connect(sys.argv[1])
-except OSError as exc:
-    print(errno.errorcode[exc.errno])
-    sys.exit(0)
-if sys.argv[2:] == ["PUT"]:
-    s.sendall(b"PUT /v1/manifest HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
-else:
-    s.sendall(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n")
-print(s.recv(4096).split(b"\r\n", 1)[0].decode())
-"""
-
-
-@pytest.fixture
-def open_dir() -> Iterator[Path]:
-    """A root-owned 0755 directory outside pytest's 0700 tree, so another uid can reach it."""
-    d = Path(tempfile.mkdtemp(prefix="trustinstaller-gaps-"))
-    d.chmod(0o755)
-    yield d
-    subprocess.run(["rm", "-rf", "--one-file-system", str(d)], check=True)
-
-
-def as_uid(
-    uid: int, gid: int, *argv: str, input: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    """Run ``argv`` with only this uid and gid, no supplementary groups."""
-    return subprocess.run(
-        ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", *argv],
-        capture_output=True, text=True, timeout=60, check=False, cwd="/", input=input,
-        stdin=None if input is not None else subprocess.DEVNULL,
-    )  # fmt: skip
-
-
-def client(uid: int, gid: int, sock: Path, method: str = "GET") -> str:
-    """What a client with this uid and gid gets from the socket."""
-    done = as_uid(uid, gid, sys.executable, "-I", "-c", CLIENT, str(sock), method)
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
 
 
 def serve(config_path: Path, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -159,50 +113,29 @@ def test_a_file_at_the_socket_path_is_not_removed(config: Config, tmp_path: Path
 
 
 @pytest.mark.root
-def test_socket_group_gets_a_status_socket_0660_and_never_the_control_socket(
-    config: Config, tmp_path: Path, open_dir: Path
-) -> None:
-    """With socket_group, a 0660 root:group status socket is added; the control one stays 0600."""
-    assert os.geteuid() == 0, "this test runs as root in CI"
-    gid = grp.getgrnam(GROUP).gr_gid
-    sock, status = open_dir / "ti.sock", open_dir / "ti-status.sock"
-    cfg = write_config(replace(config, socket=sock, socket_group=GROUP), tmp_path / "c.toml")
-    with Daemon(cfg, sock):
-        st = sock.lstat()
-        assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o600, 0, 0)
-        st = status.lstat()
-        assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o660, 0, gid)
-        assert client(OTHER_UID, gid, sock) == "EACCES"
-        assert client(OTHER_UID, gid, status) == "HTTP/1.1 200 OK"
-        # The status socket answers GET only, whoever asks.
-        assert client(OTHER_UID, gid, status, "PUT") == "HTTP/1.1 405 Method Not Allowed"
-        assert client(OTHER_UID, gid + 1, status) == "EACCES"
-
-
-@pytest.mark.root
 def test_a_peer_with_roots_gid_but_another_uid_may_not_submit(
-    config: Config, tmp_path: Path, open_dir: Path
+    config: Config, tmp_path: Path, public_tmp: Path
 ) -> None:
     """A peer whose gid is 0 is not let into the control socket, and cannot PUT on the other."""
-    sock, status = open_dir / "ti.sock", open_dir / "ti-status.sock"
+    sock, status = public_tmp / "ti.sock", public_tmp / "ti-status.sock"
     cfg = write_config(replace(config, socket=sock, socket_group="root"), tmp_path / "c.toml")
     with Daemon(cfg, sock):
-        assert client(OTHER_UID, 0, sock) == "EACCES"
-        assert client(OTHER_UID, 0, status) == "HTTP/1.1 200 OK"
-        assert client(OTHER_UID, 0, status, "PUT") == "HTTP/1.1 405 Method Not Allowed"
+        assert client(OTHER_UID, 0, sock) == ["EACCES"]
+        assert client(OTHER_UID, 0, status) == ["HTTP/1.1 200 OK", "open"]
+        assert client(OTHER_UID, 0, status, "PUT")[0] == "HTTP/1.1 405 Method Not Allowed"
 
 
 @pytest.mark.root
 def test_without_socket_group_the_socket_is_0600(
-    config: Config, tmp_path: Path, open_dir: Path
+    config: Config, tmp_path: Path, public_tmp: Path
 ) -> None:
     """Without socket_group, the socket is 0600 root's: that group's member cannot connect."""
     gid = grp.getgrnam(GROUP).gr_gid
-    sock = open_dir / "ti.sock"
+    sock = public_tmp / "ti.sock"
     with Daemon(write_config(replace(config, socket=sock), tmp_path / "c.toml"), sock):
         st = sock.lstat()
         assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o600, 0, 0)
-        assert client(OTHER_UID, gid, sock) == "EACCES"
+        assert client(OTHER_UID, gid, sock) == ["EACCES"]
 
 
 # -- the state directory --------------------------------------------------------------------
@@ -238,15 +171,15 @@ def test_state_dir_owned_by_another_uid_is_refused_at_start(config: Config, tmp_
 
 
 @pytest.mark.root
-def test_state_dir_of_root_is_refused_to_another_uid(config: Config, open_dir: Path) -> None:
+def test_state_dir_of_root_is_refused_to_another_uid(config: Config, public_tmp: Path) -> None:
     """Run as another uid, ``apply`` refuses a state directory root owns, before any install."""
-    state = open_dir / "state"
+    state = public_tmp / "state"
     state.mkdir()
     state.chmod(0o755)  # readable, so that the refusal is ours and not the kernel's EACCES
     cfg_path = write_config(replace(config, state_dir=state, socket=state / "ti.sock"),
-                            open_dir / "c.toml")  # fmt: skip
+                            public_tmp / "c.toml")  # fmt: skip
     cfg_path.chmod(0o644)
-    done = as_uid(OTHER_UID, OTHER_UID, sys.executable, "-m", "trustinstaller",
+    done = run_as(OTHER_UID, OTHER_UID, sys.executable, "-m", "trustinstaller",
                   "--config", str(cfg_path), "apply", "-", input="{}")  # fmt: skip
     assert done.returncode == 1, done.stdout + done.stderr
     assert f"trustinstaller: state directory {state}: is owned by another user" in done.stderr

@@ -11,7 +11,6 @@ import os
 import secrets
 import shutil
 import socket
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -20,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import write_config
+from tests.support.daemon import put, write_config
+from tests.support.peer import NOBODY, SYSTEM_PYTHON, exit_code_within, keepalive_polls, run_as
 from tests.system.conftest import NotifySocket, listening_socket, spawn_activated, stop
-from tests.system.test_activation import put
 from tests.test_socket_http import running_daemon
 from trustinstaller import server
 from trustinstaller.config import Config
@@ -30,7 +29,6 @@ from trustinstaller.config import Config
 pytestmark = pytest.mark.root
 
 PIDS_ROOTS = (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup"))
-NOBODY = 65534
 
 
 @pytest.fixture
@@ -109,34 +107,6 @@ def test_a_connection_without_a_thread_gets_503_and_the_daemon_recovers(
     assert '"reason": "no_thread"' in log
 
 
-# Run as uid 65534 by the system's python, stdlib only: for ``seconds``, keep one connection
-# to the socket and send GET /v1/status on it every ``every`` seconds, reconnecting whenever
-# the daemon closes it; print a line for each answer.
-KEEPALIVE = r"""
-import socket, sys, time
-path, seconds, every = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
-req = b"GET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n"
-end, s = time.monotonic() + seconds, None
-while time.monotonic() < end:
-    try:
-        if s is None:
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            s.settimeout(5)
-            s.connect(path)
-        s.sendall(req)
-        if s.recv(65536):
-            print("answer", flush=True)
-        else:
-            s.close(); s = None
-            continue
-    except OSError:
-        if s is not None:
-            s.close()
-        s = None
-    time.sleep(every)
-"""
-
-
 def test_another_uid_cannot_hold_a_locked_activated_daemon_past_idle_exit(config: Config) -> None:
     """Keep-alive status polls from uid 65534 do not keep a locked daemon alive past idle_exit."""
     d = Path(tempfile.mkdtemp(prefix="ti-r3-"))
@@ -147,7 +117,6 @@ def test_another_uid_cannot_hold_a_locked_activated_daemon_past_idle_exit(config
         notify = NotifySocket(d / "notify.sock")
         cfg = write_config(replace(config, idle_exit=3.0), d / "c.toml")
         proc = spawn_activated(cfg, listener, notify, log=d / "d.log")
-        poller = None
         try:
             notify.wait_for(lambda m: m.get("READY") == "1", proc=proc)
             # Opened after the start: a daemon refuses a control socket that others may reach.
@@ -156,27 +125,19 @@ def test_another_uid_cannot_hold_a_locked_activated_daemon_past_idle_exit(config
             code, doc = put(path, b"{}")  # an empty manifest locks an empty configuration
             assert code == 200, doc
             locked = time.monotonic()
-            poller = subprocess.Popen(
-                ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-                 "/usr/bin/python3", "-c", KEEPALIVE, str(path), "40", "1"],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            )  # fmt: skip
-            try:
-                rc = proc.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                rc = None
-            held = time.monotonic() - locked
+            with keepalive_polls(path, seconds=40) as polls:
+                rc = exit_code_within(proc, 40)
+                held = time.monotonic() - locked
         finally:
-            if poller is not None:
-                poller.kill()
-                out, err = poller.communicate(timeout=30)
             stop(proc)
             listener.close()
             notify.close()
         # idle_exit, plus a tick, plus a generous margin for a loaded machine.
-        assert rc == 0, f"exit {rc} after {held:.1f} s; poller: {err}"
-        assert held < 3.0 + 8.0, f"exit after {held:.1f} s; poller: {err}"
-        assert out.count("answer") >= 2, f"the poller was not answered: {out} {err}"
+        assert rc == 0, f"exit {rc} after {held:.1f} s; poller: {polls.err}"
+        assert held < 3.0 + 8.0, f"exit after {held:.1f} s; poller: {polls.err}"
+        assert polls.out.count("answer") >= 2, (
+            f"the poller was not answered: {polls.out} {polls.err}"
+        )
     finally:
         shutil.rmtree(d, ignore_errors=True)
 
@@ -195,11 +156,7 @@ def test_another_uid_gets_one_answer_per_connection(config: Config, tmp_path: Pa
     )
     with running_daemon(config, tmp_path) as d:
         d.socket_path.chmod(0o666)
-        done = subprocess.run(
-            ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-             "/usr/bin/python3", "-c", script, str(d.socket_path)],
-            capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
+        done = run_as(NOBODY, NOBODY, SYSTEM_PYTHON, "-c", script, str(d.socket_path))
         # Root's own keep-alive connection is still served twice.
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(10)

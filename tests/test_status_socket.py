@@ -15,7 +15,6 @@ import fcntl
 import grp
 import json
 import os
-import shutil
 import signal
 import socket
 import stat
@@ -23,7 +22,6 @@ import struct
 import subprocess
 import sys
 import sysconfig
-import tempfile
 import time
 import tomllib
 from collections.abc import Iterator
@@ -36,11 +34,17 @@ import pytest
 import trustinstaller
 from tests.support.attack import gcc
 from tests.support.browseruser import free_uid
-from tests.support.daemon import Daemon, cli, request, write_config
+from tests.support.daemon import Daemon, cli, put, request, write_config
+from tests.support.peer import (
+    SYSTEM_PYTHON,
+    as_uid,
+    client,
+    exit_code_within,
+    keepalive_polls,
+    run_as,
+)
 from tests.system.conftest import NotifySocket, listening_socket, stop
-from tests.system.test_activation import put
 from tests.system.test_units import PACKAGED_CONFIG, SOCKET, unit_settings
-from tests.test_socket_availability import KEEPALIVE
 from trustinstaller import _acl
 from trustinstaller.config import Config
 
@@ -48,32 +52,7 @@ pytestmark = pytest.mark.root
 
 BROWSER = 65534  # nobody: the browser user, whose primary group is socket_group
 GROUP = "nogroup"
-SYSTEM_PYTHON = "/usr/bin/python3"
 STATUS_UNIT = "trustinstaller-status.socket"
-
-# Run as another uid by the system's python: connect to the socket and send one request (GET
-# /v1/status, or PUT {} with PUT as the second argument, POST with POST); print the status line
-# and the JSON body's "error" or "state", or the connect error's errno name.
-CLIENT = r"""
-import errno, json, socket, sys
-s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-s.settimeout(30)
-try:
-    s.connect(sys.argv[1])
-except OSError as exc:
-    print(errno.errorcode[exc.errno])
-    sys.exit(0)
-method = sys.argv[2] if sys.argv[2:] else "GET"
-url = "/v1/status" if method == "GET" else "/v1/manifest"
-s.sendall(f"{method} {url} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{{}}".encode()
-          if method != "GET" else b"GET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n")
-data = b""
-while chunk := s.recv(65536):
-    data += chunk
-head, _, body = data.partition(b"\r\n\r\n")
-doc = json.loads(body)
-print(head.split(b"\r\n", 1)[0].decode(), doc.get("error") or doc.get("state"), sep="\n")
-"""
 
 # The attack, as the browser user: connect and close in a loop for as long as it runs, with
 # non-blocking sockets (so a full backlog is EAGAIN at once, as it was for root); on SIGTERM,
@@ -112,31 +91,6 @@ int main(int argc, char **argv) {
 """
 
 
-@pytest.fixture
-def open_dir() -> Iterator[Path]:
-    """A root-owned 0755 directory outside pytest's 0700 tree, so another uid can reach it."""
-    d = Path(tempfile.mkdtemp(prefix="ti-status-"))
-    d.chmod(0o755)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
-def as_uid(uid: int, gid: int, *argv: str) -> list[str]:
-    """``argv`` run with only this uid and gid, no supplementary groups."""
-    return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", *argv]
-
-
-def client(uid: int, gid: int, sock: Path, method: str = "GET") -> list[str]:
-    """What a client with this uid and gid gets: [status line, error or state], or [errno]."""
-    done = subprocess.run(
-        as_uid(uid, gid, SYSTEM_PYTHON, "-I", "-c", CLIENT, str(sock), method),
-        capture_output=True, text=True, timeout=60, check=False, cwd="/",
-        stdin=subprocess.DEVNULL,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip().splitlines()
-
-
 @contextlib.contextmanager
 def group_daemon(config: Config, d: Path, **changes: Any) -> Iterator[tuple[Daemon, Path, Path]]:
     """A daemon with socket_group = nogroup in ``d``: it, its config file and its status socket."""
@@ -150,10 +104,10 @@ def group_daemon(config: Config, d: Path, **changes: Any) -> Iterator[tuple[Daem
 
 
 def test_the_group_reads_the_status_but_cannot_reach_the_control_socket(
-    config: Config, open_dir: Path
+    config: Config, public_tmp: Path
 ) -> None:
     """A member of socket_group: EACCES on the control socket, the status on the status socket."""
-    with group_daemon(config, open_dir) as (daemon, _, status):
+    with group_daemon(config, public_tmp) as (daemon, _, status):
         control = daemon.socket_path
         st = control.lstat()
         assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o600, 0, 0)
@@ -165,13 +119,14 @@ def test_the_group_reads_the_status_but_cannot_reach_the_control_socket(
         assert request(status, "GET", "/v1/status") == request(control, "GET", "/v1/status")
         # Outside the group, neither.
         assert client(BROWSER, BROWSER - 1, status) == ["EACCES"]
+        assert client(BROWSER, BROWSER + 1, status) == ["EACCES"]
 
 
 def test_a_put_on_the_status_socket_is_refused_and_installs_nothing(
-    config: Config, open_dir: Path
+    config: Config, public_tmp: Path
 ) -> None:
     """PUT (from the group, or even from root) on the status socket is 405; the state stays open."""
-    with group_daemon(config, open_dir) as (daemon, _, status):
+    with group_daemon(config, public_tmp) as (daemon, _, status):
         for method in ("PUT", "POST"):
             line, error = client(BROWSER, BROWSER, status, method)
             assert line == "HTTP/1.1 405 Method Not Allowed", error
@@ -188,7 +143,7 @@ def test_a_put_on_the_status_socket_is_refused_and_installs_nothing(
 
 
 def test_cli_status_as_the_browser_user_reads_the_status_socket(
-    config: Config, open_dir: Path
+    config: Config, public_tmp: Path
 ) -> None:
     """``trustinstaller status`` as the group's member answers from the status socket."""
     paths = [str(Path(trustinstaller.__file__).parents[1]), sysconfig.get_paths()["purelib"]]
@@ -196,13 +151,9 @@ def test_cli_status_as_the_browser_user_reads_the_status_socket(
         f"import sys; sys.path[:0] = {paths!r}; from trustinstaller.cli import main; "
         "sys.exit(main(sys.argv[1:]))"
     )
-    with group_daemon(config, open_dir) as (daemon, cfg, status):
-        done = subprocess.run(
-            as_uid(BROWSER, BROWSER, SYSTEM_PYTHON, "-I", "-c", run_cli,
-                   "--config", str(cfg), "status"),
-            capture_output=True, text=True, timeout=120, check=False, cwd="/",
-            stdin=subprocess.DEVNULL,
-        )  # fmt: skip
+    with group_daemon(config, public_tmp) as (daemon, cfg, status):
+        done = run_as(BROWSER, BROWSER, SYSTEM_PYTHON, "-I", "-c", run_cli,
+                      "--config", str(cfg), "status", timeout=120)  # fmt: skip
         assert done.returncode == 0, done.stdout + done.stderr
         assert f"source: daemon, status socket {status}" in done.stdout, done.stdout
         assert "state: open" in done.stdout
@@ -216,11 +167,11 @@ def test_cli_status_as_the_browser_user_reads_the_status_socket(
 
 @pytest.mark.slow
 def test_a_non_root_allowed_uid_gets_an_acl_entry_and_no_group_does(
-    config: Config, open_dir: Path
+    config: Config, public_tmp: Path
 ) -> None:
     """allowed_uids = [0, U]: U may connect and submit; the group's member still gets EACCES."""
     uid = free_uid(64200)
-    with group_daemon(config, open_dir, allowed_uids=(0, uid)) as (daemon, _, status):
+    with group_daemon(config, public_tmp, allowed_uids=(0, uid)) as (daemon, _, status):
         control = daemon.socket_path
         who = _acl.access(str(control))
         assert (who.owner, who.users, who.group, who.other) == (0, frozenset({uid}), False, False)
@@ -260,7 +211,7 @@ def flood_counts(procs: list[subprocess.Popen[str]]) -> list[list[int]]:
 
 
 def test_a_flood_on_the_status_socket_does_not_fail_root_on_the_control_socket(
-    config: Config, open_dir: Path, public_tmp: Path
+    config: Config, public_tmp: Path
 ) -> None:
     """Two connect+close loops as the browser user on the status socket; all of root's succeed.
 
@@ -270,7 +221,7 @@ def test_a_flood_on_the_status_socket_does_not_fail_root_on_the_control_socket(
     """
     flood = gcc(FLOOD_C, public_tmp / "flood")
     flood.chmod(0o755)
-    with group_daemon(config, open_dir) as (daemon, cfg, status):
+    with group_daemon(config, public_tmp) as (daemon, cfg, status):
         control = daemon.socket_path
         procs = flooders(public_tmp, status)
         try:
@@ -284,7 +235,7 @@ def test_a_flood_on_the_status_socket_does_not_fail_root_on_the_control_socket(
                     results.append(type(exc).__name__)
             connects = time.monotonic() - started
             statuses = [cli("--config", str(cfg), "status") for _ in range(3)]
-            empty = open_dir / "empty.json"
+            empty = public_tmp / "empty.json"
             empty.write_text("{}")
             submits = [cli("--config", str(cfg), "submit", str(empty)) for _ in range(3)]
             # The same loops do defeat a socket they share: root's connects to the status socket.
@@ -365,15 +316,15 @@ def unit_sockets(d: Path) -> Iterator[dict[str, socket.socket]]:
             s.close()
 
 
-def test_activation_with_a_control_and_a_status_socket(config: Config, open_dir: Path) -> None:
+def test_activation_with_a_control_and_a_status_socket(config: Config, public_tmp: Path) -> None:
     """Two fds named control and status: each does its own job, and SIGTERM stops both."""
-    cfg = write_config(replace(config, socket_group=GROUP), open_dir / "c.toml")
-    notify = NotifySocket(open_dir / "notify.sock")
-    with unit_sockets(open_dir) as fds:
-        proc = spawn_two(cfg, fds, notify, log=open_dir / "d.log")
+    cfg = write_config(replace(config, socket_group=GROUP), public_tmp / "c.toml")
+    notify = NotifySocket(public_tmp / "notify.sock")
+    with unit_sockets(public_tmp) as fds:
+        proc = spawn_two(cfg, fds, notify, log=public_tmp / "d.log")
         try:
             notify.wait_for(lambda m: m.get("READY") == "1", proc=proc)
-            control, status = open_dir / "c.sock", open_dir / "s.sock"
+            control, status = public_tmp / "c.sock", public_tmp / "s.sock"
             assert client(BROWSER, BROWSER, status) == ["HTTP/1.1 200 OK", "open"]
             assert client(BROWSER, BROWSER, control) == ["EACCES"]
             assert client(BROWSER, BROWSER, status, "PUT")[0] == "HTTP/1.1 405 Method Not Allowed"
@@ -384,7 +335,7 @@ def test_activation_with_a_control_and_a_status_socket(config: Config, open_dir:
             code = stop(proc)
             notify.close()
     assert code == 0
-    log = (open_dir / "d.log").read_text()
+    log = (public_tmp / "d.log").read_text()
     assert '"event": "status_socket_ready"' in log
     # It served what it was given and bound nothing of its own.
     assert not config.socket.exists()
@@ -403,12 +354,12 @@ def test_activation_with_a_control_and_a_status_socket(config: Config, open_dir:
     ],
 )
 def test_activation_refuses_what_it_cannot_serve_safely(
-    config: Config, open_dir: Path, case: str, message: str
+    config: Config, public_tmp: Path, case: str, message: str
 ) -> None:
     """Unknown names, wrong kinds of socket, an open control socket: a named start-up error."""
     changes: dict[str, Any] = {}
     names, first = None, ""
-    with unit_sockets(open_dir) as fds:
+    with unit_sockets(public_tmp) as fds:
         if case == "unknown-name":
             names = "control:bogus"
         elif case == "two-controls":
@@ -419,17 +370,17 @@ def test_activation_refuses_what_it_cannot_serve_safely(
         elif case == "status-datagram":
             fds["status"].close()
             fds["status"] = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            fds["status"].bind(str(open_dir / "dgram.sock"))
+            fds["status"].bind(str(public_tmp / "dgram.sock"))
         elif case == "open-control":
-            (open_dir / "c.sock").chmod(0o660)  # SocketMode=0660: the group would be let in
+            (public_tmp / "c.sock").chmod(0o660)  # SocketMode=0660: the group would be let in
         else:
             # As under ProtectSystem=strict: the socket's directory is read-only for the daemon.
             changes["allowed_uids"] = (0, free_uid(64200))
-            first = (f"mount --bind {open_dir} {open_dir} && "
-                     f"mount -o remount,bind,ro {open_dir} {open_dir} && ")  # fmt: skip
-        cfg = write_config(replace(config, socket_group=GROUP, **changes), open_dir / "c.toml")
-        notify = NotifySocket(open_dir / "notify.sock")
-        log = open_dir / "d.log"
+            first = (f"mount --bind {public_tmp} {public_tmp} && "
+                     f"mount -o remount,bind,ro {public_tmp} {public_tmp} && ")  # fmt: skip
+        cfg = write_config(replace(config, socket_group=GROUP, **changes), public_tmp / "c.toml")
+        notify = NotifySocket(public_tmp / "notify.sock")
+        log = public_tmp / "d.log"
         # Its own mount namespace: the read-only bind never reaches the host's mounts.
         prefix = ("unshare", "--mount", "--propagation", "private") if first else ()
         proc = spawn_two(cfg, fds, notify, log=log, names=names, prefix=prefix, first=first)
@@ -445,38 +396,28 @@ def test_activation_refuses_what_it_cannot_serve_safely(
 
 
 def test_status_socket_peers_do_not_hold_a_locked_daemon_past_idle_exit(
-    config: Config, open_dir: Path
+    config: Config, public_tmp: Path
 ) -> None:
     """Keep-alive status polls on the status socket do not keep a locked daemon past idle_exit."""
-    cfg = write_config(replace(config, socket_group=GROUP, idle_exit=3.0), open_dir / "c.toml")
-    notify = NotifySocket(open_dir / "notify.sock")
-    poller = None
-    with unit_sockets(open_dir) as fds:
-        proc = spawn_two(cfg, fds, notify, log=open_dir / "d.log")
+    cfg = write_config(replace(config, socket_group=GROUP, idle_exit=3.0), public_tmp / "c.toml")
+    notify = NotifySocket(public_tmp / "notify.sock")
+    with unit_sockets(public_tmp) as fds:
+        proc = spawn_two(cfg, fds, notify, log=public_tmp / "d.log")
         try:
             notify.wait_for(lambda m: m.get("READY") == "1", proc=proc)
-            assert put(open_dir / "c.sock", b"{}")[0] == 200
+            assert put(public_tmp / "c.sock", b"{}")[0] == 200
             locked = time.monotonic()
-            poller = subprocess.Popen(
-                as_uid(BROWSER, BROWSER, SYSTEM_PYTHON, "-I", "-c", KEEPALIVE,
-                       str(open_dir / "s.sock"), "40", "1"),
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/",
-            )  # fmt: skip
-            try:
-                rc = proc.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                rc = None
-            held = time.monotonic() - locked
+            with keepalive_polls(public_tmp / "s.sock", 40, uid=BROWSER, gid=BROWSER) as polls:
+                rc = exit_code_within(proc, 40)
+                held = time.monotonic() - locked
         finally:
-            if poller is not None:
-                poller.kill()
-                out, err = poller.communicate(timeout=30)
             stop(proc)
             notify.close()
-    assert rc == 0, f"exit {rc} after {held:.1f} s; poller: {err}"
+    assert rc == 0, f"exit {rc} after {held:.1f} s; poller: {polls.err}"
     # idle_exit, plus a tick, plus a generous margin for a loaded machine (a hang guard).
-    assert held < 3.0 + 8.0, f"exit after {held:.1f} s; poller: {err}"
-    assert out.count("answer") >= 2, f"the poller was not answered: {out} {err}"
+    assert held < 3.0 + 8.0, f"exit after {held:.1f} s; poller: {polls.err}"
+    answers = polls.out.count("answer")
+    assert answers >= 2, f"the poller was not answered: {polls.out} {polls.err}"
     assert json.loads((config.state_dir / "status.json").read_text())["state"] == "locked"
 
 
@@ -531,13 +472,13 @@ def test_who_may_connect_is_read_from_the_acl(
     assert (who.users, who.group, who.other) == (frozenset(users), group, other)
 
 
-def test_the_acl_encoding_is_the_kernels(open_dir: Path) -> None:
+def test_the_acl_encoding_is_the_kernels(public_tmp: Path) -> None:
     """The kernel takes our ACL as valid, and the mode then shows the mask in the group bits."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.bind(str(open_dir / "a.sock"))
-        _acl.grant(str(open_dir / "a.sock"), frozenset({4242}))
-        who = _acl.access(str(open_dir / "a.sock"))
+        s.bind(str(public_tmp / "a.sock"))
+        _acl.grant(str(public_tmp / "a.sock"), frozenset({4242}))
+        who = _acl.access(str(public_tmp / "a.sock"))
         assert (who.users, who.group, who.other) == (frozenset({4242}), False, False)
-        assert stat.S_IMODE((open_dir / "a.sock").stat().st_mode) == 0o660
+        assert stat.S_IMODE((public_tmp / "a.sock").stat().st_mode) == 0o660
     with pytest.raises(ValueError, match="not a POSIX ACL"):
         _acl.decode(b"\x02\x00", owner=0)

@@ -8,10 +8,11 @@
 # Either way it writes dist/<release>/trustinstaller_<version>~<debNN>_<arch>.deb: the ~deb12 or
 # ~deb13 suffix is Debian's convention for one upstream version built per release.
 #
-# The package is a self-contained virtual environment (README.md, "Why a virtual environment",
-# says why), bound to the release's Python (3.11 on bookworm, 3.13 on trixie). Its wheels are
-# downloaded here, on this machine, with hashes checked against requirements.txt, for that
-# Python version; debian/rules then installs them offline, in the root when there is one.
+# The package is a self-contained virtual environment (docs/packaging.md, "Why a virtual
+# environment", says why), bound to the release's Python (3.11 on bookworm, 3.13 on trixie).
+# Its wheels are downloaded here, on this machine, with hashes checked against
+# requirements.txt, for that Python version; debian/rules then installs them offline, in the
+# root when there is one.
 set -euo pipefail
 
 top=$(cd "$(dirname "$0")/../.." && pwd)

@@ -83,6 +83,11 @@ def request(
         conn.close()
 
 
+def put(sock: Path, body: bytes) -> tuple[int, dict[str, Any]]:
+    """PUT /v1/manifest."""
+    return request(sock, "PUT", "/v1/manifest", body, {"Content-Type": "application/json"})
+
+
 def cli(
     *args: str, env: dict[str, str] | None = None, input: bytes | None = None
 ) -> subprocess.CompletedProcess[str]:

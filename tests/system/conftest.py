@@ -1,4 +1,5 @@
-"""Helpers for the service tests: a real sd_notify datagram socket and a socket-activated daemon.
+"""Helpers for the service tests: a real sd_notify datagram socket, a socket-activated daemon,
+the package that make deb built, and a manifest for a local moto server.
 
 The boot tests (marked ``system``) need root, debootstrap and a Debian mirror; ``make test-system``
 builds the package and runs them. Under a plain ``pytest`` they are skipped with that reason.
@@ -16,6 +17,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.support.moto import FAKE_ENV
+from tests.system import debroot
 
 SYSTEM_VAR = "TRUSTINSTALLER_SYSTEM_TESTS"
 
@@ -72,6 +76,32 @@ class NotifySocket:
         """Close and remove the socket."""
         self.sock.close()
         self.path.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="module")
+def deb() -> Path:
+    """The package that make deb built, for this release (``$TRUSTINSTALLER_DEB``)."""
+    path = Path(os.environ.get("TRUSTINSTALLER_DEB", ""))
+    if not path.is_file():
+        pytest.fail(f"no package at {path!s}; run 'make test-system' (it runs 'make deb' first)")
+    # One package per release: its venv is bound to that release's Python.
+    suffix = {"bookworm": "~deb12_", "trixie": "~deb13_"}[debroot.SUITE]
+    if suffix not in path.name:
+        pytest.fail(f"{path.name} is not the package for {debroot.SUITE} (no {suffix[:-1]})")
+    return path.resolve()
+
+
+def manifest(*arns: str) -> str:
+    """A manifest naming ``arns``, with explicit (fake) credentials."""
+    return json.dumps(
+        {
+            "certificates": [{"location": {"secretsManager": {"secretArn": a}}} for a in arns],
+            "credentials": {
+                "accessKeyId": FAKE_ENV["AWS_ACCESS_KEY_ID"],
+                "secretAccessKey": FAKE_ENV["AWS_SECRET_ACCESS_KEY"],
+            },
+        }
+    )
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 CACHE = Path(os.environ.get("TRUSTINSTALLER_TEST_CACHE", "/var/cache/trustinstaller-test"))
@@ -113,6 +113,29 @@ def remove_tree(path: Path) -> None:
     _run(["rm", "-rf", "--one-file-system", resolved], timeout=600)
 
 
+@contextlib.contextmanager
+def package_root(deb: Path, work: Path, *packages: str) -> Iterator[Path]:
+    """A copy of the cached root in ``work``, with ``deb`` and ``packages`` installed by apt.
+
+    apt resolves the mirror with the host's resolv.conf and keeps what it downloads in the cache
+    for the next run. The root is deleted when the block ends.
+    """
+    path = clone(base_root(), work / "root")
+    try:
+        (path / "etc/resolv.conf").write_bytes(Path("/etc/resolv.conf").read_bytes())
+        (path / "root" / deb.name).write_bytes(deb.read_bytes())
+        archives = CACHE / f"apt-archives-{SUITE}"
+        (archives / "partial").mkdir(parents=True, exist_ok=True)
+        binds = [(archives, "/var/cache/apt/archives")]
+        env = {"DEBIAN_FRONTEND": "noninteractive"}
+        chroot_run(path, ["apt-get", "update", "-qq"], binds=binds, env=env)
+        chroot_run(path, ["apt-get", "install", "-y", "-qq", "--no-install-recommends",
+                          f"/root/{deb.name}", *packages], binds=binds, env=env)  # fmt: skip
+        yield path
+    finally:
+        remove_tree(path)
+
+
 def chroot_run(
     root: Path,
     argv: Sequence[str],
@@ -158,6 +181,18 @@ class Booted:
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
         self.pid = 0
+
+    def __enter__(self) -> Booted:
+        """Boot (see start); a boot that fails is killed before the error goes on."""
+        try:
+            self.start()
+        except BaseException:
+            self.kill()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
 
     def start(self) -> None:
         """Boot, and wait until `systemctl is-system-running` says running."""

@@ -16,35 +16,18 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.certs import Issued
-from tests.support.daemon import request, write_config
+from tests.support.daemon import put, request, write_config
 from tests.support.moto import FAKE_ENV, MotoServer
 from tests.system.conftest import (
     NotifySocket,
     listening_socket,
+    manifest,
     read_json,
     spawn_activated,
     stop,
 )
 from trustinstaller.config import Config
 from trustinstaller.stores.debian import bundle_ders
-
-
-def manifest(*arns: str) -> bytes:
-    """A manifest naming ``arns`` as session certificates, with explicit credentials."""
-    return json.dumps(
-        {
-            "certificates": [{"location": {"secretsManager": {"secretArn": a}}} for a in arns],
-            "credentials": {
-                "accessKeyId": FAKE_ENV["AWS_ACCESS_KEY_ID"],
-                "secretAccessKey": FAKE_ENV["AWS_SECRET_ACCESS_KEY"],
-            },
-        }
-    ).encode()
-
-
-def put(sock: Path, body: bytes) -> tuple[int, dict[str, Any]]:
-    """PUT /v1/manifest."""
-    return request(sock, "PUT", "/v1/manifest", body, {"Content-Type": "application/json"})
 
 
 def put_in_background(sock: Path, body: bytes) -> tuple[threading.Thread, dict[str, Any]]:
@@ -116,7 +99,7 @@ def test_status_follows_the_state_and_sigterm_stops_cleanly(
     try:
         ready = notify_socket.wait_for(lambda m: m.get("READY") == "1", proc=proc)
         assert ready["STATUS"].startswith("open:")
-        code, doc = put(path, manifest(arn))
+        code, doc = put(path, manifest(arn).encode())
         assert code == 200, doc
         assert doc["state"] == "locked"
         locked = notify_socket.wait_for(lambda m: m.get("STATUS", "").startswith("locked:"))
@@ -148,7 +131,7 @@ def test_status_is_sent_with_each_state_change_before_the_answer(
     )
     try:
         notify_socket.wait_for(lambda m: m.get("READY") == "1", proc=proc)
-        code, doc = put(path, manifest(arn))
+        code, doc = put(path, manifest(arn).encode())
         assert code == 200, doc
         # Read at once, without waiting: a once-a-second poll would not have sent them yet.
         states = [m["STATUS"].split(":", 1)[0] for m in queued(notify_socket) if "STATUS" in m]
@@ -216,7 +199,7 @@ def test_sigterm_lets_an_install_in_flight_finish(
     proc = spawn_activated(
         write_config(config, tmp_path / "c.toml"), listener, notify_socket, log=tmp_path / "d.log"
     )
-    client, answer = put_in_background(path, manifest(arn))
+    client, answer = put_in_background(path, manifest(arn).encode())
     try:
         notify_socket.wait_for(lambda m: m.get("READY") == "1", proc=proc)
         client.start()

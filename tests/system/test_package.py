@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import hashes
 from tests.support.certs import Issued, make_ca
 from tests.support.moto import FAKE_ENV, MotoServer
 from tests.system import debroot
+from tests.system.conftest import manifest
 from trustinstaller.stores.debian import bundle_ders
 from trustinstaller.stores.nss import parse_listing
 
@@ -44,58 +45,13 @@ def in_java_keystore(booted: debroot.Booted, ca: Issued) -> bool:
     return done.returncode == 0
 
 
-def manifest(*arns: str) -> str:
-    """A manifest naming ``arns``, with explicit (fake) credentials."""
-    return json.dumps(
-        {
-            "certificates": [{"location": {"secretsManager": {"secretArn": a}}} for a in arns],
-            "credentials": {
-                "accessKeyId": FAKE_ENV["AWS_ACCESS_KEY_ID"],
-                "secretAccessKey": FAKE_ENV["AWS_SECRET_ACCESS_KEY"],
-            },
-        }
-    )
-
-
-@pytest.fixture(scope="module")
-def deb() -> Path:
-    """The package that make deb built."""
-    path = Path(os.environ.get("TRUSTINSTALLER_DEB", ""))
-    if not path.is_file():
-        pytest.fail(f"no package at {path!s}; run 'make test-system' (it runs 'make deb' first)")
-    # One package per release: its venv is bound to that release's Python.
-    suffix = {"bookworm": "~deb12_", "trixie": "~deb13_"}[debroot.SUITE]
-    if suffix not in path.name:
-        pytest.fail(f"{path.name} is not the package for {debroot.SUITE} (no {suffix[:-1]})")
-    return path.resolve()
-
-
 @pytest.fixture(scope="module")
 def root(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A copy of the cached debootstrap root with the package installed by apt, as in a chroot."""
-    base = debroot.base_root()
-    work = tmp_path_factory.mktemp("debroot")
-    path = debroot.clone(base, work / "root")
-    try:
-        (path / "etc/resolv.conf").write_bytes(Path("/etc/resolv.conf").read_bytes())
-        (path / "root" / deb.name).write_bytes(deb.read_bytes())
-        archives = debroot.CACHE / f"apt-archives-{debroot.SUITE}"
-        (archives / "partial").mkdir(parents=True, exist_ok=True)
-        binds = [(archives, "/var/cache/apt/archives")]
-        env = {"DEBIAN_FRONTEND": "noninteractive"}
-        debroot.chroot_run(path, ["apt-get", "update", "-qq"], binds=binds, env=env)
-        # Java's keystore hook comes along: the hardened unit must still run it (see
-        # test_memory_deny_write_execute_would_break_the_java_hook).
-        debroot.chroot_run(
-            path,
-            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", f"/root/{deb.name}",
-             *JAVA],
-            binds=binds,
-            env=env,
-        )  # fmt: skip
+    # Java's keystore hook comes along: the hardened unit must still run it (see
+    # test_memory_deny_write_execute_would_break_the_java_hook).
+    with debroot.package_root(deb, tmp_path_factory.mktemp("debroot"), *JAVA) as path:
         yield path
-    finally:
-        debroot.remove_tree(path)
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +70,7 @@ def booted(root: Path, moto: MotoServer) -> Iterator[debroot.Booted]:
         # Explicit: the root has no Firefox, so the default would be none.
         f'firefox_policies = ["{FIREFOX_POLICIES}"]\n'
     )
-    # A browser user, and the drop-in the README gives for NSS databases in a user's home.
+    # A browser user, and the drop-in docs/hardening.md gives for NSS databases in a user's home.
     debroot.chroot_run(root, ["useradd", "--create-home", "--shell", "/bin/sh", "browser"])
     debroot.chroot_run(root, ["install", "-d", "-o", "browser", "-g", "browser", "-m", "0700",
                               *BROWSER_DIRS])  # fmt: skip
@@ -130,12 +86,8 @@ def booted(root: Path, moto: MotoServer) -> Iterator[debroot.Booted]:
         "ProtectControlGroups=no\n"
     )
     debroot.mask_consoles(root)
-    system = debroot.Booted(root, root.parent / "systemd.log")
-    try:
-        system.start()
+    with debroot.Booted(root, root.parent / "systemd.log") as system:
         yield system
-    finally:
-        system.kill()
 
 
 def test_postinst_enabled_the_socket_and_started_nothing(root: Path) -> None:

@@ -21,11 +21,10 @@ from tests.support.certs import Issued, make_ca
 from tests.support.moto import MotoServer
 from tests.support.tls import https_server
 from tests.system import debroot
-from tests.system.test_package import deb, manifest
+from tests.system.conftest import manifest
 from trustinstaller.stores import runtime_env
 
 pytestmark = pytest.mark.system
-__all__ = ["deb"]  # a module-scoped fixture of this module too
 
 TOP = Path(__file__).resolve().parents[2]
 ENV_DIR = "/run/trustinstaller-env"
@@ -69,18 +68,8 @@ def site() -> Iterator[tuple[Issued, str]]:
 def root(deb: Path, site: tuple[Issued, str], tmp_path_factory: pytest.TempPathFactory
          ) -> Iterator[Path]:  # fmt: skip
     """A copy of the cached root with the package, Node and the probes installed."""
-    path = debroot.clone(debroot.base_root(), tmp_path_factory.mktemp("sysenv") / "root")
-    try:
-        (path / "etc/resolv.conf").write_bytes(Path("/etc/resolv.conf").read_bytes())
-        (path / "root" / deb.name).write_bytes(deb.read_bytes())
-        archives = debroot.CACHE / f"apt-archives-{debroot.SUITE}"
-        (archives / "partial").mkdir(parents=True, exist_ok=True)
-        binds = [(archives, "/var/cache/apt/archives")]
-        env = {"DEBIAN_FRONTEND": "noninteractive"}
-        debroot.chroot_run(path, ["apt-get", "update", "-qq"], binds=binds, env=env)
-        debroot.chroot_run(path, ["apt-get", "install", "-y", "-qq", "--no-install-recommends",
-                                  f"/root/{deb.name}", "nodejs", "python3"],
-                           binds=binds, env=env)  # fmt: skip
+    work = tmp_path_factory.mktemp("sysenv")
+    with debroot.package_root(deb, work, "nodejs", "python3") as path:
         import requests
 
         site_packages = Path(requests.__file__).parents[1]
@@ -108,8 +97,6 @@ def root(deb: Path, site: tuple[Issued, str], tmp_path_factory: pytest.TempPathF
         debroot.chroot_run(path, ["useradd", "--create-home", "--shell", "/bin/sh", "browser"])
         debroot.mask_consoles(path)
         yield path
-    finally:
-        debroot.remove_tree(path)
 
 
 @pytest.fixture(scope="module")
@@ -117,12 +104,8 @@ def booted(root: Path, moto: MotoServer) -> Iterator[debroot.Booted]:
     """The root booted under systemd, configured for the local moto server."""
     conf = root / "etc/trustinstaller/config.toml"
     conf.write_text(conf.read_text() + f'endpoint_url = "{moto.endpoint}"\n')
-    system = debroot.Booted(root, root.parent / "systemd.log")
-    try:
-        system.start()
+    with debroot.Booted(root, root.parent / "systemd.log") as system:
         yield system
-    finally:
-        system.kill()
 
 
 def manager_env(booted: debroot.Booted) -> dict[str, str]:
