@@ -30,7 +30,14 @@ from tests.support.tls import handshake, https_server
 from tests.test_namespace import HAS_JAVA_HOOK, keytool_aliases
 from trustinstaller import _fs, _run
 from trustinstaller.config import Config
-from trustinstaller.documents import State, Status, status_from_json, status_to_json
+from trustinstaller.documents import (
+    State,
+    Status,
+    Update,
+    Write,
+    status_from_json,
+    status_to_json,
+)
 from trustinstaller.errors import HostError
 from trustinstaller.installer import Installer
 from trustinstaller.stores import debian_fast
@@ -232,6 +239,36 @@ def test_a_failing_hook_fails_both(os_root_template: Path, tmp_path: Path) -> No
     with pytest.raises(HostError, match="a hook failed"):
         FastDebianStore(_run.run, fast)._update()
     assert _result(fast, tmp_path / "fast") == _result(script, tmp_path / "script")
+
+
+@pytest.mark.parametrize("retry", [False, True], ids=["once", "retried"])
+def test_the_fast_rollback_leaves_what_the_scripts_rollback_leaves(
+    os_root_template: Path, tmp_path: Path, retry: bool
+) -> None:
+    """An install of three CAs then its rollback, each store its way: the same tree after
+    both; the fast path runs the hooks once, with a ``-`` line for each CA and nothing else,
+    where the script path runs them after a fresh run that told them of every CA. Rolled
+    back twice (a retry at the next start, our files gone already), the hooks are told again."""
+    script, fast = _pair(os_root_template, tmp_path)
+    names = [f"{i:064x}.crt" for i in range(3)]
+    logs = {}
+    for paths, kind in ((script, DebianStore), (fast, FastDebianStore)):
+        logs[kind] = _hook(paths)
+        for name, pem in zip(names, CAS, strict=False):
+            _local(f"trustinstaller/{name}", pem)(paths)
+        store = kind(_run.run, paths)
+        store._update()
+        logs[kind].unlink()
+        entries = [*(Write(str(paths.our_dir), n) for n in names), Update()]
+        for _ in range(2 if retry else 1):
+            store.rollback(entries)
+        assert store.os_update == (debian_fast.FAST if kind is FastDebianStore else "script")
+    done = {k: _result(p, tmp_path / k) for k, p in (("script", script), ("fast", fast))}
+    assert done["fast"]["etc"] == done["script"]["etc"]
+    assert done["fast"]["local"] == done["script"]["local"] == {"trustinstaller": ("dir", "0o755")}
+    minus = "".join(f"-ROOT/etc/ssl/certs/{n.removesuffix('.crt')}.pem\n" for n in names)
+    once = f"cwd=ROOT/etc/ssl/certs\n{minus}--\n"
+    assert done["fast"]["hooks"] == once * (2 if retry else 1)
 
 
 _NAME = st.text(st.sampled_from("abcXYZ019 _-,()."), min_size=1, max_size=12)

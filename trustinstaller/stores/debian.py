@@ -230,24 +230,33 @@ class DebianStore:
     def rollback(self, entries: Sequence[Entry]) -> None:
         """Remove our files, rebuild the bundle and links, and tell the hooks."""
         removed = undo_files(entries)
-        if any(isinstance(e, Update) for e in entries):
-            # Rebuilt even while dpkg stays busy, so the OS bundle never keeps a removed CA;
-            # only Java's hook then fails, and the journal stays for the next start to retry.
-            # dpkg gets as long to be free as at the install (update_timeout); the rebuild,
-            # the slowest run, gets rollback_timeout.
-            holder = self._wait_for_dpkg(self.timeout)
-            try:
-                self._update(fresh=True, timeout=self.rollback_timeout)
-            except HostError as exc:
-                if holder is None:
-                    raise
-                raise StoreError(
-                    self.name,
-                    f"dpkg is busy: {holder}; the OS bundle was rebuilt without our CAs, but "
-                    "Java's keystore hook could not run dpkg: the next start retries it",
-                ) from exc
-            # A retry at the next start finds our files gone already: tell the hooks again.
-            self._tell_hooks_removed(removed or [e.name for e in entries if isinstance(e, Write)])
+        if not any(isinstance(e, Update) for e in entries):
+            return
+        # Rebuilt even while dpkg stays busy, so the OS bundle never keeps a removed CA; only
+        # Java's hook then fails, and the journal stays for the next start to retry. dpkg gets
+        # as long to be free as at the install (update_timeout); the rebuild gets
+        # rollback_timeout. A retry at the next start finds our files gone already: the hooks
+        # are told again.
+        holder = self._wait_for_dpkg(self.timeout)
+        try:
+            self._rebuild_without(removed or [e.name for e in entries if isinstance(e, Write)])
+        except HostError as exc:
+            if holder is None:
+                raise
+            raise StoreError(
+                self.name,
+                f"dpkg is busy: {holder}; the OS bundle was rebuilt without our CAs, but "
+                "Java's keystore hook could not run dpkg: the next start retries it",
+            ) from exc
+
+    def _rebuild_without(self, names: Sequence[str]) -> None:
+        """Rebuild the bundle and the links, our files ``names`` gone, and tell the hooks.
+
+        The script keeps a link whose file went unless it runs ``--fresh``, the slowest run,
+        and a fresh run tells the hooks of no removal: they are told after it.
+        """
+        self._update(fresh=True, timeout=self.rollback_timeout)
+        self._tell_hooks_removed(names)
 
     def _args(self) -> list[str]:
         p = self.paths

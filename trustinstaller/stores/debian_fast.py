@@ -298,8 +298,12 @@ class Plan:
         return bool(self.added or self.removed)
 
 
-def plan(paths: DebianPaths, fd: int, *, fresh: bool = False) -> Plan:
-    """The steps the script would take on the tree whose store directory is ``fd``."""
+def plan(paths: DebianPaths, fd: int, *, fresh: bool = False, gone: Sequence[str] = ()) -> Plan:
+    """The steps the script would take on the tree whose store directory is ``fd``.
+
+    ``gone``: local CA files just removed (a rollback's), each a removal: a ``-`` line for
+    its link, which goes as an orphan. The script itself would keep those links.
+    """
     root = paths.etc_certs_dir
     tree = Tree(root, fd)
     for link in tree.subdir_links():
@@ -329,6 +333,7 @@ def plan(paths: DebianPaths, fd: int, *, fresh: bool = False) -> Plan:
         _add(p, cert)
     for cert in local_certs(paths.local_certs_dir):
         _add(p, cert)
+    p.removed += [f"-{root}/{pem_name(c)}" for c in gone if not os.path.lexists(c)]
     if p.rehash:
         for name in tree.names():
             if tree.readlink(name) is not None and tree.kind(name) is None:
@@ -380,13 +385,18 @@ def run(
 
 
 def update(
-    paths: DebianPaths, runner: Runner, *, fresh: bool = False, timeout: float = 300.0
+    paths: DebianPaths,
+    runner: Runner,
+    *,
+    fresh: bool = False,
+    gone: Sequence[str] = (),
+    timeout: float = 300.0,
 ) -> Outcome:
     """``run`` up to the hooks: the links, the hash links and the bundle, and what the hooks
-    are to be told; Unproven before any step."""
+    are to be told; Unproven before any step. ``gone``: see ``plan``."""
     with _fs.opened_dir(paths.etc_certs_dir) as fd:
         try:
-            p = plan(paths, fd, fresh=fresh)
+            p = plan(paths, fd, fresh=fresh, gone=gone)
             data = bundle(p.bundle_parts) if p.bundle_parts else None
         except OSError as exc:
             # Nothing is changed yet: the script meets the same file, and says so its own way.
@@ -450,15 +460,40 @@ class FastDebianStore(DebianStore):
     def _update(
         self, *, fresh: bool = False, timeout: float | None = None, defer_hooks: bool = False
     ) -> Rest | None:
+        hooks = self._fast(fresh=fresh, timeout=timeout or self.timeout)
+        if hooks is None:
+            return super()._update(fresh=fresh, timeout=timeout)
+        if defer_hooks:
+            return hooks
+        hooks()
+        return None
+
+    def _rebuild_without(self, names: Sequence[str]) -> None:
+        """The fast path's own undo: no ``--fresh``, and one run of the hooks.
+
+        The links to our files, gone now, are orphans, which the run removes; the hooks get a
+        ``-`` line for each of ``names``, as the script path tells them after its fresh run.
+        """
+        gone = [str(self.paths.our_dir / n) for n in names]
+        hooks = self._fast(gone=gone, timeout=self.rollback_timeout)
+        if hooks is None:
+            super()._rebuild_without(names)
+        else:
+            hooks()
+
+    def _fast(
+        self, *, fresh: bool = False, gone: Sequence[str] = (), timeout: float
+    ) -> Rest | None:
+        """Take the fast path up to the hooks, and return their run; None where it is
+        unproven (nothing is changed then)."""
         start = time.monotonic()
-        timeout = timeout or self.timeout
         try:
             check(self.paths, self.command)
-            outcome = update(self.paths, self.runner, fresh=fresh, timeout=timeout)
+            outcome = update(self.paths, self.runner, fresh=fresh, gone=gone, timeout=timeout)
         except Unproven as why:
             log.get().info("os_update", store=self.name, path=SCRIPT, fresh=fresh,
                            reason=str(why)[:300])  # fmt: skip
-            return super()._update(fresh=fresh, timeout=timeout)
+            return None
         self.os_update = FAST
 
         def hooks() -> None:
@@ -469,7 +504,4 @@ class FastDebianStore(DebianStore):
                 duration_ms=round((time.monotonic() - start) * 1000),
             )  # fmt: skip
 
-        if defer_hooks:
-            return hooks
-        hooks()
-        return None
+        return hooks
