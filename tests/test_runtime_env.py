@@ -48,11 +48,14 @@ class Journal:
         self.entries: list[Entry] = []
         self.existed: list[bool] = []
 
-    def __call__(self, entry: Entry) -> None:
-        if isinstance(entry, Write | Mkdir):
-            target = Path(entry.dir, entry.name) if isinstance(entry, Write) else Path(entry.path)
-            self.existed.append(target.exists())
-        self.entries.append(entry)
+    def __call__(self, *entries: Entry) -> None:
+        for entry in entries:
+            if isinstance(entry, Write | Mkdir):
+                target = (
+                    Path(entry.dir, entry.name) if isinstance(entry, Write) else Path(entry.path)
+                )
+                self.existed.append(target.exists())
+            self.entries.append(entry)
 
 
 # -- the environment text -------------------------------------------------------

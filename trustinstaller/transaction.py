@@ -39,9 +39,10 @@ class JournalWriter:
     def recorder(self, store: str) -> Recorder:
         """A recorder that tags each entry with ``store`` and persists it at once."""
 
-        def record(entry: Entry) -> None:
+        def record(*entries: Entry) -> None:
             with self.lock:
-                self.journal = documents.with_entry(self.journal, store, entry)
+                for entry in entries:
+                    self.journal = documents.with_entry(self.journal, store, entry)
                 self.state.write_journal(self.journal)
 
         return record
@@ -70,7 +71,8 @@ class Transaction:
     while the other stores run in order on this thread: certutil then overlaps
     update-ca-certificates and its hooks, the slowest step (``_each`` decides). What a store's
     install leaves as its rest (the OS store's hooks, once its bundle is written) runs in a
-    thread too, beside the stores after it; every rest ends before any store verifies. The
+    thread too, beside the stores after it and the verify, which reads no hook's output (the
+    OS store's verify reads the bundle); every rest ends before the install is done. The
     journal records every step before it is taken, whichever thread takes it, and every branch
     has finished before a rollback starts, so the rollback never races a store command.
 
@@ -110,11 +112,11 @@ class Transaction:
             try:
                 rests: list[concurrent.futures.Future[None]] = []
                 self._each(lambda s: self._install(s, rests))
-                for f in concurrent.futures.as_completed(rests):
-                    f.result()  # raises that rest's failure
                 self._journal().update(phase=Phase.VERIFYING)
                 self._each(lambda s: s.verify(self.certs))
                 self._each(self._notice)
+                for f in concurrent.futures.as_completed(rests):
+                    f.result()  # raises that rest's failure
                 by_store = self._journal().journal.by_store()
                 for s in self.stores:
                     if s.name in self._applied.skipped:

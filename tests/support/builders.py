@@ -46,8 +46,8 @@ class Journal:
     def __init__(self) -> None:
         self.entries: list[Entry] = []
 
-    def __call__(self, entry: Entry) -> None:
-        self.entries.append(entry)
+    def __call__(self, *entries: Entry) -> None:
+        self.entries.extend(entries)
 
 
 def b64(ca: Issued) -> str:

@@ -24,13 +24,18 @@ if TYPE_CHECKING:  # annotations only: keeps cryptography off the path to ready
 
 
 class Recorder(Protocol):
-    """Persists one journal entry before the step it describes is taken."""
+    """Persists journal entries, in order, before the steps they describe are taken.
 
-    def __call__(self, entry: Entry) -> None: ...
+    Several entries at once are persisted in one write: a store about to take many steps of
+    one kind (a file per certificate) records them all first.
+    """
+
+    def __call__(self, *entries: Entry) -> None: ...
 
 
 # What a store's install leaves to finish beside the stores after it (the OS store's hooks):
-# the transaction runs it in a thread of its own, and waits for it before any store verifies.
+# the transaction runs it in a thread of its own, beside the verify too, so it must change
+# nothing any store's verify reads; the install is done only once it has ended.
 Rest = Callable[[], None]
 
 

@@ -196,6 +196,7 @@ class DebianStore:
             record(Mkdir(str(our)))
             fd = _fs.open_dir(our, create=True, mode=0o755)
         try:
+            files: dict[str, bytes] = {}
             for ca in certs:
                 name = cert_filename(ca)
                 data = ca.pem.encode("ascii")
@@ -204,7 +205,11 @@ class DebianStore:
                         continue  # there from before this install: not ours to remove
                 except UnsafePathError:
                     pass  # a symlink or other oddity at our name: replaced below, never followed
-                record(Write(str(our), name))
+                files[name] = data
+            # Every file recorded in one journal write, before the first is written.
+            if files:
+                record(*(Write(str(our), name) for name in files))
+            for name, data in files.items():
                 _fs.atomic_write(fd, name, data, 0o644, sync=False)
             # One directory fsync for all the renames, not one per file: before
             # update-ca-certificates reads the directory, every new name is durable.
