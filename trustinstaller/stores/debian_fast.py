@@ -454,3 +454,25 @@ class FastDebianStore(DebianStore):
             removed=len(outcome.removed), warnings=len(outcome.warnings),
             duration_ms=round((time.monotonic() - start) * 1000),
         )  # fmt: skip
+
+
+# -- the registry's entry ---------------------------------------------------------------------
+# The OS store's name, and its construction from the configuration (see stores/registry.py).
+
+import typing  # noqa: E402 (kept with the entry it serves, below the store)
+
+if typing.TYPE_CHECKING:  # annotations only: the registry imports this module
+    from trustinstaller.stores.registry import Registry
+
+PREFIX = "os"
+
+
+def all_from_config(context: Registry) -> list[FastDebianStore]:
+    """The OS store: its proven fast path, or update-ca-certificates itself."""
+    return [from_name(PREFIX, context)]
+
+
+def from_name(name: str, context: Registry) -> FastDebianStore:
+    """The OS store, whose name is ``PREFIX`` alone."""
+    cfg = context.config
+    return FastDebianStore(context.runner_for(None), cfg.os_store, timeout=cfg.update_timeout)
