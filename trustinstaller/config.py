@@ -16,9 +16,9 @@ from trustinstaller.paths import (
     CHROMIUM_POLICY_DIRS,
     FIREFOX_SYSTEM_POLICIES,
     SAFE_VALUE,
+    DebianPaths,
     NssDatabase,
 )
-from trustinstaller.stores.debian import DebianPaths
 
 ENV_VAR = "TRUSTINSTALLER_CONFIG"
 DEFAULT_PATH = Path("/etc/trustinstaller/config.toml")
