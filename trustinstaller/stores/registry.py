@@ -55,7 +55,7 @@ TABLE: tuple[StoreModule, ...] = (
 )
 
 
-def _owner(module: StoreModule, name: str) -> bool:
+def _owns(module: StoreModule, name: str) -> bool:
     """Whether ``name`` is one of ``module``'s stores: its name, or a name under its prefix."""
     prefix = module.PREFIX
     return name.startswith(prefix) if prefix.endswith(":") else name == prefix
@@ -80,7 +80,7 @@ class Registry:
     def named(self, name: str) -> Store:
         """The store a journal entry names; StateError for a name no store has."""
         for module in TABLE:
-            if _owner(module, name):
+            if _owns(module, name):
                 return module.from_name(name, self)
         raise StateError(
             str(self.config.state_dir),
