@@ -17,6 +17,7 @@ from tests.support.certs import Issued, make_ca
 from tests.support.hostile import hostile  # noqa: F401 (a fixture for every suite)
 from tests.support.moto import FAKE_ENV, MotoServer, moto_server
 from trustinstaller.config import Config
+from trustinstaller.paths import NssDatabase
 from trustinstaller.stores.debian import DebianPaths
 
 # Never read a developer's real AWS configuration, and never ask an instance metadata service.
@@ -124,7 +125,7 @@ def config(tmp_path: Path, os_root: DebianPaths, moto: MotoServer) -> Config:
     return Config(
         socket=state / "trustinstaller.sock",
         state_dir=state,
-        nss_databases=(f"sql:{tmp_path / 'home' / '.pki' / 'nssdb'}",),
+        nss_databases=(NssDatabase(tmp_path / "home" / ".pki" / "nssdb"),),
         endpoint_url=moto.endpoint,
         os_store=os_root,
         request_timeout=5.0,

@@ -144,6 +144,16 @@ def test_status_socket_defaults_beside_the_control_socket() -> None:
         )
 
 
+def test_the_configuration_imports_no_store() -> None:
+    """Reading a configuration loads no store module: the stores depend on it, not the reverse."""
+    code = (
+        "import sys; from trustinstaller import config; config.from_mapping({}); "
+        "print(sorted(m for m in sys.modules if m.startswith('trustinstaller.stores')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
 def test_unset_key_keeps_its_default() -> None:
     """Keys left out keep the documented defaults."""
     cfg = config.from_mapping({})

@@ -375,14 +375,26 @@ def test_sigkill_after_the_policy_is_merged_is_rolled_back_at_next_start(
 def test_default_follows_firefox_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The default is /etc/firefox/policies/policies.json with firefox or firefox-esr, else none."""
     monkeypatch.setenv("PATH", str(tmp_path))
-    assert firefox.default_policies() == ()
     assert config_mod.from_mapping({}).firefox_policies == ()
     for name in ("firefox-esr", "firefox"):
         exe = tmp_path / name
         exe.write_text("#!/bin/sh\n")
         exe.chmod(0o755)
-        assert firefox.default_policies() == (Path("/etc/firefox/policies/policies.json"),)
+        assert config_mod.from_mapping({}).firefox_policies == (firefox.POLICIES,)
+        assert str(firefox.POLICIES) == "/etc/firefox/policies/policies.json"
         exe.unlink()
+
+
+def test_the_default_configuration_probes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``Config()`` is plain values: Firefox on PATH changes only what from_mapping resolves."""
+    monkeypatch.setenv("PATH", str(tmp_path))
+    exe = tmp_path / "firefox"
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    assert config_mod.Config().firefox_policies == ()
+    assert config_mod.from_mapping({}).firefox_policies == (firefox.POLICIES,)
 
 
 @pytest.mark.parametrize(

@@ -106,7 +106,7 @@ def test_render_env_quotes_every_value(export: bool, expected: str) -> None:
 )
 def test_a_path_sh_and_systemd_would_read_differently_is_refused(path: str) -> None:
     """Quotes, spaces, dollars, backslashes and newlines are refused, not escaped."""
-    with pytest.raises(ConfigError, match="runtime_dir"):
+    with pytest.raises(StoreError, match=r"store env: .*runtime_dir"):
         runtime_env.quote(path)
     with pytest.raises(ConfigError, match="runtime_dir"):
         config.from_mapping({"runtime_dir": path})

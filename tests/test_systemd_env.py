@@ -14,8 +14,8 @@ import structlog
 from trustinstaller import config, documents
 from trustinstaller.config import Config
 from trustinstaller.documents import Journal, ManagerEnv, Write
-from trustinstaller.errors import ConfigError
-from trustinstaller.stores import registry, runtime_env, systemd_env
+from trustinstaller.errors import ConfigError, StoreError
+from trustinstaller.stores import runtime_env, systemd_env
 from trustinstaller.stores.registry import Registry
 from trustinstaller.stores.systemd_env import SystemdEnvStore
 
@@ -75,7 +75,7 @@ def test_undo_plan_touches_only_what_still_holds_our_values(
 )
 def test_a_value_that_is_not_a_plain_path_is_refused(value: str) -> None:
     """No value with a space, quote, newline, $ or backslash reaches systemctl."""
-    with pytest.raises(ConfigError, match="runtime_dir"):
+    with pytest.raises(StoreError, match=r"store systemd: .*runtime_dir"):
         systemd_env.assignments({"SSL_CERT_FILE": value})
 
 
@@ -108,8 +108,8 @@ def test_without_systemd_the_store_is_left_out_and_logged(tmp_path: Path) -> Non
     cfg = Config(state_dir=tmp_path / "state", firefox_policies=(), chromium_policies=())
     with structlog.testing.capture_logs() as logs:
         names = [s.name for s in Registry(cfg).all()]
-    assert registry.SYSTEMD not in names
-    assert names[-1] == registry.ENV
+    assert systemd_env.PREFIX not in names
+    assert names[-1] == runtime_env.PREFIX
     skipped = [e for e in logs if e["event"] == "systemd_environment_skipped"]
     assert len(skipped) == 1
     assert "systemd" in skipped[0]["reason"] or "root" in skipped[0]["reason"]
@@ -121,14 +121,14 @@ def test_turned_off_there_is_no_store_and_nothing_to_log(tmp_path: Path) -> None
                  systemd_environment=False)  # fmt: skip
     with structlog.testing.capture_logs() as logs:
         names = [s.name for s in Registry(cfg).all()]
-    assert registry.SYSTEMD not in names
+    assert systemd_env.PREFIX not in names
     assert not [e for e in logs if e["event"] == "systemd_environment_skipped"]
 
 
 @pytest.mark.skipif(not NO_SYSTEMD, reason="this host runs systemd as root: the no-op needs none")
 def test_rollback_without_systemd_runs_nothing(tmp_path: Path) -> None:
     """Recovery on a host without systemd: the real systemctl is not run (it would fail)."""
-    store = Registry(Config(state_dir=tmp_path / "state")).named(registry.SYSTEMD)
+    store = Registry(Config(state_dir=tmp_path / "state")).named(systemd_env.PREFIX)
     assert isinstance(store, SystemdEnvStore)
     with structlog.testing.capture_logs() as logs:
         store.rollback([Write("/x", "y"), ManagerEnv(OURS, {})])
@@ -147,10 +147,10 @@ def test_the_stores_values_come_from_the_configuration_only(tmp_path: Path) -> N
 
 def test_the_journal_entry_round_trips() -> None:
     """A setenv entry comes back from journal.json as it was written."""
-    j = documents.with_entry(Journal("id", "t"), registry.SYSTEMD, ManagerEnv(OURS, {"A": "/b"}))
+    j = documents.with_entry(Journal("id", "t"), systemd_env.PREFIX, ManagerEnv(OURS, {"A": "/b"}))
     back = documents.journal_from_json(documents.journal_to_json(j))
     assert back == j
-    assert back.by_store() == {registry.SYSTEMD: [ManagerEnv(OURS, {"A": "/b"})]}
+    assert back.by_store() == {systemd_env.PREFIX: [ManagerEnv(OURS, {"A": "/b"})]}
 
 
 @pytest.mark.parametrize(
@@ -161,7 +161,7 @@ def test_the_journal_entry_round_trips() -> None:
 def test_a_malformed_journal_entry_is_refused(fields: dict[str, object]) -> None:
     """A setenv entry whose maps are not names to strings is not a journal we wrote."""
     doc = documents.journal_to_json(Journal("id", "t"))
-    doc["entries"] = [{"store": registry.SYSTEMD, "action": "setenv", **fields}]
+    doc["entries"] = [{"store": systemd_env.PREFIX, "action": "setenv", **fields}]
     with pytest.raises(ValueError, match="setenv"):
         documents.journal_from_json(doc)
 

@@ -16,6 +16,7 @@ from tests.support.daemon import cli, write_config
 from tests.support.moto import MotoServer
 from tests.support.tls import https_server
 from trustinstaller.config import Config
+from trustinstaller.paths import NssDatabase
 from trustinstaller.terminal import FIELD_LIMIT, escape
 
 # What a terminal would act on or hide: controls, format characters, separators, and so on.
@@ -183,7 +184,8 @@ def test_apply_prints_an_installed_hostile_subject_escaped(
 def test_verify_text_escapes_the_url_and_paths(config: Config, tmp_path: Path) -> None:
     """``verify`` prints a URL and an NSS path holding a forged line escaped; ``--json`` raw."""
     nss = f"{tmp_path}/nss{FORGED}\u202e"
-    cfg = write_config(replace(config, socket=tmp_path / "no.sock", nss_databases=(f"sql:{nss}",)),
+    db = NssDatabase(Path(nss))
+    cfg = write_config(replace(config, socket=tmp_path / "no.sock", nss_databases=(db,)),
                        tmp_path / "c.toml")  # fmt: skip
     with https_server(make_ca("verify root")) as url:
         hostile_url = f"{url}x{FORGED}\x1b[2J"

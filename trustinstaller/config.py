@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from trustinstaller._run import Account
 from trustinstaller.errors import ConfigError
-from trustinstaller.stores import chromium
-from trustinstaller.stores.debian import DebianPaths
-from trustinstaller.stores.firefox import default_policies
-from trustinstaller.stores.nss import NssDatabase
-from trustinstaller.stores.runtime_env import SAFE_VALUE
+from trustinstaller.paths import (
+    CHROMIUM_POLICY_DIRS,
+    FIREFOX_SYSTEM_POLICIES,
+    SAFE_VALUE,
+    DebianPaths,
+    NssDatabase,
+)
 
 ENV_VAR = "TRUSTINSTALLER_CONFIG"
 DEFAULT_PATH = Path("/etc/trustinstaller/config.toml")
@@ -63,15 +66,11 @@ class Config:
     # Set the runtime trust variables in systemd's manager environment, where systemd runs, so
     # that services started after the install get them (docs/clients.md says why it is on).
     systemd_environment: bool = True
-    # Firefox's policies.json files; default: /etc/firefox/policies/policies.json if installed.
-    firefox_policies: tuple[Path, ...] = field(default_factory=default_policies)
+    # Firefox's policies.json files. Left out of the file: /etc/firefox/policies/policies.json
+    # where Firefox is installed, which from_mapping finds out (a Config() probes nothing).
+    firefox_policies: tuple[Path, ...] = ()
     # Managed-policy directories that get CACertificates: Chromium's and Google Chrome's.
-    chromium_policies: tuple[Path, ...] = chromium.DEFAULT_DIRS
-
-    def __post_init__(self) -> None:
-        # ``sql:DIR`` strings are accepted for root's databases (tests, older callers).
-        dbs = tuple(NssDatabase.parse(d) if isinstance(d, str) else d for d in self.nss_databases)
-        object.__setattr__(self, "nss_databases", dbs)
+    chromium_policies: tuple[Path, ...] = CHROMIUM_POLICY_DIRS
 
     @property
     def status_socket_path(self) -> Path:
@@ -125,7 +124,7 @@ def load(path: str | os.PathLike[str] | None = None) -> Config:
     chosen = path if path is not None else os.environ.get(ENV_VAR)
     if not chosen:
         if not DEFAULT_PATH.is_file():
-            return Config()
+            return from_mapping({}, source="defaults")
         chosen = DEFAULT_PATH
     try:
         with open(chosen, "rb") as f:
@@ -138,7 +137,11 @@ def load(path: str | os.PathLike[str] | None = None) -> Config:
 
 
 def from_mapping(data: Mapping[str, Any], *, source: str = "config") -> Config:
-    """Build a Config from parsed TOML, refusing unknown keys and wrong types."""
+    """Build a Config from parsed TOML, refusing unknown keys and wrong types.
+
+    What depends on the host is resolved here, once: a key left out that has no plain default
+    (``firefox_policies``) gets the host's.
+    """
 
     def fail(key: str, reason: str) -> ConfigError:
         return ConfigError(f"config {source}: {key}: {reason}")
@@ -147,12 +150,38 @@ def from_mapping(data: Mapping[str, Any], *, source: str = "config") -> Config:
     if unknown:
         raise fail(unknown[0], f"unknown key (allowed: {', '.join(sorted(_KEYS))})")
     kw: dict[str, Any] = {}
-    for key in _PATH_KEYS:
-        if key in data:
-            kw[key] = _abs_path(data[key], key, fail)
+    for part in (_paths, _timeouts, _databases, _access):
+        kw.update(part(data, fail))
+    _check_together(kw, fail)
+    for part in (_os_store, _policies):
+        kw.update(part(data, fail))
+    kw.setdefault("firefox_policies", installed_firefox_policies())
+    return Config(**kw)
+
+
+def installed_firefox_policies() -> tuple[Path, ...]:
+    """Firefox's system policy file when Firefox is installed, else nothing."""
+    if shutil.which("firefox") or shutil.which("firefox-esr"):
+        return (FIREFOX_SYSTEM_POLICIES,)
+    return ()
+
+
+# Turns a key and a reason into the error naming the configuration file.
+_Fail = Callable[[str, str], ConfigError]
+
+
+def _paths(data: Mapping[str, Any], fail: _Fail) -> dict[str, Any]:
+    """The absolute paths: the sockets, the state directory and runtime_dir."""
+    kw = {key: _abs_path(data[key], key, fail) for key in _PATH_KEYS if key in data}
     if "runtime_dir" in kw and not SAFE_VALUE.fullmatch(str(kw["runtime_dir"])):
         # Its paths are written into a file that both sh and systemd read, unquoted-safe only.
         raise fail("runtime_dir", "may hold only letters, digits and / . _ + @ -")
+    return kw
+
+
+def _timeouts(data: Mapping[str, Any], fail: _Fail) -> dict[str, Any]:
+    """Each timeout: a positive, finite number of seconds."""
+    kw: dict[str, Any] = {}
     for key in _TIMEOUT_KEYS:
         if key in data:
             v = data[key]
@@ -160,23 +189,33 @@ def from_mapping(data: Mapping[str, Any], *, source: str = "config") -> Config:
             if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < float("inf"):
                 raise fail(key, "must be a positive number of seconds")
             kw[key] = float(v)
+    return kw
+
+
+def _databases(data: Mapping[str, Any], fail: _Fail) -> dict[str, Any]:
+    """``nss_databases``, and the databases of each of ``browser_users``."""
+    kw: dict[str, Any] = {}
+    dbs: list[NssDatabase] = []
     if "nss_databases" in data:
-        dbs = data["nss_databases"]
-        if not isinstance(dbs, list):
+        if not isinstance(data["nss_databases"], list):
             raise fail("nss_databases", _NSS_SHAPE)
-        kw["nss_databases"] = tuple(_nss_database(d, fail) for d in dbs)
+        dbs = [_nss_database(d, fail) for d in data["nss_databases"]]
     if "browser_users" in data:
         users = data["browser_users"]
         if not isinstance(users, list) or not all(isinstance(u, str) and u for u in users):
             raise fail("browser_users", "must be a list of user names like 'browser'")
         kw["browser_users"] = tuple(users)
         # Explicit databases stay; with only browser_users, root's default is not added.
-        user_dbs: list[NssDatabase] = []
         for u in users:
-            user_dbs += user_nss_databases(_account(u, "browser_users", fail))
-        kw["nss_databases"] = _unique_databases([*kw.get("nss_databases", ()), *user_dbs], fail)
-    elif "nss_databases" in kw:
-        kw["nss_databases"] = _unique_databases(kw["nss_databases"], fail)
+            dbs += user_nss_databases(_account(u, "browser_users", fail))
+    if "nss_databases" in data or "browser_users" in data:
+        kw["nss_databases"] = _unique_databases(dbs, fail)
+    return kw
+
+
+def _access(data: Mapping[str, Any], fail: _Fail) -> dict[str, Any]:
+    """Who may reach the daemon, and how: uids, the group, the endpoint, systemd's environment."""
+    kw: dict[str, Any] = {}
     if "systemd_environment" in data:
         if not isinstance(data["systemd_environment"], bool):
             raise fail("systemd_environment", "must be true or false")
@@ -193,28 +232,40 @@ def from_mapping(data: Mapping[str, Any], *, source: str = "config") -> Config:
             if not isinstance(data[key], str) or not data[key]:
                 raise fail(key, "must be a non-empty string")
             kw[key] = data[key]
+    return kw
+
+
+def _check_together(kw: Mapping[str, Any], fail: _Fail) -> None:
+    """What one key allows another: the status socket, and the endpoint's scheme."""
     if "status_socket" in kw and "socket_group" not in kw:
         raise fail("status_socket", "is served only with socket_group; set socket_group too")
     if "status_socket" in kw and kw["status_socket"] == kw.get("socket", Config.socket):
         raise fail("status_socket", "must not be the control socket's path")
     if "endpoint_url" in kw and not kw["endpoint_url"].startswith(("https://", "http://")):
         raise fail("endpoint_url", "must start with https:// (or http:// for a local test server)")
-    if "os_store" in data:
-        table = data["os_store"]
-        if not isinstance(table, dict):
-            raise fail("os_store", "must be a table")
-        bad = sorted(set(table) - _OS_KEYS)
-        if bad:
-            raise fail(
-                f"os_store.{bad[0]}", f"unknown key (allowed: {', '.join(sorted(_OS_KEYS))})"
-            )
-        kw["os_store"] = DebianPaths(
-            **{k: _abs_path(v, f"os_store.{k}", fail) for k, v in table.items()}
-        )
-    for key, kind, example in _POLICY_KEYS:
-        if key in data:
-            kw[key] = _policy_paths(data[key], key, kind, example, fail)
-    return Config(**kw)
+
+
+def _os_store(data: Mapping[str, Any], fail: _Fail) -> dict[str, Any]:
+    """The ``os_store`` table: update-ca-certificates' directories, each absolute."""
+    if "os_store" not in data:
+        return {}
+    table = data["os_store"]
+    if not isinstance(table, dict):
+        raise fail("os_store", "must be a table")
+    bad = sorted(set(table) - _OS_KEYS)
+    if bad:
+        raise fail(f"os_store.{bad[0]}", f"unknown key (allowed: {', '.join(sorted(_OS_KEYS))})")
+    paths = {k: _abs_path(v, f"os_store.{k}", fail) for k, v in table.items()}
+    return {"os_store": DebianPaths(**paths)}
+
+
+def _policies(data: Mapping[str, Any], fail: _Fail) -> dict[str, Any]:
+    """The browser policy keys that are set."""
+    return {
+        key: _policy_paths(data[key], key, kind, example, fail)
+        for key, kind, example in _POLICY_KEYS
+        if key in data
+    }
 
 
 # Browser policy keys: a list of absolute paths, each a file or a directory, [] for none.
@@ -224,7 +275,9 @@ _POLICY_KEYS = (
 )
 
 
-def _policy_paths(value: object, key: str, kind: str, example: str, fail: Any) -> tuple[Path, ...]:
+def _policy_paths(
+    value: object, key: str, kind: str, example: str, fail: _Fail
+) -> tuple[Path, ...]:
     """A browser policy key: absolute paths without '..', each once, in order."""
     if not isinstance(value, list):
         raise fail(key, f"must be a list of {kind} paths like '{example}', or [] for none")
@@ -241,7 +294,7 @@ _NSS_SHAPE = (
 )
 
 
-def _nss_database(entry: object, fail: Any) -> NssDatabase:
+def _nss_database(entry: object, fail: _Fail) -> NssDatabase:
     """One ``nss_databases`` entry: a string (root's), or a table with ``path`` and ``owner``."""
     owner: Account | None = None
     if isinstance(entry, dict):
@@ -263,7 +316,7 @@ def _nss_database(entry: object, fail: Any) -> NssDatabase:
 
 
 def _unique_databases(
-    dbs: list[NssDatabase] | tuple[NssDatabase, ...], fail: Any
+    dbs: list[NssDatabase] | tuple[NssDatabase, ...], fail: _Fail
 ) -> tuple[NssDatabase, ...]:
     """Each directory once; the same directory with two owners is a contradiction."""
     seen: dict[Path, NssDatabase] = {}
@@ -274,7 +327,7 @@ def _unique_databases(
     return tuple(seen.values())
 
 
-def _account(name: str, key: str, fail: Any) -> Account:
+def _account(name: str, key: str, fail: _Fail) -> Account:
     try:
         user = Account.lookup(name)
     except KeyError:
@@ -284,7 +337,7 @@ def _account(name: str, key: str, fail: Any) -> Account:
     return user
 
 
-def _abs_path(value: object, key: str, fail: Any) -> Path:
+def _abs_path(value: object, key: str, fail: _Fail) -> Path:
     if not isinstance(value, str) or not value.startswith("/"):
         raise fail(key, "must be an absolute path")
     return Path(value)

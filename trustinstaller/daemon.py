@@ -15,7 +15,7 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from trustinstaller import _acl, _fs, log, sdnotify
@@ -248,14 +248,19 @@ def serve(installer: Installer, *, idle_exit: float | None = None) -> None:
     finally:
         installer.state.on_write = None
         sdnotify.notify("STOPPING=1", f"STATUS=stopping ({', '.join(stopped_by) or 'error'})")
-        for server in servers:
-            server.shutdown()
-        for server in servers:
-            server.drop_others()
-        for server in servers:
-            # Joins every request thread, so an install in flight finishes before we exit.
-            server.server_close()
+        _close(servers)
         log.get().info("daemon_stopped", reason=stopped_by[0] if stopped_by else "error")
+
+
+def _close(servers: Sequence[Server]) -> None:
+    """Stop accepting on every socket, then wait for every request in flight to finish."""
+    for server in servers:
+        server.shutdown()
+    for server in servers:
+        server.drop_others()
+    for server in servers:
+        # Joins every request thread, so an install in flight finishes before we exit.
+        server.server_close()
 
 
 def _servers(installer: Installer, inherited: dict[str, socket.socket] | None) -> list[Server]:

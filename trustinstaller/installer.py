@@ -1,15 +1,15 @@
 """The main job: one manifest in, every CA fetched, validated and trusted, then locked.
 
-Side effects come in as parameters (the config's paths, the command runner,
-the clock and the Secrets Manager client factory), so that the daemon, the
-``apply`` command and the tests all run this same code.
+Side effects come in as parameters (the config's paths, the command runner and
+the clock), so that the daemon, the ``apply`` command and the tests all run this
+same code; Secrets Manager is reached at the configuration's ``endpoint_url``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -32,8 +32,6 @@ from trustinstaller.stores.registry import Registry
 
 if TYPE_CHECKING:
     from trustinstaller.validate import TrustedCA
-
-ClientFactoryMaker = Callable[[Credentials | None], fetch.ClientFactory]
 
 
 def _credential_values(credentials: Credentials | None) -> list[str]:
@@ -58,7 +56,6 @@ class Installer:
     config: Config
     runner: _run.Runner = _run.run
     clock: Clock = utc_now
-    make_clients: ClientFactoryMaker | None = None
     logger: Any = field(default_factory=log.get)
 
     def __post_init__(self) -> None:
@@ -182,9 +179,9 @@ class Installer:
         # Imported here, not at the top: cryptography is not needed on the path to ready.
         from trustinstaller.validate import validate
 
-        maker = self.make_clients or self._default_clients
         self.fetch_stats = fetch.FetchStats()
-        values = fetch.fetch_all(refs, maker(credentials), timeout=self.config.fetch_timeout,
+        clients = fetch.client_factory(credentials, endpoint_url=self.config.endpoint_url)
+        values = fetch.fetch_all(refs, clients, timeout=self.config.fetch_timeout,
                                  stats=self.fetch_stats)  # fmt: skip
         # Both kinds of failure are made from what the endpoint sent: scrubbed of the
         # credentials here, the one place that holds both, before anything logs or records them.
@@ -213,9 +210,6 @@ class Installer:
                 self.logger.warning("cert_refused", arn=f.arn, kind=f.kind, reason=f.reason)
             raise CertificatesRefusedError(failures)
         return list(by_fp.values())
-
-    def _default_clients(self, credentials: Credentials | None) -> fetch.ClientFactory:
-        return fetch.client_factory(credentials, endpoint_url=self.config.endpoint_url)
 
     def _cert_status(self, p: Planned, stores: list[str]) -> CertEntry:
         first, *dups = p.refs

@@ -23,6 +23,7 @@ from tests.support.daemon import request, write_config
 from tests.support.moto import FAKE_ENV, MotoServer
 from tests.support.ns import PrivateNamespace
 from trustinstaller.config import Config
+from trustinstaller.paths import NssDatabase
 
 REPO = Path(__file__).resolve().parents[2]
 # The console script the packaged unit runs (ExecStart=/usr/bin/trustinstaller ... serve).
@@ -134,7 +135,7 @@ def agent_config(ns: PrivateNamespace, endpoint: str, **overrides: Any) -> tuple
         socket=sock,
         # The production default: a tmpfs (the namespace's own /run).
         state_dir=Path("/run/trustinstaller"),
-        nss_databases=(f"sql:{nss_dir(ns.scratch)}",),
+        nss_databases=(NssDatabase(nss_dir(ns.scratch)),),
         endpoint_url=endpoint,
         **overrides,
     )

@@ -37,8 +37,10 @@ from typing import TYPE_CHECKING, Any
 from trustinstaller import _fs, stores
 from trustinstaller.documents import Entry, JSONObject
 from trustinstaller.errors import PolicyError, StoreError, UnsafePathError
+from trustinstaller.paths import CHROMIUM_POLICY_DIRS
 
 if TYPE_CHECKING:  # annotations only: keeps cryptography off the path to ready
+    from trustinstaller.stores.registry import Registry
     from trustinstaller.validate import TrustedCA
 
 PREFIX = "chromium:"
@@ -47,7 +49,7 @@ FILENAME = "zz-trustinstaller.json"
 KEY = "CACertificates"
 DISTRUST = "CADistrustedCertificates"
 # Debian's Chromium, then Google Chrome's; [] in the configuration turns the store off.
-DEFAULT_DIRS = (Path("/etc/chromium/policies/managed"), Path("/etc/opt/chrome/policies/managed"))
+DEFAULT_DIRS = CHROMIUM_POLICY_DIRS
 
 # A string, or a comment; then a string, or a comma that only whitespace parts from a closing
 # bracket. Strings come first in each, so nothing inside one is ever taken for the others.
@@ -373,3 +375,13 @@ class ChromiumPolicyStore:
             raise StoreError(self.name, f"in {self.directory}: {'; '.join(found)}: rename it to "
                              "sort before ours, or move its CAs into a file that does, and "
                              "submit again")  # fmt: skip
+
+
+def all_from_config(context: Registry) -> list[ChromiumPolicyStore]:
+    """A store for each of the configuration's ``chromium_policies`` directories."""
+    return [ChromiumPolicyStore(d) for d in context.config.chromium_policies]
+
+
+def from_name(name: str, context: Registry) -> ChromiumPolicyStore:
+    """The store of the directory that ``name`` holds after ``PREFIX``."""
+    return ChromiumPolicyStore(Path(name.removeprefix(PREFIX)))

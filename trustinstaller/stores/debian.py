@@ -29,41 +29,19 @@ from trustinstaller import _fs, log, pem
 from trustinstaller._run import Runner
 from trustinstaller.documents import Entry, Mkdir, Update, Write
 from trustinstaller.errors import HostError, StoreError, UnsafePathError
+from trustinstaller.paths import BUNDLE as BUNDLE  # the names the OS store's callers use
+from trustinstaller.paths import SUBDIR as SUBDIR
+from trustinstaller.paths import DebianPaths as DebianPaths
 from trustinstaller.stores import Recorder, Rest, undo_files
 
 if TYPE_CHECKING:  # annotations only: keeps cryptography off the path to ready
     from trustinstaller.validate import TrustedCA
 
-SUBDIR = "trustinstaller"
-BUNDLE = "ca-certificates.crt"
 # In the order apt and dpkg take them: the frontend lock, then the database lock.
 DPKG_LOCKS = ("lock-frontend", "lock")
 DPKG_POLL = 0.25
 # struct flock on 64-bit Linux: l_type, l_whence, l_start, l_len, l_pid, and tail padding.
 _FLOCK = struct.Struct("@hhqqi4x")
-
-
-@dataclass(frozen=True)
-class DebianPaths:
-    """Where update-ca-certificates reads and writes; overridable for a temporary root."""
-
-    local_certs_dir: Path = Path("/usr/local/share/ca-certificates")
-    etc_certs_dir: Path = Path("/etc/ssl/certs")
-    certs_dir: Path = Path("/usr/share/ca-certificates")
-    certs_conf: Path = Path("/etc/ca-certificates.conf")
-    hooks_dir: Path = Path("/etc/ca-certificates/update.d")
-    # dpkg's state: Java's hook runs dpkg, which needs the locks in it.
-    dpkg_dir: Path = Path("/var/lib/dpkg")
-
-    @property
-    def our_dir(self) -> Path:
-        """The directory holding only our certificates."""
-        return self.local_certs_dir / SUBDIR
-
-    @property
-    def bundle(self) -> Path:
-        """The OS bundle that OpenSSL, curl and friends read."""
-        return self.etc_certs_dir / BUNDLE
 
 
 @dataclass(frozen=True)

@@ -35,12 +35,16 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trustinstaller import _fs, log
 from trustinstaller._run import Runner, command_env
 from trustinstaller.errors import HostError
 from trustinstaller.stores import Rest
 from trustinstaller.stores.debian import BUNDLE, DebianPaths, DebianStore
+
+if TYPE_CHECKING:  # annotations only: the registry imports this module
+    from trustinstaller.stores.registry import Registry
 
 # The SHA-256 of each /usr/sbin/update-ca-certificates this module reproduces; add one only
 # with the differential test passing on that release (tests/test_os_fast.py checks the host's).
@@ -505,3 +509,20 @@ class FastDebianStore(DebianStore):
             )  # fmt: skip
 
         return hooks
+
+
+# -- the registry's entry ---------------------------------------------------------------------
+# The OS store's name, and its construction from the configuration (see stores/registry.py).
+
+PREFIX = "os"
+
+
+def all_from_config(context: Registry) -> list[FastDebianStore]:
+    """The OS store: its proven fast path, or update-ca-certificates itself."""
+    return [from_name(PREFIX, context)]
+
+
+def from_name(name: str, context: Registry) -> FastDebianStore:
+    """The OS store, whose name is ``PREFIX`` alone."""
+    cfg = context.config
+    return FastDebianStore(context.runner_for(None), cfg.os_store, timeout=cfg.update_timeout)

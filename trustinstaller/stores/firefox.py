@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from trustinstaller import _fs
 from trustinstaller.documents import Entry, JSONObject
 from trustinstaller.errors import PolicyError, StoreError
+from trustinstaller.paths import FIREFOX_SYSTEM_POLICIES
 from trustinstaller.stores import (
     Recorder,
     open_public_dir,
@@ -35,17 +35,11 @@ from trustinstaller.stores import (
 from trustinstaller.stores.debian import DebianPaths, cert_filename
 
 if TYPE_CHECKING:  # annotations only: keeps cryptography off the path to ready
+    from trustinstaller.stores.registry import Registry
     from trustinstaller.validate import TrustedCA
 
-POLICIES = Path("/etc/firefox/policies/policies.json")
+POLICIES = FIREFOX_SYSTEM_POLICIES
 PREFIX = "firefox:"
-
-
-def default_policies() -> tuple[Path, ...]:
-    """Firefox's system policy file when Firefox is installed, else nothing."""
-    if shutil.which("firefox") or shutil.which("firefox-esr"):
-        return (POLICIES,)
-    return ()
 
 
 def cert_paths(paths: DebianPaths, certs: Sequence[TrustedCA]) -> list[str]:
@@ -200,3 +194,14 @@ class FirefoxStore:
         except PolicyError as exc:
             raise StoreError(self.name, f"{self.policies}: {exc}; nothing was written: fix or "
                              "remove the file and submit again") from exc  # fmt: skip
+
+
+def all_from_config(context: Registry) -> list[FirefoxStore]:
+    """A store for each of the configuration's ``firefox_policies`` files."""
+    cfg = context.config
+    return [FirefoxStore(p, cfg.os_store) for p in cfg.firefox_policies]
+
+
+def from_name(name: str, context: Registry) -> FirefoxStore:
+    """The store of the policies file that ``name`` holds after ``PREFIX``."""
+    return FirefoxStore(Path(name.removeprefix(PREFIX)), context.config.os_store)

@@ -39,11 +39,14 @@ from trustinstaller import _fs, log
 from trustinstaller._run import Account, Runner
 from trustinstaller.documents import AddCert, CreateDb, Entry, Mkdir
 from trustinstaller.errors import HostError, StoreError, UnsafePathError, own_words
+from trustinstaller.paths import NssDatabase as NssDatabase  # its old name, still in use
 from trustinstaller.stores import Recorder, nss_user
 
 if TYPE_CHECKING:  # annotations only: keeps cryptography off the path to ready
+    from trustinstaller.stores.registry import Registry
     from trustinstaller.validate import TrustedCA
 
+PREFIX = "nss:"
 TRUST = "C,,"
 DB_FILES = nss_user.DB_FILES
 # Where a library named in root's pkcs11.txt may live. A bare file name is looked up by the
@@ -51,24 +54,6 @@ DB_FILES = nss_user.DB_FILES
 SYSTEM_LIBRARY_DIRS = ("/lib", "/lib64", "/usr/lib", "/usr/lib64", "/usr/local/lib")
 # The user-side helper's whole output is one small JSON line.
 _USER_OUTPUT_LIMIT = 64 * 1024
-
-
-@dataclass(frozen=True)
-class NssDatabase:
-    """One NSS database: its directory, and the user it belongs to (None: root)."""
-
-    directory: Path
-    owner: Account | None = None
-
-    @classmethod
-    def parse(cls, spec: str, owner: Account | None = None) -> NssDatabase:
-        """From ``sql:DIR`` (a bare absolute path means the same)."""
-        return cls(Path(spec.removeprefix("sql:")), owner)
-
-    @property
-    def spec(self) -> str:
-        """The ``sql:DIR`` form certutil takes."""
-        return f"sql:{self.directory}"
 
 
 def nickname(ca: TrustedCA) -> str:
@@ -138,7 +123,7 @@ class NssStore:
     @property
     def name(self) -> str:
         """The store's name in status answers."""
-        return f"nss:{self.database.directory}"
+        return f"{PREFIX}{self.database.directory}"
 
     @property
     def directory(self) -> Path:
@@ -399,3 +384,25 @@ def user_python() -> str:
         if os.access(candidate, os.X_OK):
             return candidate
     return sys.executable
+
+
+def all_from_config(context: Registry) -> list[NssStore]:
+    """A store for each of the configuration's databases; a user's share that user's budget."""
+    return [_store(db, context) for db in context.config.nss_databases]
+
+
+def from_name(name: str, context: Registry) -> NssStore:
+    """The store of the database that ``name`` holds after ``PREFIX``.
+
+    The owner comes from the configuration, never from the journal or the disk. A database no
+    longer configured is handled as root's: the checked walk then refuses anything another user
+    could change.
+    """
+    db = NssDatabase.parse(name.removeprefix(PREFIX))
+    configured = (d for d in context.config.nss_databases if d.directory == db.directory)
+    return _store(next(configured, db), context)
+
+
+def _store(db: NssDatabase, context: Registry) -> NssStore:
+    runner = context.runner_for(db.owner)
+    return NssStore(runner, db, timeout=context.config.certutil_timeout)

@@ -1,27 +1,64 @@
 """Which stores the configuration asks for, and which store a journal entry belongs to.
 
 The one place that turns the configuration into stores: the installer asks it for every store
-of an install, and the recovery asks it for the store each journal entry names.
+of an install, and the recovery asks it for the store each journal entry names. Each store's
+module owns its name and its construction from the configuration (``StoreModule``); this module
+holds only the table of them, in the order an install takes them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Protocol
 
-from trustinstaller import _run, log
+from trustinstaller import _run
+from trustinstaller._run import Account
 from trustinstaller.config import Config
 from trustinstaller.errors import StateError
-from trustinstaller.stores import Store, chromium, firefox, systemd_env
-from trustinstaller.stores.debian_fast import FastDebianStore
-from trustinstaller.stores.nss import NssDatabase, NssStore
-from trustinstaller.stores.runtime_env import RuntimeEnvStore, env_pairs, hashed_dir
-from trustinstaller.stores.systemd_env import SystemdEnvStore
+from trustinstaller.stores import (
+    Store,
+    chromium,
+    debian_fast,
+    firefox,
+    nss,
+    runtime_env,
+    systemd_env,
+)
 
-OS = "os"
-ENV = "env"
-SYSTEMD = "systemd"
-NSS_PREFIX = "nss:"
+
+class StoreModule(Protocol):
+    """What a store's module exports for the registry."""
+
+    # The store's name ("os"), or the start of each of its stores' names ("nss:").
+    PREFIX: str
+
+    def all_from_config(self, context: Registry) -> Sequence[Store]:
+        """The module's stores that ``context.config`` asks for, in install order."""
+
+    def from_name(self, name: str, context: Registry) -> Store:
+        """The store a journal entry names (``name`` is PREFIX or starts with it)."""
+
+
+# In the order an install takes them, and the reverse of a rollback's.
+TABLE: tuple[StoreModule, ...] = (
+    debian_fast,
+    chromium,
+    nss,
+    # After the OS store: the policies name the .crt files it writes.
+    firefox,
+    # After the OS store: its combined bundle copies the OS bundle just regenerated.
+    runtime_env,
+    # Last, so that the variables name files already written and verified soonest; first
+    # undone, so that no service started later gets a path about to go.
+    systemd_env,
+)
+
+
+def _owns(module: StoreModule, name: str) -> bool:
+    """Whether ``name`` is one of ``module``'s stores: its name, or a name under its prefix."""
+    prefix = module.PREFIX
+    return name.startswith(prefix) if prefix.endswith(":") else name == prefix
 
 
 @dataclass(frozen=True)
@@ -38,81 +75,29 @@ class Registry:
 
     def all(self) -> list[Store]:
         """Every configured store, in the order an install takes them."""
-        cfg = self.config
-        return [
-            self.os_store(),
-            *(chromium.ChromiumPolicyStore(d) for d in cfg.chromium_policies),
-            *(self.nss_store(db) for db in cfg.nss_databases),
-            # After the OS store: the policies name the .crt files it writes.
-            *(firefox.FirefoxStore(p, cfg.os_store) for p in cfg.firefox_policies),
-            # After the OS store: its combined bundle copies the OS bundle just regenerated.
-            self.env_store(),
-            # Last, so that the variables name files already written and verified soonest;
-            # first undone, so that no service started later gets a path about to go.
-            *([self.systemd_store()] if self._systemd_runs() else []),
-        ]
-
-    def _systemd_runs(self) -> bool:
-        """Whether the systemd store applies: configured, and systemd is the running manager."""
-        if not self.config.systemd_environment:
-            return False
-        why = systemd_env.manager_running()
-        if why is not None:
-            log.get().info("systemd_environment_skipped", reason=why)
-        return why is None
+        return [store for module in TABLE for store in module.all_from_config(self)]
 
     def named(self, name: str) -> Store:
         """The store a journal entry names; StateError for a name no store has."""
-        cfg = self.config
-        if name == OS:
-            return self.os_store()
-        if name == ENV:
-            return self.env_store()
-        if name == SYSTEMD:
-            # Whatever the configuration says now: the journal's entry holds what to undo.
-            return self.systemd_store()
-        if name.startswith(NSS_PREFIX):
-            # The owner comes from the configuration, never from the journal or the disk. A
-            # database no longer configured is handled as root's: the checked walk then
-            # refuses anything another user could change.
-            db = NssDatabase.parse(name.removeprefix(NSS_PREFIX))
-            return self.nss_store(
-                next((d for d in cfg.nss_databases if d.directory == db.directory), db)
-            )
-        if name.startswith(chromium.PREFIX):
-            return chromium.ChromiumPolicyStore(Path(name.removeprefix(chromium.PREFIX)))
-        if name.startswith(firefox.PREFIX):
-            return firefox.FirefoxStore(Path(name.removeprefix(firefox.PREFIX)), cfg.os_store)
+        for module in TABLE:
+            if _owns(module, name):
+                return module.from_name(name, self)
         raise StateError(
-            str(cfg.state_dir),
+            str(self.config.state_dir),
             f"the journal names a store this version does not know ({name[:100]!r}); "
             "undo that install by hand, then remove journal.json",
         )
 
-    def os_store(self) -> FastDebianStore:
-        """The OS store: its proven fast path, or update-ca-certificates itself."""
-        return FastDebianStore(self.runner, self.config.os_store,
-                               timeout=self.config.update_timeout)  # fmt: skip
+    def runner_for(self, owner: Account | None) -> _run.Runner:
+        """Root's runner, or ``owner``'s budget: one per user, shared by that user's stores."""
+        if owner is None:
+            return self.runner
+        budget = self.budgets.get(owner.name)
+        if budget is None:
+            budget = _run.UserBudget(self.runner, owner, self.config.user_store_timeout)
+            self.budgets[owner.name] = budget
+        return budget
 
-    def systemd_store(self) -> SystemdEnvStore:
-        """The service manager's environment: the env file's variables, from the configuration."""
-        cfg = self.config
-        pairs = env_pairs(cfg.runtime_env_dir, hashed_dir(cfg.os_store.bundle))
-        return SystemdEnvStore(dict(pairs), self.runner)
-
-    def nss_store(self, db: NssDatabase) -> NssStore:
-        """One NSS database's store."""
-        runner = self.runner
-        if db.owner is not None:
-            budget = self.budgets.get(db.owner.name)
-            if budget is None:
-                budget = _run.UserBudget(self.runner, db.owner, self.config.user_store_timeout)
-                self.budgets[db.owner.name] = budget
-            runner = budget
-        return NssStore(runner, db, timeout=self.config.certutil_timeout)
-
-    def env_store(self) -> RuntimeEnvStore:
-        """The runtime trust environment's store."""
-        cfg = self.config
-        return RuntimeEnvStore(cfg.runtime_env_dir, cfg.os_store.bundle,
-                               certs_dir=cfg.os_store.our_dir)  # fmt: skip
+    def systemd_store(self) -> systemd_env.SystemdEnvStore:
+        """The service manager's environment's store, whatever the configuration says."""
+        return systemd_env.from_name(systemd_env.PREFIX, self)

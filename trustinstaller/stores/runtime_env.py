@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,12 +36,14 @@ from typing import TYPE_CHECKING
 
 from trustinstaller import _fs, pem
 from trustinstaller.documents import Entry, Mkdir, Write
-from trustinstaller.errors import ConfigError, StoreError, UnsafePathError
+from trustinstaller.errors import StoreError, UnsafePathError
+from trustinstaller.paths import SAFE_VALUE as SAFE_VALUE  # config.py checks runtime_dir with it
 from trustinstaller.stores import Recorder, undo_files
 from trustinstaller.stores.debian import DebianPaths, cert_filename
 from trustinstaller.stores.firefox import policies_document
 
 if TYPE_CHECKING:  # annotations only: keeps cryptography off the path to ready
+    from trustinstaller.stores.registry import Registry
     from trustinstaller.validate import TrustedCA
 
 BUNDLE = "ca-bundle.pem"
@@ -63,8 +64,7 @@ DEFAULT_CERTS_DIR = DebianPaths().etc_certs_dir
 FIREFOX_POLICIES = "firefox-policies.json"
 FIREFOX_KEY = "PLAYWRIGHT_FIREFOX_POLICIES_JSON"
 
-# Paths that sh and systemd read alike, unquoted-safe only; config.py checks runtime_dir with it.
-SAFE_VALUE = re.compile(r"[A-Za-z0-9/._+@-]+")
+PREFIX = "env"
 
 
 def hashed_dir(os_bundle: Path) -> Path:
@@ -80,12 +80,16 @@ def env_pairs(directory: Path, certs_dir: Path = DEFAULT_CERTS_DIR) -> list[tupl
             (FIREFOX_KEY, str(directory / FIREFOX_POLICIES))]  # fmt: skip
 
 
-def quote(value: str) -> str:
-    """Single-quote ``value`` for sh and systemd alike; refuse what they would read differently."""
+def quote(value: str, store: str = PREFIX) -> str:
+    """Single-quote ``value`` for sh and systemd alike; refuse what they would read differently.
+
+    The configuration refuses such a runtime_dir already; the OS store's directory may still
+    hold one, and the host's administrator must then choose other paths.
+    """
     if not SAFE_VALUE.fullmatch(value):
-        raise ConfigError(
-            f"runtime_dir: path {value!r} may hold only letters, digits and / . _ + @ -"
-        )
+        raise StoreError(store, f"path {value!r} may hold only letters, digits and / . _ + @ -, "
+                         "which sh and systemd read alike: choose another runtime_dir or "
+                         "os_store.etc_certs_dir")  # fmt: skip
     return f"'{value}'"
 
 
@@ -144,7 +148,7 @@ class RuntimeEnvStore:
 
     directory: Path
     os_bundle: Path
-    name: str = "env"
+    name: str = PREFIX
     parallel: bool = False
     optional: bool = False
     # Where the OS store writes our .crt files, which the Firefox policy names.
@@ -252,3 +256,15 @@ def installed(directory: Path) -> bool:
     with contextlib.suppress(OSError):
         return stat.S_ISREG(os.lstat(directory / ENV_FILE).st_mode)
     return False
+
+
+def all_from_config(context: Registry) -> list[RuntimeEnvStore]:
+    """The runtime trust environment's store: always one."""
+    return [from_name(PREFIX, context)]
+
+
+def from_name(name: str, context: Registry) -> RuntimeEnvStore:
+    """The runtime trust environment's store, whose name is ``PREFIX`` alone."""
+    cfg = context.config
+    return RuntimeEnvStore(cfg.runtime_env_dir, cfg.os_store.bundle,
+                           certs_dir=cfg.os_store.our_dir)  # fmt: skip

@@ -35,12 +35,13 @@ from trustinstaller import _run, log
 from trustinstaller.documents import Entry, ManagerEnv
 from trustinstaller.errors import StoreError
 from trustinstaller.stores import Recorder
-from trustinstaller.stores.runtime_env import quote
+from trustinstaller.stores.runtime_env import env_pairs, hashed_dir, quote
 
 if TYPE_CHECKING:  # annotations only: keeps cryptography off the path to ready
+    from trustinstaller.stores.registry import Registry
     from trustinstaller.validate import TrustedCA
 
-NAME = "systemd"
+PREFIX = "systemd"
 MARKER = Path("/run/systemd/system")
 # PID 1 answers in milliseconds; a hung manager must not hold the install for long.
 TIMEOUT = 10.0
@@ -73,7 +74,7 @@ def parse_environment(text: str) -> dict[str, str | None]:
 
 def assignments(pairs: Mapping[str, str]) -> list[str]:
     """``KEY=VALUE`` arguments, each value checked to be one of our own plain paths."""
-    return [f"{k}={quote(v)[1:-1]}" for k, v in pairs.items()]
+    return [f"{k}={quote(v, PREFIX)[1:-1]}" for k, v in pairs.items()]
 
 
 def undo_plan(entry: ManagerEnv, current: Mapping[str, str | None]) -> tuple[list[str], list[str]]:
@@ -99,7 +100,7 @@ class SystemdEnvStore:
     runner: _run.Runner = _run.run
     marker: Path = MARKER
     timeout: float = TIMEOUT
-    name: str = NAME
+    name: str = PREFIX
     parallel: bool = False
     optional: bool = False
 
@@ -159,3 +160,24 @@ class SystemdEnvStore:
 
     def _systemctl(self, *args: str) -> _run.Result:
         return self.runner([*SYSTEMCTL, *args], timeout=self.timeout)
+
+
+def all_from_config(context: Registry) -> list[SystemdEnvStore]:
+    """The store when configured and systemd is the running manager; else none, and why."""
+    if not context.config.systemd_environment:
+        return []
+    why = manager_running()
+    if why is not None:
+        log.get().info("systemd_environment_skipped", reason=why)
+        return []
+    return [from_name(PREFIX, context)]
+
+
+def from_name(name: str, context: Registry) -> SystemdEnvStore:
+    """The store, whatever the configuration says now: the journal's entry holds what to undo.
+
+    Its variables are the env file's, from the configuration.
+    """
+    cfg = context.config
+    pairs = env_pairs(cfg.runtime_env_dir, hashed_dir(cfg.os_store.bundle))
+    return SystemdEnvStore(dict(pairs), context.runner_for(None))
