@@ -30,6 +30,7 @@ def managed(base: Path) -> Path:
     return d
 
 
+@pytest.mark.slow
 @pytest.mark.root
 def test_a_sigkill_before_the_rename_leaves_nothing_chromium_reads_after_recovery(
     config: Config, moto: MotoServer, tmp_path: Path

@@ -254,6 +254,7 @@ __attribute__((constructor)) static void bomb(void) {
 SERVICE_TASKS = 200
 
 
+@pytest.mark.slow
 def test_a_users_fork_bomb_cannot_veto_the_install(hostile: Hostile) -> None:
     """With the service's task limit full of the user's processes, root still installs.
 
@@ -714,6 +715,7 @@ os.execvp("sleep", ["sleep", MARKER])
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("chain", [False, True], ids=["one tracer", "a chain of two"])
 @pytest.mark.parametrize("how", ["namespace and cgroups", "cgroups only"])
 def test_a_users_tracer_cannot_keep_a_killed_step_alive(how: str, chain: bool) -> None:

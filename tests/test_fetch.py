@@ -212,6 +212,7 @@ def test_client_that_cannot_be_made_fails_each_arn_of_its_region() -> None:
     assert all("hunter2" not in str(r) for r in results)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("status", "body", "message", "retried"),
     [

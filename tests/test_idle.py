@@ -94,6 +94,7 @@ def locked_daemon_config(config: Config, moto: MotoServer, short_dir: Path) -> P
     return write_config(replace(config, socket=short_dir / "ti.sock"), short_dir / "c.toml")
 
 
+@pytest.mark.slow
 def test_a_restarted_locked_daemon_answers_without_botocore_or_cryptography(
     config: Config, moto: MotoServer, short_dir: Path
 ) -> None:

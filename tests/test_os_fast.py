@@ -241,6 +241,7 @@ def test_a_failing_hook_fails_both(os_root_template: Path, tmp_path: Path) -> No
     assert _result(fast, tmp_path / "fast") == _result(script, tmp_path / "script")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("retry", [False, True], ids=["once", "retried"])
 def test_the_fast_rollback_leaves_what_the_scripts_rollback_leaves(
     os_root_template: Path, tmp_path: Path, retry: bool

@@ -119,6 +119,7 @@ BROKEN_UPDATE = """if [ -e "$STATE/broken" ]; then
 fi"""
 
 
+@pytest.mark.slow
 def test_failed_rollback_is_retried_at_the_next_start(
     config: Config, shims: Path, two_cas: list[str]
 ) -> None:

@@ -107,6 +107,7 @@ def test_a_connection_without_a_thread_gets_503_and_the_daemon_recovers(
     assert '"reason": "no_thread"' in log
 
 
+@pytest.mark.slow
 def test_another_uid_cannot_hold_a_locked_activated_daemon_past_idle_exit(config: Config) -> None:
     """Keep-alive status polls from uid 65534 do not keep a locked daemon alive past idle_exit."""
     d = Path(tempfile.mkdtemp(prefix="ti-r3-"))

@@ -210,6 +210,7 @@ def flood_counts(procs: list[subprocess.Popen[str]]) -> list[list[int]]:
     return counts
 
 
+@pytest.mark.slow
 def test_a_flood_on_the_status_socket_does_not_fail_root_on_the_control_socket(
     config: Config, public_tmp: Path
 ) -> None:
@@ -395,6 +396,7 @@ def test_activation_refuses_what_it_cannot_serve_safely(
     assert "Traceback" not in text
 
 
+@pytest.mark.slow
 def test_status_socket_peers_do_not_hold_a_locked_daemon_past_idle_exit(
     config: Config, public_tmp: Path
 ) -> None:

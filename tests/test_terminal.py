@@ -75,6 +75,7 @@ def test_escape_cuts_long_fields(text: str, limit: int, expected: str) -> None:
     assert escape(text, limit=limit) == expected
 
 
+@pytest.mark.slow
 def test_escape_leaves_no_unsafe_code_point() -> None:
     """For every Unicode code point, the escaped form holds nothing a terminal would interpret."""
     for code in range(sys.maxunicode + 1):

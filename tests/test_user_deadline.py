@@ -77,6 +77,7 @@ def _status(hostile: Hostile) -> dict[str, object]:
     return json.loads(done.stdout)  # type: ignore[no-any-return]
 
 
+@pytest.mark.slow
 def test_a_user_stalling_every_step_holds_the_install_for_its_deadline_only(
     hostile: Hostile, moto: MotoServer
 ) -> None:

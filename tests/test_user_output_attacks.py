@@ -105,6 +105,7 @@ def test_a_users_certutil_cannot_write_into_roots_status_or_log(
     assert f"failed (exit 1), as user {hostile.user.name}; its output is the user's" in warning
 
 
+@pytest.mark.slow
 def test_a_users_tstclnt_neither_aborts_verify_nor_speaks_in_it(
     hostile: Hostile, moto: MotoServer
 ) -> None:
