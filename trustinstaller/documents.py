@@ -124,56 +124,59 @@ class Answer:
 # -- the journal -----------------------------------------------------------------------------
 
 
+class Step:
+    """A journal entry's kind: ``action`` names it in the JSON, beside its fields."""
+
+    action: typing.ClassVar[str]
+
+    def __init_subclass__(cls, *, action: str, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.action = action
+
+
 @dataclass(frozen=True)
-class Mkdir:
+class Mkdir(Step, action="mkdir"):
     """A directory about to be made (removed by a rollback if empty)."""
 
     path: str
-    action = "mkdir"
 
 
 @dataclass(frozen=True)
-class Write:
+class Write(Step, action="write"):
     """A file about to be written in ``dir``; ``original`` (base64) and ``mode`` if it existed."""
 
     dir: str
     name: str
     original: str | None = None
     mode: int | None = None
-    action = "write"
 
 
 @dataclass(frozen=True)
-class Update:
-    """update-ca-certificates about to run (a rollback reruns it with --fresh)."""
-
-    action = "update"
+class Update(Step, action="update"):
+    """update-ca-certificates about to run (a rollback rebuilds the store without our files)."""
 
 
 @dataclass(frozen=True)
-class CreateDb:
-    """An NSS database about to be created."""
-
-    db: str
-    action = "createdb"
-
-
-@dataclass(frozen=True)
-class AddCert:
+class AddCert(Step, action="add"):
     """A nickname about to be added to an NSS database."""
 
     db: str
     nickname: str
-    action = "add"
 
 
 @dataclass(frozen=True)
-class ManagerEnv:
+class CreateDb(Step, action="createdb"):
+    """An NSS database about to be created."""
+
+    db: str
+
+
+@dataclass(frozen=True)
+class ManagerEnv(Step, action="setenv"):
     """Variables about to be set in systemd's manager environment, and the values they replace."""
 
     assigned: dict[str, str]
     original: dict[str, str]
-    action = "setenv"
 
     def __post_init__(self) -> None:
         for held in (self.assigned, self.original):
