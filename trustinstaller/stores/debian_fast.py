@@ -23,6 +23,11 @@ The script's quirks reproduced here, one per line:
 - ``--fresh`` first removes links into the CA directories, then links that are not to a file.
 - Hooks run in the store's directory with the ``+`` lines then the ``-`` lines on stdin; one that
   fails is an ``E:`` line, and the others still run.
+
+An install's hooks are left to the transaction as the store's rest (they run beside the later
+stores). A rollback takes no ``--fresh`` run: our removed files' links go as orphans, and the
+hooks get a ``-`` line for each of our files, once (the script path tells them after its fresh
+run, which feeds them every CA again).
 """
 
 from __future__ import annotations
