@@ -119,6 +119,13 @@ _KEYS = (
 )
 
 
+# Turns a key and a reason into the error naming the configuration file.
+_Fail = Callable[[str, str], ConfigError]
+# Config's keyword arguments, each checked against its key's rules from the parsed TOML: the
+# TOML boundary, where a value's type is known only once its key's check has passed.
+_Settings = dict[str, Any]
+
+
 def load(path: str | os.PathLike[str] | None = None) -> Config:
     """Load ``path``, else ``$TRUSTINSTALLER_CONFIG``, else /etc/trustinstaller/config.toml."""
     chosen = path if path is not None else os.environ.get(ENV_VAR)
@@ -149,7 +156,7 @@ def from_mapping(data: Mapping[str, Any], *, source: str = "config") -> Config:
     unknown = sorted(set(data) - _KEYS)
     if unknown:
         raise fail(unknown[0], f"unknown key (allowed: {', '.join(sorted(_KEYS))})")
-    kw: dict[str, Any] = {}
+    kw: _Settings = {}
     for part in (_paths, _timeouts, _databases, _access):
         kw.update(part(data, fail))
     _check_together(kw, fail)
@@ -166,11 +173,7 @@ def installed_firefox_policies() -> tuple[Path, ...]:
     return ()
 
 
-# Turns a key and a reason into the error naming the configuration file.
-_Fail = Callable[[str, str], ConfigError]
-
-
-def _paths(data: Mapping[str, Any], fail: _Fail) -> dict[str, Any]:
+def _paths(data: Mapping[str, Any], fail: _Fail) -> _Settings:
     """The absolute paths: the sockets, the state directory and runtime_dir."""
     kw = {key: _abs_path(data[key], key, fail) for key in _PATH_KEYS if key in data}
     if "runtime_dir" in kw and not SAFE_VALUE.fullmatch(str(kw["runtime_dir"])):
@@ -179,9 +182,9 @@ def _paths(data: Mapping[str, Any], fail: _Fail) -> dict[str, Any]:
     return kw
 
 
-def _timeouts(data: Mapping[str, Any], fail: _Fail) -> dict[str, Any]:
+def _timeouts(data: Mapping[str, Any], fail: _Fail) -> _Settings:
     """Each timeout: a positive, finite number of seconds."""
-    kw: dict[str, Any] = {}
+    kw: _Settings = {}
     for key in _TIMEOUT_KEYS:
         if key in data:
             v = data[key]
@@ -192,9 +195,9 @@ def _timeouts(data: Mapping[str, Any], fail: _Fail) -> dict[str, Any]:
     return kw
 
 
-def _databases(data: Mapping[str, Any], fail: _Fail) -> dict[str, Any]:
+def _databases(data: Mapping[str, Any], fail: _Fail) -> _Settings:
     """``nss_databases``, and the databases of each of ``browser_users``."""
-    kw: dict[str, Any] = {}
+    kw: _Settings = {}
     dbs: list[NssDatabase] = []
     if "nss_databases" in data:
         if not isinstance(data["nss_databases"], list):
@@ -213,9 +216,9 @@ def _databases(data: Mapping[str, Any], fail: _Fail) -> dict[str, Any]:
     return kw
 
 
-def _access(data: Mapping[str, Any], fail: _Fail) -> dict[str, Any]:
+def _access(data: Mapping[str, Any], fail: _Fail) -> _Settings:
     """Who may reach the daemon, and how: uids, the group, the endpoint, systemd's environment."""
-    kw: dict[str, Any] = {}
+    kw: _Settings = {}
     if "systemd_environment" in data:
         if not isinstance(data["systemd_environment"], bool):
             raise fail("systemd_environment", "must be true or false")
@@ -245,7 +248,7 @@ def _check_together(kw: Mapping[str, Any], fail: _Fail) -> None:
         raise fail("endpoint_url", "must start with https:// (or http:// for a local test server)")
 
 
-def _os_store(data: Mapping[str, Any], fail: _Fail) -> dict[str, Any]:
+def _os_store(data: Mapping[str, Any], fail: _Fail) -> _Settings:
     """The ``os_store`` table: update-ca-certificates' directories, each absolute."""
     if "os_store" not in data:
         return {}
@@ -259,7 +262,7 @@ def _os_store(data: Mapping[str, Any], fail: _Fail) -> dict[str, Any]:
     return {"os_store": DebianPaths(**paths)}
 
 
-def _policies(data: Mapping[str, Any], fail: _Fail) -> dict[str, Any]:
+def _policies(data: Mapping[str, Any], fail: _Fail) -> _Settings:
     """The browser policy keys that are set."""
     return {
         key: _policy_paths(data[key], key, kind, example, fail)
