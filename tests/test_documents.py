@@ -4,6 +4,8 @@ the same bytes, and what is not one of ours is refused with ValueError."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,7 @@ import pytest
 
 from trustinstaller import documents
 from trustinstaller.errors import ProblemKind
+from trustinstaller.stores import debian, nss
 
 EXAMPLES = Path(__file__).parent / "examples"
 
@@ -54,8 +57,8 @@ def test_a_decoded_journal_has_our_types() -> None:
     journal = documents.journal_from_json(_load("journal.json"))
     assert journal.phase is documents.Phase.VERIFYING
     kinds = [type(r.entry) for r in journal.entries]
-    assert kinds == [documents.Mkdir, documents.Write, documents.Write, documents.Update,
-                     documents.CreateDb, documents.AddCert]  # fmt: skip
+    assert kinds == [documents.Mkdir, documents.Write, documents.Write, debian.Update,
+                     nss.CreateDb, nss.AddCert]  # fmt: skip
     write = journal.entries[2].entry
     assert write == documents.Write("/etc/chromium/policies/managed", "zz-trustinstaller.json",
                                     "e30K", 0o644)  # fmt: skip
@@ -143,3 +146,27 @@ def test_an_answer_that_is_not_ours_is_refused() -> None:
         documents.answer_from_json({"error": 5})
     with pytest.raises(ValueError, match="state"):
         documents.answer_from_json({"state": "exploded", "outcome": "busy"})
+
+
+def test_a_stores_own_entry_decodes_where_no_store_was_loaded() -> None:
+    """A journal naming an NSS step decodes in a process that imported only the documents: the
+    registry loads every store, whose modules define their own kinds."""
+    code = (
+        "import sys\n"
+        "from trustinstaller import documents\n"
+        "assert 'trustinstaller.stores.nss' not in sys.modules\n"
+        "j = documents.journal_from_json({'id': 'i', 'started_at': 't', 'phase': 'applying',\n"
+        "    'entries': [{'store': 'nss:/x', 'action': 'add', 'db': 'sql:/x', 'nickname': 'n'}]})\n"
+        "print(type(j.entries[0].entry).__module__)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, cwd=Path(__file__).parents[1])  # fmt: skip
+    assert done.stdout.split() == ["trustinstaller.stores.nss"]
+
+
+def test_two_kinds_cannot_share_an_action() -> None:
+    """A second kind with an action already taken is refused as it is defined."""
+    with pytest.raises(TypeError, match="journal action 'add' is taken"):
+
+        class Again(documents.Step, action="add"):
+            pass

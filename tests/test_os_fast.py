@@ -33,7 +33,6 @@ from trustinstaller.config import Config
 from trustinstaller.documents import (
     State,
     Status,
-    Update,
     Write,
     status_from_json,
     status_to_json,
@@ -41,7 +40,7 @@ from trustinstaller.documents import (
 from trustinstaller.errors import HostError
 from trustinstaller.installer import Installer
 from trustinstaller.stores import debian_fast
-from trustinstaller.stores.debian import DebianPaths, DebianStore
+from trustinstaller.stores.debian import DebianPaths, DebianStore, Update
 from trustinstaller.stores.debian_fast import FastDebianStore, Unproven
 
 Setup = Callable[[DebianPaths], None]
@@ -529,7 +528,8 @@ def test_a_linked_conf_is_left_to_the_script(os_root: DebianPaths, tmp_path: Pat
 _IN_NS = """
 import os, sys
 from trustinstaller import _run
-from trustinstaller.documents import Update, Write
+from trustinstaller.documents import Write
+from trustinstaller.stores.debian import Update
 from trustinstaller.stores.debian import DebianStore
 from trustinstaller.stores.debian_fast import FastDebianStore
 store = (FastDebianStore if sys.argv[1] == "fast" else DebianStore)(_run.run)

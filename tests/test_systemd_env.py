@@ -13,11 +13,11 @@ import structlog
 
 from trustinstaller import config, documents
 from trustinstaller.config import Config
-from trustinstaller.documents import Journal, ManagerEnv, Write
+from trustinstaller.documents import Journal, Write
 from trustinstaller.errors import ConfigError, StoreError
 from trustinstaller.stores import runtime_env, systemd_env
 from trustinstaller.stores.registry import Registry
-from trustinstaller.stores.systemd_env import SystemdEnvStore
+from trustinstaller.stores.systemd_env import ManagerEnv, SystemdEnvStore
 
 OURS = {"SSL_CERT_FILE": "/run/e/ca-bundle.pem", "NODE_EXTRA_CA_CERTS": "/run/e/custom-cas.pem"}
 NO_SYSTEMD = systemd_env.manager_running() is not None

@@ -12,6 +12,7 @@ that into a StateError naming the file.
 from __future__ import annotations
 
 import enum
+import importlib
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -125,13 +126,24 @@ class Answer:
 
 
 class Step:
-    """A journal entry's kind: ``action`` names it in the JSON, beside its fields."""
+    """A journal entry's kind: ``action`` names it in the JSON, beside its fields.
+
+    The file steps every store takes are here; a store's own kinds are in its module, each a
+    frozen dataclass subclassing this one, and registered by its action as it is defined.
+    """
 
     action: typing.ClassVar[str]
 
     def __init_subclass__(cls, *, action: str, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if action in _ENTRY_KINDS:
+            raise TypeError(f"journal action {action!r} is taken by {_ENTRY_KINDS[action]}")
         cls.action = action
+        _ENTRY_KINDS[action] = cls
+
+
+# Every journal entry kind, by action: filled as each Step subclass is defined.
+_ENTRY_KINDS: dict[str, type[Step]] = {}
 
 
 @dataclass(frozen=True)
@@ -151,42 +163,8 @@ class Write(Step, action="write"):
     mode: int | None = None
 
 
-@dataclass(frozen=True)
-class Update(Step, action="update"):
-    """update-ca-certificates about to run (a rollback rebuilds the store without our files)."""
-
-
-@dataclass(frozen=True)
-class AddCert(Step, action="add"):
-    """A nickname about to be added to an NSS database."""
-
-    db: str
-    nickname: str
-
-
-@dataclass(frozen=True)
-class CreateDb(Step, action="createdb"):
-    """An NSS database about to be created."""
-
-    db: str
-
-
-@dataclass(frozen=True)
-class ManagerEnv(Step, action="setenv"):
-    """Variables about to be set in systemd's manager environment, and the values they replace."""
-
-    assigned: dict[str, str]
-    original: dict[str, str]
-
-    def __post_init__(self) -> None:
-        for held in (self.assigned, self.original):
-            if not isinstance(held, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in held.items()
-            ):
-                raise TypeError("assigned and original must map names to strings")
-
-
-Entry = Mkdir | Write | Update | CreateDb | AddCert | ManagerEnv
+# A journal entry: any Step (a store's rollback tells its own kinds apart).
+Entry = Step
 
 
 @dataclass(frozen=True)
@@ -221,9 +199,6 @@ class Journal:
 # the entry's fields.
 
 _T = typing.TypeVar("_T")
-_ENTRY_KINDS: dict[str, type[Entry]] = {
-    k.action: k for k in (Mkdir, Write, Update, CreateDb, AddCert, ManagerEnv)
-}
 
 
 def status_to_json(s: Status) -> JSONObject:
@@ -322,8 +297,6 @@ def _decode(tp: Any, value: object, what: str) -> Any:
     if typing.get_origin(tp) in (types.UnionType, typing.Union):
         if value is None and type(None) in args:
             return None
-        if tp == Entry:
-            raise ValueError(f"{what}: a journal entry is decoded by its action")
         (inner,) = (a for a in args if a is not type(None))
         return _decode(inner, value, what)
     if typing.get_origin(tp) is tuple:
@@ -333,6 +306,8 @@ def _decode(tp: Any, value: object, what: str) -> Any:
                 _mapping(value, what).items()}  # fmt: skip
     if tp is Recorded:
         return _recorded(value)
+    if tp is Step:
+        raise ValueError(f"{what}: a journal entry is decoded by its action")
     if is_dataclass(tp):
         return _decode_object(tp, value, what)  # type: ignore[arg-type]
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
@@ -360,6 +335,10 @@ def _recorded(data: object) -> Recorded:
     action = _str(d.pop("action", None), "action")
     kind = _ENTRY_KINDS.get(action)
     if kind is None:
+        # A store's own kinds register as its module loads; the registry loads every store.
+        importlib.import_module("trustinstaller.stores.registry")
+        kind = _ENTRY_KINDS.get(action)
+    if kind is None or not is_dataclass(kind):
         raise ValueError(f"journal entry: unknown action {action[:40]!r}")
     unknown = set(d) - {f.name for f in fields(kind)}
     if unknown:

@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable
 
 from trustinstaller import _run
-from trustinstaller.documents import Entry, Update, Write
-from trustinstaller.stores.debian import DebianStore
+from trustinstaller.documents import Entry, Write
+from trustinstaller.stores.debian import DebianStore, Update
 from trustinstaller.stores.debian_fast import FastDebianStore
 
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from trustinstaller import _fs, log, pem
 from trustinstaller._run import Runner
-from trustinstaller.documents import Entry, Mkdir, Update, Write
+from trustinstaller.documents import Entry, Mkdir, Step, Write
 from trustinstaller.errors import HostError, StoreError, UnsafePathError
 from trustinstaller.paths import BUNDLE as BUNDLE  # the names the OS store's callers use
 from trustinstaller.paths import SUBDIR as SUBDIR
@@ -36,6 +36,13 @@ from trustinstaller.stores import Recorder, Rest, undo_files
 
 if TYPE_CHECKING:  # annotations only: keeps cryptography off the path to ready
     from trustinstaller.validate import TrustedCA
+
+
+# The OS store's own journal entry; it also records the files it writes (Mkdir, Write).
+@dataclass(frozen=True)
+class Update(Step, action="update"):
+    """update-ca-certificates about to run (a rollback rebuilds the store without our files)."""
+
 
 # In the order apt and dpkg take them: the frontend lock, then the database lock.
 DPKG_LOCKS = ("lock-frontend", "lock")

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 
 from trustinstaller import _fs, log
 from trustinstaller._run import Account, Runner
-from trustinstaller.documents import AddCert, CreateDb, Entry, Mkdir
+from trustinstaller.documents import Entry, Mkdir, Step
 from trustinstaller.errors import HostError, StoreError, UnsafePathError, own_words
 from trustinstaller.paths import NssDatabase as NssDatabase  # its old name, still in use
 from trustinstaller.stores import Recorder, nss_user
@@ -45,6 +45,23 @@ from trustinstaller.stores import Recorder, nss_user
 if TYPE_CHECKING:  # annotations only: keeps cryptography off the path to ready
     from trustinstaller.stores.registry import Registry
     from trustinstaller.validate import TrustedCA
+
+
+# This store's own journal entries (and Mkdir, for the directories it makes).
+@dataclass(frozen=True)
+class CreateDb(Step, action="createdb"):
+    """An NSS database about to be created."""
+
+    db: str
+
+
+@dataclass(frozen=True)
+class AddCert(Step, action="add"):
+    """A nickname about to be added to an NSS database."""
+
+    db: str
+    nickname: str
+
 
 PREFIX = "nss:"
 TRUST = "C,,"

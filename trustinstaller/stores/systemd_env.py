@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from trustinstaller import _run, log
-from trustinstaller.documents import Entry, ManagerEnv
+from trustinstaller.documents import Entry, Step
 from trustinstaller.errors import StoreError
 from trustinstaller.stores import Recorder
 from trustinstaller.stores.runtime_env import env_pairs, hashed_dir, quote
@@ -40,6 +40,23 @@ from trustinstaller.stores.runtime_env import env_pairs, hashed_dir, quote
 if TYPE_CHECKING:  # annotations only: keeps cryptography off the path to ready
     from trustinstaller.stores.registry import Registry
     from trustinstaller.validate import TrustedCA
+
+
+# This store's own journal entry.
+@dataclass(frozen=True)
+class ManagerEnv(Step, action="setenv"):
+    """Variables about to be set in systemd's manager environment, and the values they replace."""
+
+    assigned: dict[str, str]
+    original: dict[str, str]
+
+    def __post_init__(self) -> None:
+        for held in (self.assigned, self.original):
+            if not isinstance(held, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in held.items()
+            ):
+                raise TypeError("assigned and original must map names to strings")
+
 
 PREFIX = "systemd"
 MARKER = Path("/run/systemd/system")
