@@ -49,18 +49,18 @@ if TYPE_CHECKING:  # annotations only: keeps cryptography off the path to ready
 
 # This store's own journal entries (and Mkdir, for the directories it makes).
 @dataclass(frozen=True)
-class CreateDb(Step, action="createdb"):
-    """An NSS database about to be created."""
-
-    db: str
-
-
-@dataclass(frozen=True)
 class AddCert(Step, action="add"):
     """A nickname about to be added to an NSS database."""
 
     db: str
     nickname: str
+
+
+@dataclass(frozen=True)
+class CreateDb(Step, action="createdb"):
+    """An NSS database about to be created."""
+
+    db: str
 
 
 PREFIX = "nss:"
