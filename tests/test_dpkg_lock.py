@@ -106,7 +106,9 @@ def busy_at_verify(
         .replace("nss_databases = []", f'nss_databases = ["sql:{tmp_path / "nssdb"}"]')
     )
     holder = tmp_path / "holder.py"
-    holder.write_text(HOLDER)
+    # Waits for the lock: the verify runs beside the OS store's hooks, and Java's hook may hold
+    # dpkg's lock just then; the holder takes it when that dpkg is done, before the rollback.
+    holder.write_text(HOLDER.replace("fcntl.LOCK_EX | fcntl.LOCK_NB", "fcntl.LOCK_EX"))
     journal = tmp_path / "state" / "journal.json"
     body = f"""case " $* " in *" -L "*)
     if grep -q '"verifying"' {journal}; then

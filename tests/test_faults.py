@@ -293,6 +293,47 @@ def test_sigkill_while_update_ca_certificates_runs(
         d.stop()
 
 
+# Waits until the runtime environment's file (a later store's) exists, then stalls for good.
+STALL_AFTER_ENV = """#!/bin/sh
+cat > /dev/null
+S={state}
+[ -e "$S/stalled" ] && exit 0
+i=0
+while [ ! -e {env} ]; do
+    i=$((i + 1)); [ $i -lt 600 ] || exit 1
+    sleep 0.05
+done
+touch "$S/stalled"
+echo $$ > "$S/blocked.pid"
+sleep 600
+"""
+
+
+def test_sigkill_while_the_hooks_run_beside_the_later_stores(
+    config: Config, daemon_files: tuple[Path, Path], shims: Path, three_cas: list[str]
+) -> None:
+    """Killed in a hook (the fast path's rest) after a later store installed beside it: the
+    journal holds that store's steps too, and the next start undoes both."""
+    env_dir = config.runtime_env_dir
+    state_dir = shims / "hook.state"
+    state_dir.mkdir()
+    hook = config.os_store.hooks_dir / "50stall"
+    hook.write_text(STALL_AFTER_ENV.format(state=state_dir, env=env_dir / "env"))
+    hook.chmod(0o755)
+    before = store_state(config)
+    had_env = env_dir.exists()
+    d = _kill_during(config, daemon_files, shims, three_cas, state_dir / "blocked.pid")
+    assert (env_dir / "env").exists()  # the later store did install beside the hooks
+    d.start()
+    try:
+        assert d.status()["state"] == "failed"
+        assert store_state(config) == before
+        assert env_dir.exists() == had_env
+        assert not (config.state_dir / "journal.json").exists()
+    finally:
+        d.stop()
+
+
 def test_committed_journal_is_confirmed_as_locked(config: Config, moto: MotoServer) -> None:
     """A journal in phase 'committed' (killed after the install, before the lock was written)."""
     installer = Installer(config)

@@ -219,17 +219,18 @@ class DebianStore:
 
     def rollback(self, entries: Sequence[Entry]) -> None:
         """Remove our files, rebuild the bundle and links, and tell the hooks."""
-        removed = undo_files(entries)
+        undo_files(entries)
         if not any(isinstance(e, Update) for e in entries):
             return
         # Rebuilt even while dpkg stays busy, so the OS bundle never keeps a removed CA; only
         # Java's hook then fails, and the journal stays for the next start to retry. dpkg gets
         # as long to be free as at the install (update_timeout); the rebuild gets
-        # rollback_timeout. A retry at the next start finds our files gone already: the hooks
-        # are told again.
+        # rollback_timeout. The hooks are told of every file the journal names, not only of
+        # those this run removed: a run killed between two removals leaves the journal as it
+        # was, and its retry must still tell the hooks of the files the killed run removed.
         holder = self._wait_for_dpkg(self.timeout)
         try:
-            self._rebuild_without(removed or [e.name for e in entries if isinstance(e, Write)])
+            self._rebuild_without([e.name for e in entries if isinstance(e, Write)])
         except HostError as exc:
             if holder is None:
                 raise
