@@ -1,12 +1,14 @@
-"""ATTACK (fails on main at 7a2113a): a rollback killed between two of its unlinks.
+"""A rollback killed between two of its unlinks, and retried at the next start, still has Java
+drop every CA.
 
 The OS store's rollback removes our ``.crt`` files one by one (each unlink made durable), then
 rebuilds the store and tells the hooks a ``-`` line per CA. A kill (SIGKILL, power) after the
 first unlink and before the last leaves the journal as it was, so the next start rolls back
-again. That retry finds some of our files gone already and tells the hooks only of the files it
-removed itself (``removed or [every name]``): the first ones' links are dangling by then and go
-as orphans, with no ``-`` line. Java's keystore hook is never told of them, so Java keeps
-trusting CAs the install never finished installing, after a rollback that reported success.
+again. That retry finds some of our files gone already. Were the hooks told only of the files
+it removed itself, the first ones' links, dangling by then, would go as orphans with no ``-``
+line, and Java's keystore would keep trusting CAs the install never finished installing, after
+a rollback that reported success. So the hooks are told of every file the journal names, on
+both paths.
 
 The kill is real: strace's fault injection sends SIGKILL to the rollback at its second
 ``unlinkat``. Debian's own jks-keystore hook runs in a private namespace.
@@ -32,8 +34,8 @@ NAMES = [f"{i:064x}.crt" for i in range(3)]
 _IN_NS = """
 import sys
 from trustinstaller import _run
-from trustinstaller.documents import Update, Write
-from trustinstaller.stores.debian import DebianStore
+from trustinstaller.documents import Write
+from trustinstaller.stores.debian import DebianStore, Update
 from trustinstaller.stores.debian_fast import FastDebianStore
 store = (FastDebianStore if sys.argv[1] == "fast" else DebianStore)(_run.run)
 if sys.argv[2] == "install":
