@@ -145,6 +145,24 @@ def test_certutil_failing_on_second_add_undoes_the_first(
     assert not nss_dir(config).exists()
 
 
+def test_a_password_protected_database_fails_the_batch_fast_and_keeps_its_entries(
+    config: Config, three_cas: list[str], tmp_path: Path
+) -> None:
+    """Root's database has a password: the one certutil -B, given an empty password file, fails
+    at its first add instead of prompting, and the install is undone with nothing added."""
+    db = nss_dir(config)
+    db.mkdir(parents=True)
+    password = tmp_path / "password"
+    password.write_text("not empty\n")
+    subprocess.run(["certutil", "-N", "-d", f"sql:{db}", "-f", str(password)], check=True,
+                   stdin=subprocess.DEVNULL)  # fmt: skip
+    before = store_state(config)
+    installer = Installer(config)
+    with pytest.raises(HostError, match=r"certutil -B"):
+        installer.submit(manifest(three_cas))
+    assert_rolled_back(config, before, installer)
+
+
 def test_existing_nss_database_keeps_its_own_entries_on_rollback(
     config: Config, shims: Path, three_cas: list[str], tmp_path: Path
 ) -> None:

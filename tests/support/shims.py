@@ -16,11 +16,27 @@ from pathlib import Path
 REAL_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
+# certutil's batch (``-B -i FILE``, each line a command's arguments), run as one call of the
+# shim per line with the batch call's other arguments: a body that counts, fails or blocks
+# "-A" calls sees each add of a batch as it sees a lone one.
+SPLIT_BATCH = """if [ "$1" = "-B" ]; then
+    shift; rest=""; batch=""
+    while [ $# -gt 0 ]; do
+        case "$1" in -i) batch=$2; shift 2 ;; *) rest="$rest $1"; shift ;; esac
+    done
+    while read -r line; do "$0" $line $rest || exit $?; done < "$batch"
+    exit 0
+fi"""
+
+
 def write_shim(shim_dir: Path, name: str, body: str) -> Path:
     """Write an executable shim ``name``; ``$REAL`` is the real command, ``$N`` this call's number.
 
     The body also sees ``$STATE`` (a directory for marker files) and the original arguments.
+    A certutil shim runs a batch as one call of itself per line (``SPLIT_BATCH``).
     """
+    if name == "certutil":
+        body = f"{SPLIT_BATCH}\n{body}"
     shim_dir.mkdir(parents=True, exist_ok=True)
     state = shim_dir / f"{name}.state"
     state.mkdir(exist_ok=True)
