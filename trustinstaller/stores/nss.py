@@ -17,6 +17,8 @@ Quirks this module exists for, one per line:
 - certutil prompts for a password forever when stdin is not a TTY: stdin is closed, there is a
   timeout, and ``-f`` names an empty password file so a password-protected database fails fast.
 - ``certutil -N`` on an existing database asks to change its password: create only when missing.
+- ``certutil -B -i FILE`` runs each line of FILE as a command's arguments in one process, and
+  stops at the first that fails (exit 255), with the lines before it done.
 - Nicknames must not contain colons (NSS reads ``token:nickname``).
 - Trust ``C,,`` marks a CA trusted for TLS server authentication only.
 - NSS ignores the ``configdir`` that pkcs11.txt records, so a database made through
