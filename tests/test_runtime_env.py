@@ -166,6 +166,22 @@ def test_base_bundle_prefers_the_os_bundle(tmp_path: Path) -> None:
     assert runtime_env.base_bundle(os_bundle) == (os_bundle.read_bytes(), str(os_bundle))
 
 
+def test_the_os_bundle_is_never_read_through_a_link(tmp_path: Path) -> None:
+    """An OS bundle that is a symlink (say, to a file another user wrote) is not followed: the
+    store refuses, naming it, and writes nothing."""
+    elsewhere = tmp_path / "elsewhere.pem"
+    elsewhere.write_text(make_ca("not the os").pem)
+    (tmp_path / "run").mkdir()
+    store = make_store(tmp_path)
+    store.os_bundle.unlink()
+    store.os_bundle.symlink_to(elsewhere)
+    journal = Journal()
+    with pytest.raises(StoreError, match="is a symlink; refusing to read the OS bundle"):
+        store.install([trusted(make_ca("one"))], journal)
+    assert journal.entries == []
+    assert not store.directory.exists()
+
+
 # -- the store ------------------------------------------------------------------
 
 

@@ -112,10 +112,16 @@ def pem_ders(data: bytes) -> list[bytes]:
     return pem.ders(data)
 
 
+# The OS bundle is about 200 KB with Debian's 140 CAs; this is far above any real one.
+_BUNDLE_LIMIT = 64 * 1024 * 1024
+
+
 def base_bundle(os_bundle: Path) -> tuple[bytes, str]:
     """The OS bundle's bytes, or certifi's where the OS has none; and which one was used."""
     try:
-        data = os_bundle.read_bytes()
+        # Root's own path, by the checked walk: never through a link or a directory not root's.
+        with _fs.opened_dir(os_bundle.parent) as fd:
+            data = _fs.read_file(fd, os_bundle.name, limit=_BUNDLE_LIMIT) or b""
     except FileNotFoundError:
         data = b""
     if pem_ders(data):
@@ -188,7 +194,11 @@ class RuntimeEnvStore:
 
     def install(self, certs: Sequence[TrustedCA], record: Recorder) -> None:
         """Write the bundles first and the environment file last, each atomically."""
-        base, _ = base_bundle(self.os_bundle)
+        try:
+            base, _ = base_bundle(self.os_bundle)
+        except UnsafePathError as exc:
+            raise StoreError(self.name, f"{exc.filename} {exc.strerror}; refusing to read the "
+                             "OS bundle through it: fix that component") from exc  # fmt: skip
         files = (
             (BUNDLE, combined_pem(base, certs)),
             (CUSTOM, custom_pem(certs)),
