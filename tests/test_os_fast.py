@@ -482,9 +482,11 @@ def test_a_failing_hook_on_the_fast_path_rolls_the_install_back(
     hook.chmod(0o755)
     before = config.os_store.bundle.read_bytes()
     body, pem = _submit_one(config, moto, "hooks fail")
-    with pytest.raises(HostError) as caught:
+    with pytest.raises(HostError) as caught, structlog.testing.capture_logs() as logs:
         Installer(config).submit(body)
     assert "E: keystore broke" in caught.value.output
+    said = [e for e in logs if e["event"] == "os_update"]
+    assert (said[0]["path"], said[0].get("status")) == ("fast", "hooks_failed")
     assert pem.encode() not in config.os_store.bundle.read_bytes()
     assert config.os_store.bundle.read_bytes() == before
     assert not (config.runtime_env_dir / "env").exists()

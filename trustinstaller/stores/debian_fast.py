@@ -506,12 +506,15 @@ class FastDebianStore(DebianStore):
         self.os_update = FAST
 
         def hooks() -> None:
-            run_hooks(self.paths, self.runner, outcome.hook_input, timeout=timeout)
-            log.get().info(
-                "os_update", store=self.name, path=FAST, fresh=fresh, added=len(outcome.added),
-                removed=len(outcome.removed), warnings=len(outcome.warnings),
-                duration_ms=round((time.monotonic() - start) * 1000),
-            )  # fmt: skip
+            said = {"store": self.name, "path": FAST, "fresh": fresh, "added": len(outcome.added),
+                    "removed": len(outcome.removed), "warnings": len(outcome.warnings)}  # fmt: skip
+            try:
+                run_hooks(self.paths, self.runner, outcome.hook_input, timeout=timeout)
+            except HostError:
+                log.get().warning("os_update", **said, status="hooks_failed")
+                raise
+            log.get().info("os_update", **said,
+                           duration_ms=round((time.monotonic() - start) * 1000))  # fmt: skip
 
         return hooks
 
