@@ -526,23 +526,6 @@ def test_a_linked_conf_is_left_to_the_script(os_root: DebianPaths, tmp_path: Pat
 
 # -- with Debian's own Java hook, in private namespaces ----------------------------------------
 
-# Inside a namespace: update the OS store the way argv[1] names, or roll back its install.
-_IN_NS = """
-import os, sys
-from trustinstaller import _run
-from trustinstaller.documents import Write
-from trustinstaller.stores.debian import Update
-from trustinstaller.stores.debian import DebianStore
-from trustinstaller.stores.debian_fast import FastDebianStore
-store = (FastDebianStore if sys.argv[1] == "fast" else DebianStore)(_run.run)
-if sys.argv[2] == "install":
-    store._update()
-else:
-    our = store.paths.our_dir
-    store.rollback([*(Write(str(our), n) for n in sorted(os.listdir(our))), Update()])
-print(store.os_update)
-"""
-
 
 def _java_view(ns: PrivateNamespace) -> dict[str, object]:
     """The keystore's aliases, and the store's tree but for the keystore's own bytes."""
@@ -568,7 +551,7 @@ def test_java_keystore_gets_what_the_script_gives_it(tmp_path: Path) -> None:
                 (ours / f"{i:064x}.crt").write_text(pem)
             views[way] = []
             for step in ("install", "rollback"):
-                done = ns.run([sys.executable, "-c", _IN_NS, way, step], cwd="/",
+                done = ns.run([sys.executable, "-c", osroot.OS_STORE_STEP, way, step], cwd="/",
                               env={"PYTHONPATH": str(Path(__file__).parents[1])})  # fmt: skip
                 assert done.returncode == 0, done.stdout + done.stderr
                 assert done.stdout.split()[-1] == way

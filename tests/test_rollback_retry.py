@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import osroot
 from tests.support.certs import make_ca
 from tests.support.ns import PrivateNamespace
 from tests.test_namespace import HAS_JAVA_HOOK, keytool_aliases
@@ -29,22 +30,6 @@ from tests.test_namespace import HAS_JAVA_HOOK, keytool_aliases
 CAS = [make_ca(f"partial rollback CA {i}").pem for i in range(3)]
 NAMES = [f"{i:064x}.crt" for i in range(3)]
 
-# Inside a namespace: install (argv[2] == "install") or roll back our three files, the way
-# argv[1] names; the journal's entries are always all three Write entries and the Update.
-_IN_NS = """
-import sys
-from trustinstaller import _run
-from trustinstaller.documents import Write
-from trustinstaller.stores.debian import DebianStore, Update
-from trustinstaller.stores.debian_fast import FastDebianStore
-store = (FastDebianStore if sys.argv[1] == "fast" else DebianStore)(_run.run)
-if sys.argv[2] == "install":
-    store._update()
-else:
-    our = store.paths.our_dir
-    store.rollback([*(Write(str(our), n) for n in sys.argv[3:]), Update()])
-print(store.os_update)
-"""
 
 # SIGKILL on entry to the rollback's second unlinkat: the first of our files is gone (and its
 # directory synced), the others are still there.
@@ -68,7 +53,7 @@ def test_a_rollback_killed_between_its_unlinks_still_clears_java(tmp_path: Path,
         for name, pem in zip(NAMES, CAS, strict=True):
             (ours / name).write_text(pem)
         env = {"PYTHONPATH": str(Path(__file__).parents[1])}
-        step = [sys.executable, "-c", _IN_NS, way]
+        step = [sys.executable, "-c", osroot.OS_STORE_STEP, way]
         done = ns.run([*step, "install"], cwd="/", env=env)
         assert done.returncode == 0, done.stdout + done.stderr
         assert len(keytool_aliases(ns)) == len(before) + 3

@@ -110,3 +110,24 @@ def nss_listing(db_dir: Path) -> str:
         capture_output=True, text=True, check=True, stdin=subprocess.DEVNULL, timeout=30,
     )  # fmt: skip
     return done.stdout
+
+
+# A script for `python -c` inside a namespace: update the OS store the way argv[1] names ("fast"
+# or "script") when argv[2] is "install", else roll back that install, whose journal holds a
+# Write for each of the files argv[3:] names (default: every file in our directory) and the
+# Update; it prints which way the store ran.
+OS_STORE_STEP = """
+import os, sys
+from trustinstaller import _run
+from trustinstaller.documents import Write
+from trustinstaller.stores.debian import DebianStore, Update
+from trustinstaller.stores.debian_fast import FastDebianStore
+store = (FastDebianStore if sys.argv[1] == "fast" else DebianStore)(_run.run)
+if sys.argv[2] == "install":
+    store._update()
+else:
+    our = store.paths.our_dir
+    names = sys.argv[3:] or sorted(os.listdir(our))
+    store.rollback([*(Write(str(our), n) for n in names), Update()])
+print(store.os_update)
+"""
