@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -492,3 +493,31 @@ def test_stale_bundle_from_a_killed_run_is_not_appended_to(
     assert stale_ca.der not in bundle_ders(config.os_store.bundle)
     text = config.os_store.bundle.read_text()
     assert text.count("-----BEGIN CERTIFICATE-----") == len(bundle_ders(config.os_store.bundle))
+
+
+@pytest.mark.root
+def test_a_sigkill_before_a_crt_is_renamed_leaves_no_file_of_ours_after_recovery(
+    config: Config, moto: MotoServer, tmp_path: Path
+) -> None:
+    """Killed between a ``.crt`` file's fsync and its rename, the next start removes its
+    temporary file too: a directory the install made would stay for it."""
+    ours = config.os_store.our_dir
+    ours.mkdir(mode=0o755)  # there before the trace starts, so that -P can name it
+    arns = [moto.put_secret(unique("crtcrash"), make_ca(f"crt crash {i}").pem) for i in range(2)]
+    cfg_path = write_config(replace(config, nss_databases=()), tmp_path / "config.toml")
+    (tmp_path / "m.json").write_bytes(manifest(session=arns))
+    # -P keeps the trace (and so the injected SIGKILL) to calls on the OS store's local
+    # directory: the first rename there is a .crt file's.
+    done = subprocess.run(
+        ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(ours),
+         "-e", "trace=renameat,renameat2", "-e", "inject=renameat,renameat2:signal=KILL",
+         sys.executable, "-m", "trustinstaller", "--config", str(cfg_path),
+         "apply", str(tmp_path / "m.json")],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode != 0, done.stdout + done.stderr
+    left = os.listdir(ours)
+    assert left, "no crash point"
+    assert all(n.startswith(".") and n.endswith(".tmp") for n in left), left
+    Installer(config).prepare()  # the next start rolls the journal back
+    assert os.listdir(ours) == []

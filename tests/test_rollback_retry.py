@@ -31,8 +31,8 @@ CAS = [make_ca(f"partial rollback CA {i}").pem for i in range(3)]
 NAMES = [f"{i:064x}.crt" for i in range(3)]
 
 
-# SIGKILL on entry to the rollback's second unlinkat: the first of our files is gone (and its
-# directory synced), the others are still there.
+# SIGKILL on entry to the rollback's second unlinkat: the first of our files is gone, the
+# others are still there.
 _KILL_AT_SECOND_UNLINK = [
     "strace", "-f", "-qq", "-o", "/dev/null",
     "-e", "trace=unlinkat", "-e", "inject=unlinkat:signal=KILL:when=2",

@@ -76,29 +76,41 @@ PUBLIC_DIR_MODE = 0o755
 PUBLIC_FILE_MODE = 0o644
 
 
-def undo_files(entries: Sequence[Entry]) -> list[str]:
+def undo_files(entries: Sequence[Entry]) -> None:
     """Undo ``write`` and ``mkdir`` entries: remove the files, then the directories made.
 
-    Each file goes through its directory's checked descriptor, never through a link. A file
-    already gone, a directory at a file's name (a rename cannot have put it there, so it was
-    never ours), a directory no longer root's, or one not empty: each is left as it is, or
-    the rollback would fail at every start. Returns the names of the files removed.
+    Each file goes through its directory's checked descriptor, never through a link, with any
+    temporary file a killed write of it left; each directory is fsynced once, after its last
+    removal. A file already gone, a directory at a file's name (a rename cannot have put it
+    there, so it was never ours), a directory no longer root's, or one not empty: each is left
+    as it is, or the rollback would fail at every start.
     """
-    removed: list[str] = []
+    names: dict[str, list[str]] = {}
     for e in entries:
-        if not isinstance(e, Write):
-            continue
-        with (
-            contextlib.suppress(FileNotFoundError, IsADirectoryError, UnsafePathError),
-            _fs.opened_dir(Path(e.dir)) as fd,
-        ):
-            if _fs.remove(fd, e.name):
-                removed.append(e.name)
+        if isinstance(e, Write):
+            names.setdefault(e.dir, []).append(e.name)
+    for directory, files in names.items():
+        with contextlib.suppress(FileNotFoundError, UnsafePathError), \
+                _fs.opened_dir(Path(directory)) as fd:  # fmt: skip
+            remove_temporaries(fd, files)
+            for name in files:
+                with contextlib.suppress(IsADirectoryError):
+                    _fs.remove(fd, name)
             _fs.sync_dir(fd)
     for e in reversed(entries):
         if isinstance(e, Mkdir):
             _fs.rmdir(Path(e.path))
-    return removed
+
+
+def remove_temporaries(dir_fd: int, names: Sequence[str]) -> None:
+    """Remove the temporary files that a write of any of ``names``, killed between its fsync
+    and its rename, left in ``dir_fd`` (a browser reading every file of a policy directory
+    would take one too, and a directory we made would stay)."""
+    prefixes = tuple(f".{name}." for name in names)
+    for entry in os.listdir(dir_fd):
+        if entry.startswith(prefixes) and entry.endswith(".tmp"):
+            with contextlib.suppress(IsADirectoryError):
+                _fs.remove(dir_fd, entry)
 
 
 def open_public_dir(directory: Path, record: Recorder | None = None) -> int:
@@ -158,11 +170,7 @@ def restore_files(store: str, entries: Sequence[Entry]) -> None:
             continue
         try:
             with _fs.opened_dir(Path(e.dir)) as fd:
-                # A kill between atomic_write's fsync and its rename leaves its temporary file,
-                # which a browser reading every file of a policy directory would take too.
-                for name in os.listdir(fd):
-                    if name.startswith(f".{e.name}.") and name.endswith(".tmp"):
-                        _fs.remove(fd, name)
+                remove_temporaries(fd, [e.name])
                 if e.original is None:
                     _fs.remove(fd, e.name)
                     _fs.sync_dir(fd)

@@ -37,6 +37,8 @@ from trustinstaller.stores import Recorder, Rest, undo_files
 if TYPE_CHECKING:  # annotations only: keeps cryptography off the path to ready
     from trustinstaller.validate import TrustedCA
 
+# The OS store's name in status answers and the journal (debian_fast gives it to the registry).
+PREFIX = "os"
 
 # The OS store's own journal entry; it also records the files it writes (Mkdir, Write).
 @dataclass(frozen=True)
@@ -125,7 +127,7 @@ class DebianStore:
     paths: DebianPaths = field(default_factory=DebianPaths)
     command: str = "update-ca-certificates"
     timeout: float = 300.0
-    name: str = "os"
+    name: str = PREFIX
     parallel: bool = False
     optional: bool = False
     # Which way the last update ran: "script" here, "fast" in debian_fast's store.

@@ -47,6 +47,7 @@ from trustinstaller._run import Runner, command_env
 from trustinstaller.errors import HostError
 from trustinstaller.stores import Rest
 from trustinstaller.stores.debian import BUNDLE, DebianPaths, DebianStore
+from trustinstaller.stores.debian import PREFIX as PREFIX  # the registry reads it here
 
 if TYPE_CHECKING:  # annotations only: the registry imports this module
     from trustinstaller.stores.registry import Registry
@@ -520,9 +521,8 @@ class FastDebianStore(DebianStore):
 
 
 # -- the registry's entry ---------------------------------------------------------------------
-# The OS store's name, and its construction from the configuration (see stores/registry.py).
-
-PREFIX = "os"
+# The OS store's construction from the configuration (see stores/registry.py); its name,
+# PREFIX, is debian.py's.
 
 
 def all_from_config(context: Registry) -> list[FastDebianStore]:
