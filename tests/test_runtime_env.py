@@ -139,9 +139,9 @@ def test_env_file_has_only_comments_and_assignments() -> None:
 def test_combined_bundle_adds_only_what_the_base_lacks() -> None:
     """Our CAs follow the base bundle once each; one already in the base is not repeated."""
     a, b = make_ca("a"), make_ca("b")
-    base = a.pem.encode()
+    base = runtime_env.Base(a.pem.encode(), frozenset([a.der]), "os")
     combined = runtime_env.combined_pem(base, [trusted(a), trusted(b)])
-    assert combined.startswith(base)
+    assert combined.startswith(base.data)
     assert runtime_env.pem_ders(combined) == [a.der, b.der]
     custom = runtime_env.custom_pem([trusted(a), trusted(b)])
     assert runtime_env.pem_ders(custom) == [a.der, b.der]
@@ -154,16 +154,19 @@ def test_base_bundle_falls_back_to_certifi(tmp_path: Path, content: bytes | None
     os_bundle = tmp_path / "ca-certificates.crt"
     if content is not None:
         os_bundle.write_bytes(content)
-    data, source = runtime_env.base_bundle(os_bundle)
-    assert source == certifi.where()
-    assert data == Path(certifi.where()).read_bytes()
+    base = runtime_env.base_bundle(os_bundle)
+    assert base.source == certifi.where()
+    assert base.data == Path(certifi.where()).read_bytes()
+    assert base.ders == frozenset(runtime_env.pem_ders(base.data))
 
 
 def test_base_bundle_prefers_the_os_bundle(tmp_path: Path) -> None:
     """An OS bundle holding certificates is used as it is."""
     os_bundle = tmp_path / "ca-certificates.crt"
-    os_bundle.write_text(make_ca("os root").pem)
-    assert runtime_env.base_bundle(os_bundle) == (os_bundle.read_bytes(), str(os_bundle))
+    root = make_ca("os root")
+    os_bundle.write_text(root.pem)
+    base = runtime_env.base_bundle(os_bundle)
+    assert base == runtime_env.Base(os_bundle.read_bytes(), frozenset([root.der]), str(os_bundle))
 
 
 def test_the_os_bundle_is_never_read_through_a_link(tmp_path: Path) -> None:

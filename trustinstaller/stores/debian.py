@@ -40,6 +40,7 @@ if TYPE_CHECKING:  # annotations only: keeps cryptography off the path to ready
 # The OS store's name in status answers and the journal (debian_fast gives it to the registry).
 PREFIX = "os"
 
+
 # The OS store's own journal entry; it also records the files it writes (Mkdir, Write).
 @dataclass(frozen=True)
 class Update(Step, action="update"):

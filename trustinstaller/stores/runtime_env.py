@@ -116,20 +116,31 @@ def pem_ders(data: bytes) -> list[bytes]:
 _BUNDLE_LIMIT = 64 * 1024 * 1024
 
 
-def base_bundle(os_bundle: Path) -> tuple[bytes, str]:
-    """The OS bundle's bytes, or certifi's where the OS has none; and which one was used."""
+@dataclass(frozen=True)
+class Base:
+    """The bundle ours are added to: its bytes, the certificates in it, and where it was read."""
+
+    data: bytes
+    ders: frozenset[bytes]
+    source: str
+
+
+def base_bundle(os_bundle: Path) -> Base:
+    """The OS bundle, or certifi's where the OS has none; each parsed once."""
     try:
         # Root's own path, by the checked walk: never through a link or a directory not root's.
         with _fs.opened_dir(os_bundle.parent) as fd:
             data = _fs.read_file(fd, os_bundle.name, limit=_BUNDLE_LIMIT) or b""
     except FileNotFoundError:
         data = b""
-    if pem_ders(data):
-        return data, str(os_bundle)
+    found = pem_ders(data)
+    if found:
+        return Base(data, frozenset(found), str(os_bundle))
     import certifi
 
     where = certifi.where()
-    return Path(where).read_bytes(), where
+    data = Path(where).read_bytes()
+    return Base(data, frozenset(pem_ders(data)), where)
 
 
 def custom_pem(certs: Sequence[TrustedCA]) -> bytes:
@@ -140,11 +151,10 @@ def custom_pem(certs: Sequence[TrustedCA]) -> bytes:
     )
 
 
-def combined_pem(base: bytes, certs: Sequence[TrustedCA]) -> bytes:
+def combined_pem(base: Base, certs: Sequence[TrustedCA]) -> bytes:
     """The base bundle plus each of ``certs`` it does not hold already."""
-    present = set(pem_ders(base))
-    extra = [ca for ca in certs if ca.der not in present]
-    head = base if not base or base.endswith(b"\n") else base + b"\n"
+    extra = [ca for ca in certs if ca.der not in base.ders]
+    head = base.data if not base.data or base.data.endswith(b"\n") else base.data + b"\n"
     return head + custom_pem(extra)
 
 
@@ -195,7 +205,7 @@ class RuntimeEnvStore:
     def install(self, certs: Sequence[TrustedCA], record: Recorder) -> None:
         """Write the bundles first and the environment file last, each atomically."""
         try:
-            base, _ = base_bundle(self.os_bundle)
+            base = base_bundle(self.os_bundle)
         except UnsafePathError as exc:
             raise StoreError(self.name, f"{exc.filename} {exc.strerror}; refusing to read the "
                              "OS bundle through it: fix that component") from exc  # fmt: skip
@@ -213,8 +223,9 @@ class RuntimeEnvStore:
                 fd = _fs.open_dir(self.directory, create=True, mode=0o755)
                 os.fchmod(fd, 0o755)  # the umask must not hide it from the browser user
             try:
+                # Every file recorded in one journal write, before the first is written.
+                record(*(Write(str(self.directory), name) for name, _ in files))
                 for name, data in files:
-                    record(Write(str(self.directory), name))
                     _fs.atomic_write(fd, name, data, 0o644)
             finally:
                 os.close(fd)
