@@ -214,6 +214,52 @@ def test_the_hosts_script_is_proven() -> None:
     assert digest in debian_fast.PROVEN, f"update-ca-certificates {digest} is not in PROVEN"
 
 
+@pytest.mark.skipif(not HAS_JAVA_HOOK, reason="needs ca-certificates-java's hook")
+def test_the_hosts_java_hook_may_start_beside_the_rehash() -> None:
+    """Debian's jks-keystore here, with the postinst and jar its run executes, is a row of
+    EARLY_HOOKS, which the Java keystore test below covers."""
+    hook = "/etc/ca-certificates/update.d/jks-keystore"
+    files = next(row.files for row in debian_fast.EARLY_HOOKS if hook in row.files)
+    found = {p: debian_fast._digest(p) for p in files}
+    assert debian_fast.proven_early(hook), f"no row of EARLY_HOOKS has {found}"
+
+
+def test_a_hook_starts_beside_the_rehash_only_with_every_file_of_its_row(tmp_path: Path) -> None:
+    """A row's hook is proven only while every file the row names has the row's SHA-256."""
+    files = {n: tmp_path / n for n in ("hook", "postinst", "jar")}
+    for name, path in files.items():
+        path.write_text(name)
+    row = debian_fast.ProvenHook(
+        "test", {str(p): debian_fast._digest(str(p)) or "" for p in files.values()}
+    )
+    hook = str(files["hook"])
+    assert debian_fast.proven_early(hook, [row])
+    assert not debian_fast.proven_early(str(tmp_path / "other"), [row])
+    files["jar"].write_text("changed")
+    assert not debian_fast.proven_early(hook, [row])
+    files["jar"].unlink()
+    assert not debian_fast.proven_early(hook, [row])
+    files["jar"].symlink_to(files["postinst"])  # never read through a link
+    assert not debian_fast.proven_early(hook, [row])
+
+
+def test_a_hook_not_proven_runs_after_the_bundle(os_root: DebianPaths) -> None:
+    """A hook outside EARLY_HOOKS (this one reads the bundle) runs once the bundle holds ours."""
+    seen = os_root.hooks_dir.parent / "seen.pem"
+    hook = os_root.hooks_dir / "20bundle"
+    hook.write_text(f"#!/bin/sh\ncat > /dev/null\ncp {os_root.bundle} {seen}\n")
+    hook.chmod(0o755)
+    _local(OURS, CAS[0])(os_root)
+    store = FastDebianStore(_run.run, os_root)
+    rest = store._update(defer_hooks=True)
+    assert rest is not None
+    assert store.os_update == debian_fast.FAST
+    assert not store.early_hooks
+    assert not seen.exists()  # the hooks are the rest: they have not started
+    rest()
+    assert CAS[0].encode() in seen.read_bytes()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
 def test_fast_path_gives_what_the_script_gives(
@@ -539,7 +585,9 @@ def _java_view(ns: PrivateNamespace) -> dict[str, object]:
 @pytest.mark.skipif(not HAS_JAVA_HOOK, reason="needs ca-certificates-java's hook")
 def test_java_keystore_gets_what_the_script_gives_it(tmp_path: Path) -> None:
     """With Debian's own jks-keystore hook: the same keystore and store after an install by
-    each path, and after the rollback of each."""
+    each path, and after the rollback of each. The fast path starts the hook beside the rehash
+    (EARLY_HOOKS), where the host's is proven."""
+    early = debian_fast.proven_early("/etc/ca-certificates/update.d/jks-keystore")
     views: dict[str, list[dict[str, object]]] = {}
     for way in ("script", "fast"):
         with PrivateNamespace(tmp_path / way) as ns:
@@ -555,7 +603,57 @@ def test_java_keystore_gets_what_the_script_gives_it(tmp_path: Path) -> None:
                               env={"PYTHONPATH": str(Path(__file__).parents[1])})  # fmt: skip
                 assert done.returncode == 0, done.stdout + done.stderr
                 assert done.stdout.split()[-1] == way
+                assert f"early_hooks={early and way == 'fast'}" in done.stdout
                 views[way].append(_java_view(ns))
     assert views["fast"] == views["script"]
     installed, rolled_back = views["fast"]
     assert len(installed["java"]) == len(rolled_back["java"]) + 3  # type: ignore[arg-type]
+
+
+# The failing install of the test below: whether the hook thread was still alive when the
+# failure reached the caller.
+_FAILING_INSTALL = """
+import threading
+from trustinstaller import _run
+from trustinstaller.stores.debian_fast import FastDebianStore
+try:
+    FastDebianStore(_run.run)._update()
+except Exception as exc:
+    alive = any(t.name == "os-hooks" and t.is_alive() for t in threading.enumerate())
+    print(f"failed={type(exc).__name__} hooks_alive={alive}")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.root
+@pytest.mark.skipif(not HAS_JAVA_HOOK, reason="needs ca-certificates-java's hook")
+def test_a_rehash_failing_beside_an_early_hook_waits_for_it_then_rolls_back(
+    tmp_path: Path,
+) -> None:
+    """The update fails only once the hook it started beside the rehash has ended, and the
+    rollback leaves Java's keystore as it was."""
+    if not debian_fast.proven_early("/etc/ca-certificates/update.d/jks-keystore"):
+        pytest.skip("this host's Java hook is not in EARLY_HOOKS")
+    with PrivateNamespace(tmp_path / "ns") as ns:
+        done = ns.run(["update-ca-certificates"])
+        assert done.returncode == 0, done.stderr
+        before = keytool_aliases(ns)
+        ours = ns.path("/usr/local/share/ca-certificates") / "trustinstaller"
+        ours.mkdir()
+        for i, pem in enumerate(CAS[:3]):
+            (ours / f"{i:064x}.crt").write_text(pem)
+        shims = tmp_path / "shims"
+        shims.mkdir()
+        (shims / "openssl").write_text('#!/bin/sh\necho "rehash refused" >&2\nexit 1\n')
+        (shims / "openssl").chmod(0o755)
+        env = {"PYTHONPATH": str(Path(__file__).parents[1])}
+        done = ns.run([sys.executable, "-c", _FAILING_INSTALL], cwd="/",
+                      env={**env, "PATH": f"{shims}:{os.environ['PATH']}"})  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "failed=HostError hooks_alive=False" in done.stdout, done.stdout
+        # Only a hook started before the rehash runs at all when the rehash fails.
+        assert len(keytool_aliases(ns)) == len(before) + 3
+        step = [sys.executable, "-c", osroot.OS_STORE_STEP, "fast", "rollback"]
+        done = ns.run(step, cwd="/", env=env)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert keytool_aliases(ns) == before

@@ -129,5 +129,5 @@ else:
     our = store.paths.our_dir
     names = sys.argv[3:] or sorted(os.listdir(our))
     store.rollback([*(Write(str(our), n) for n in names), Update()])
-print(store.os_update)
+print(f"early_hooks={getattr(store, 'early_hooks', False)}", store.os_update)
 """

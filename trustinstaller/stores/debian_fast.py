@@ -25,25 +25,32 @@ The script's quirks reproduced here, one per line:
   fails is an ``E:`` line, and the others still run.
 
 An install's hooks are left to the transaction as the store's rest (they run beside the later
-stores). A rollback takes no ``--fresh`` run: our removed files' links go as orphans, and the
+stores). Where every hook is one in ``EARLY_HOOKS`` (Debian's jks-keystore, with the package
+files its run executes), which reads only the ``.pem`` links, never the hash links or the
+bundle, the hooks start as soon as the links are made, beside ``openssl rehash`` and the
+bundle's write; the result is the same, and the Java keystore test checks it. A rollback takes
+no ``--fresh`` run: our removed files' links go as orphans, and the
 hooks get a ``-`` line for each of our files, once (the script path tells them after its fresh
 run, which feeds them every CA again).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import stat
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from trustinstaller import _fs, log
 from trustinstaller._run import Runner, command_env
+from trustinstaller.documents import Entry
 from trustinstaller.errors import HostError
 from trustinstaller.stores import Rest
 from trustinstaller.stores.debian import BUNDLE, DebianPaths, DebianStore
@@ -66,6 +73,36 @@ PROVEN: dict[str, str] = {
 }
 FAST = "fast"
 SCRIPT = "script"
+
+
+@dataclass(frozen=True)
+class ProvenHook:
+    """A hook that reads only the ``.pem`` links (those named on its stdin; on a fresh run,
+    every one), never the hash links or the bundle, with every file whose code its run
+    executes: each path's SHA-256, as tests/test_os_fast.py's Java keystore test ran them."""
+
+    release: str
+    files: Mapping[str, str]
+
+
+# Debian's jks-keystore queues its stdin for ca-certificates-java's trigger, whose postinst
+# hands the jar the queued lines (or, fresh, every .pem link in /etc/ssl/certs); the jar reads
+# the file each + line names. The hook is the same file on both releases.
+_JKS_HOOK = "/etc/ca-certificates/update.d/jks-keystore"
+_JKS_POSTINST = "/var/lib/dpkg/info/ca-certificates-java.postinst"
+_JKS_JAR = "/usr/share/ca-certificates-java/ca-certificates-java.jar"
+EARLY_HOOKS: tuple[ProvenHook, ...] = (
+    ProvenHook("Debian 12, ca-certificates-java 20230710~deb12u1", {
+        _JKS_HOOK: "254a87ea1f9fe37751e3ed90a79013f3424c7a5fe26bfe59fac312abff82dbda",
+        _JKS_POSTINST: "c124604fd90c85a2c7b44dfcdb448dc9296f9b654114739fb0965fd22b63fb3b",
+        _JKS_JAR: "cac45fae26adaa0c56000d7480a89cce2af2d3095182b61ba58764df81f1ce46",
+    }),
+    ProvenHook("Debian 13, ca-certificates-java 20240118", {
+        _JKS_HOOK: "254a87ea1f9fe37751e3ed90a79013f3424c7a5fe26bfe59fac312abff82dbda",
+        _JKS_POSTINST: "4d76cba4f4a8583c70bb4632e9c2c00a669396500b686c1f32cd2046a9e1e110",
+        _JKS_JAR: "e9e4d6ecc46c00fc22c6d332fec627e32c255f34f80d4bb035da853a351944a3",
+    }),
+)  # fmt: skip
 # Characters the script uses unquoted, as a pattern or through ``read``: a name with one is
 # left to the script itself.
 _SHELL_SPECIAL = frozenset(" \t\n\r\\*?[]'\"$`")
@@ -79,11 +116,13 @@ class Unproven(Exception):  # noqa: N818 (a reason to run the script, not an err
 
 @dataclass(frozen=True)
 class Outcome:
-    """What a run did: the lines the hooks got, and the script's own warnings."""
+    """What a run did: the lines the hooks got, and the script's own warnings; and the hooks'
+    run, where it started beside the rehash (see ``update``)."""
 
     added: tuple[str, ...] = ()
     removed: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    started: HookRun | None = field(default=None, compare=False)
 
     @property
     def hook_input(self) -> bytes:
@@ -401,9 +440,15 @@ def update(
     fresh: bool = False,
     gone: Sequence[str] = (),
     timeout: float = 300.0,
+    early: bool = False,
 ) -> Outcome:
     """``run`` up to the hooks: the links, the hash links and the bundle, and what the hooks
-    are to be told; Unproven before any step. ``gone``: see ``plan``."""
+    are to be told; Unproven before any step. ``gone``: see ``plan``.
+
+    With ``early`` (and not ``fresh``), where every hook is in ``EARLY_HOOKS``, the hooks start
+    once the links are made, and the outcome's ``started`` is their run: the caller waits for
+    it instead of running them. A failure after they started waits for them before it raises.
+    """
     with _fs.opened_dir(paths.etc_certs_dir) as fd:
         try:
             p = plan(paths, fd, fresh=fresh, gone=gone)
@@ -415,12 +460,98 @@ def update(
         _fs.remove(fd, f"{BUNDLE}.new")
         p.tree.apply()
         _fs.sync_dir(fd)
-        if p.rehash:
-            runner(["env", "-C", str(paths.etc_certs_dir), "openssl", "rehash", "."],
-                   timeout=timeout)  # fmt: skip
-        if data is not None:
-            _fs.atomic_write(fd, BUNDLE, data, 0o644)
-    return Outcome(tuple(p.added), tuple(p.removed), tuple(p.warnings))
+        outcome = Outcome(tuple(p.added), tuple(p.removed), tuple(p.warnings))
+        started = _start_hooks(paths, runner, outcome, timeout) if early and not fresh else None
+        try:
+            if p.rehash:
+                runner(["env", "-C", str(paths.etc_certs_dir), "openssl", "rehash", "."],
+                       timeout=timeout)  # fmt: skip
+            if data is not None:
+                _fs.atomic_write(fd, BUNDLE, data, 0o644)
+        except BaseException:
+            if started is not None:
+                with contextlib.suppress(Exception):  # this failure is the one to raise
+                    started.wait()
+            raise
+    return Outcome(outcome.added, outcome.removed, outcome.warnings, started)
+
+
+class HookRun:
+    """Hooks running in a thread of their own; ``wait`` joins it and raises what they raised.
+
+    Each run is in ``_RUNNING`` until it ends, so that no later update or rollback of the store
+    overlaps it (``wait_for_hooks``): a rollback removes the files a hook may be reading.
+    """
+
+    def __init__(self, call: Callable[[], None]) -> None:
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(call,), name="os-hooks")
+        with _RUNNING_LOCK:
+            _RUNNING.add(self)
+        try:
+            self._thread.start()
+        except BaseException:
+            with _RUNNING_LOCK:
+                _RUNNING.discard(self)
+            raise
+
+    def _run(self, call: Callable[[], None]) -> None:
+        try:
+            call()
+        except BaseException as exc:  # noqa: BLE001 (raised again by wait, in the caller)
+            self._error = exc
+        finally:
+            with _RUNNING_LOCK:
+                _RUNNING.discard(self)
+
+    def wait(self) -> None:
+        """Wait for the hooks; raise what they raised."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
+_RUNNING_LOCK = threading.Lock()
+_RUNNING: set[HookRun] = set()
+
+
+def wait_for_hooks() -> None:
+    """Wait for every hook run an update started beside itself and that has not ended."""
+    with _RUNNING_LOCK:
+        runs = list(_RUNNING)
+    for run_ in runs:
+        with contextlib.suppress(Exception):  # its own update reports its failure
+            run_.wait()
+
+
+def proven_early(hook: str, table: Sequence[ProvenHook] = EARLY_HOOKS) -> bool:
+    """Whether ``hook`` is one a row of ``table`` names, with every file of that row as it is."""
+    for row in table:
+        if hook in row.files and all(_digest(p) == want for p, want in row.files.items()):
+            return True
+    return False
+
+
+def _digest(path: str) -> str | None:
+    """The SHA-256 of root's file ``path``, read by the checked walk; None if it cannot be."""
+    p = Path(path)
+    try:
+        with _fs.opened_dir(p.parent) as fd:
+            data = _fs.read_file(fd, p.name, limit=16 * 1024 * 1024)
+    except OSError:
+        return None
+    return None if data is None else hashlib.sha256(data).hexdigest()
+
+
+def _start_hooks(
+    paths: DebianPaths, runner: Runner, outcome: Outcome, timeout: float
+) -> HookRun | None:
+    """Start the hooks now, where every one is proven to read only the links; else None."""
+    listing = list_hooks(paths, runner, timeout=timeout)
+    if not listing or not all(proven_early(hook) for hook in listing):
+        return None
+    lines = outcome.hook_input
+    return HookRun(lambda: run_hooks(paths, runner, lines, timeout=timeout, listing=listing))
 
 
 def _symlink(dir_fd: int, name: str, target: str) -> None:
@@ -434,21 +565,32 @@ def _symlink(dir_fd: int, name: str, target: str) -> None:
         raise
 
 
-def run_hooks(paths: DebianPaths, runner: Runner, lines: bytes, *, timeout: float) -> None:
+def list_hooks(paths: DebianPaths, runner: Runner, *, timeout: float) -> list[str]:
+    """The hooks the script would run, in its order, as ``run-parts --test`` lists them."""
+    if not paths.hooks_dir.is_dir():
+        return []
+    listing = runner(["run-parts", "--test", "--", str(paths.hooks_dir)], timeout=timeout)
+    return [h for h in (line.strip(" \t") for line in listing.stdout.split("\n")) if h]
+
+
+def run_hooks(
+    paths: DebianPaths,
+    runner: Runner,
+    lines: bytes,
+    *,
+    timeout: float,
+    listing: Sequence[str] | None = None,
+) -> None:
     """Run each hook as the script does: in the store's directory, ``lines`` on stdin.
 
-    Every hook runs even when one fails; then a HostError names the failures, as
-    check_update_output does for the script's ``E:`` lines.
+    ``listing``: the hooks, as ``list_hooks`` gave them (listed here when None). Every hook
+    runs even when one fails; then a HostError names the failures, as check_update_output
+    does for the script's ``E:`` lines.
     """
-    if not paths.hooks_dir.is_dir():
-        return
-    listing = runner(["run-parts", "--test", "--", str(paths.hooks_dir)], timeout=timeout)
+    hooks = list_hooks(paths, runner, timeout=timeout) if listing is None else listing
     errors: list[str] = []
     failed: list[str] = []
-    for hook in listing.stdout.split("\n"):
-        hook = hook.strip(" \t")
-        if not hook:
-            continue
+    for hook in hooks:
         argv = ["env", "-C", str(paths.etc_certs_dir), hook]
         result = runner(argv, input=lines, timeout=timeout, check=False)
         output = f"{result.stdout}\n{result.stderr}"
@@ -466,6 +608,14 @@ def run_hooks(paths: DebianPaths, runner: Runner, lines: bytes, *, timeout: floa
 @dataclass
 class FastDebianStore(DebianStore):
     """The OS store, by the fast path where it is proven and by the script everywhere else."""
+
+    # Whether the last fast update started its hooks beside the rehash (see ``update``).
+    early_hooks: bool = field(default=False, init=False, compare=False)
+
+    def rollback(self, entries: Sequence[Entry]) -> None:
+        """As DebianStore's, once no hook an install started is still reading our files."""
+        wait_for_hooks()
+        super().rollback(entries)
 
     def _update(
         self, *, fresh: bool = False, timeout: float | None = None, defer_hooks: bool = False
@@ -497,20 +647,27 @@ class FastDebianStore(DebianStore):
         """Take the fast path up to the hooks, and return their run; None where it is
         unproven (nothing is changed then)."""
         start = time.monotonic()
+        wait_for_hooks()  # an earlier update's, left running by a failure before its rest
         try:
             check(self.paths, self.command)
-            outcome = update(self.paths, self.runner, fresh=fresh, gone=gone, timeout=timeout)
+            outcome = update(self.paths, self.runner, fresh=fresh, gone=gone, timeout=timeout,
+                             early=True)  # fmt: skip
         except Unproven as why:
             log.get().info("os_update", store=self.name, path=SCRIPT, fresh=fresh,
                            reason=str(why)[:300])  # fmt: skip
             return None
         self.os_update = FAST
+        self.early_hooks = outcome.started is not None
 
         def hooks() -> None:
             said = {"store": self.name, "path": FAST, "fresh": fresh, "added": len(outcome.added),
-                    "removed": len(outcome.removed), "warnings": len(outcome.warnings)}  # fmt: skip
+                    "removed": len(outcome.removed), "warnings": len(outcome.warnings),
+                    "early_hooks": self.early_hooks}  # fmt: skip
             try:
-                run_hooks(self.paths, self.runner, outcome.hook_input, timeout=timeout)
+                if outcome.started is not None:
+                    outcome.started.wait()
+                else:
+                    run_hooks(self.paths, self.runner, outcome.hook_input, timeout=timeout)
             except HostError:
                 log.get().warning("os_update", **said, status="hooks_failed")
                 raise
