@@ -524,6 +524,31 @@ def wait_for_hooks() -> None:
             run_.wait()
 
 
+# dpkg's own records: jks-keystore runs ``dpkg --triggers-only --pending``, which runs every
+# trigger pending there, ca-certificates' own (update-ca-certificates) among them.
+_DPKG = Path("/var/lib/dpkg")
+_PENDING_MARKS = (b"Triggers-Pending:", b" triggers-pending\n")
+
+
+def triggers_pending(admin: Path = _DPKG) -> bool:
+    """Whether dpkg holds a trigger not yet run (or cannot tell): the hook would run it, and
+    another package's, update-ca-certificates say, must not run beside our rehash."""
+    try:
+        with _fs.opened_dir(admin / "triggers") as fd:
+            if _fs.read_file(fd, "Unincorp", limit=16 * 1024 * 1024):
+                return True  # activated outside dpkg (dpkg-trigger), not yet incorporated
+        with _fs.opened_dir(admin) as fd:
+            status = _fs.read_file(fd, "status", limit=256 * 1024 * 1024) or b""
+        journal = []
+        with _fs.opened_dir(admin / "updates") as fd:
+            for name in sorted(os.listdir(fd)):
+                if name.isdigit():
+                    journal.append(_fs.read_file(fd, name, limit=256 * 1024 * 1024) or b"")
+    except OSError:
+        return True
+    return any(mark in data for data in (status, *journal) for mark in _PENDING_MARKS)
+
+
 def proven_early(hook: str, table: Sequence[ProvenHook] = EARLY_HOOKS) -> bool:
     """Whether ``hook`` is one a row of ``table`` names, with every file of that row as it is."""
     for row in table:
@@ -546,9 +571,10 @@ def _digest(path: str) -> str | None:
 def _start_hooks(
     paths: DebianPaths, runner: Runner, outcome: Outcome, timeout: float
 ) -> HookRun | None:
-    """Start the hooks now, where every one is proven to read only the links; else None."""
+    """Start the hooks now, where every one is proven to read only the links and dpkg holds no
+    pending trigger that Java's hook would run beside the rehash; else None."""
     listing = list_hooks(paths, runner, timeout=timeout)
-    if not listing or not all(proven_early(hook) for hook in listing):
+    if not listing or not all(proven_early(hook) for hook in listing) or triggers_pending():
         return None
     lines = outcome.hook_input
     return HookRun(lambda: run_hooks(paths, runner, lines, timeout=timeout, listing=listing))
