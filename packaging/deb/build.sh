@@ -91,6 +91,9 @@ cp systemd/trustinstaller.socket "$work/debian/trustinstaller.socket"
 # debhelper's name for a second unit of package trustinstaller: see --name in debian/rules.
 cp systemd/trustinstaller-status.socket "$work/debian/trustinstaller.trustinstaller-status.socket"
 cp systemd/trustinstaller.tmpfiles "$work/debian/trustinstaller.tmpfiles"
+cp systemd/run-trustinstaller.mount "$work/debian/trustinstaller.run-trustinstaller.mount"
+cp 'systemd/run-trustinstaller\x2denv.mount' \
+    "$work/debian/trustinstaller.run-trustinstaller\\x2denv.mount"
 cp "$here/config.toml" "$here/requirements.txt" "$work/"
 cp README.md "$work/README.md"
 cp -r docs "$work/docs"

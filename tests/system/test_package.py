@@ -145,6 +145,48 @@ def test_first_connection_activates_the_service_until_ready(booted: debroot.Boot
     assert booted.run("stat", "-c", "%a", "/run/trustinstaller").stdout.strip() == "700"
 
 
+RUN_DIRS = ("/run/trustinstaller", "/run/trustinstaller-env")
+
+
+def test_state_and_runtime_dirs_are_tmpfs_mounts_of_their_own(booted: debroot.Booted) -> None:
+    """The service pulled in a tmpfs for each of its two directories, which root cannot stop."""
+    for d in RUN_DIRS:
+        found = booted.run("findmnt", "-n", "-o", "FSTYPE,TARGET", "--mountpoint", d).stdout
+        assert found.split() == ["tmpfs", d]
+        unit = booted.run("systemd-escape", "-p", "--suffix=mount", d).stdout.strip()
+        assert booted.show(unit, "ActiveState")["ActiveState"] == "active"
+        # Unmounting would drop the lock: only a reboot (the session's end) takes it away.
+        assert booted.systemctl("stop", unit, check=False).returncode != 0
+        assert booted.show(unit, "ActiveState")["ActiveState"] == "active"
+
+
+def test_a_user_who_fills_run_cannot_fill_the_state_or_runtime_dir(booted: debroot.Booted) -> None:
+    """The browser user fills /run through a directory every user may write (as /run/lock is on
+    some hosts); root's writes in the state and runtime directories still succeed."""
+    size_kib = booted.run("df", "--output=size", "-k", "/run").stdout.split()[-1]
+    used_kib = int(booted.run("df", "--output=used", "-k", "/run").stdout.split()[-1])
+    # A small /run, so that filling it takes a moment; put back as it was at the end.
+    booted.run("mount", "-o", f"remount,size={used_kib + 2048}k", "/run")
+    try:
+        booted.run("install", "-d", "-m", "1777", "/run/shared")
+        fill = booted.run("setpriv", "--reuid=browser", "--regid=browser", "--init-groups",
+                          "dd", "if=/dev/zero", "of=/run/shared/fill", "bs=64k",
+                          check=False)  # fmt: skip
+        assert fill.returncode != 0
+        assert "No space left" in fill.stderr, fill.stderr
+        # The attack is real: /run itself takes no more, not even from root.
+        full = booted.run("dd", "if=/dev/zero", "of=/run/probe", "bs=64k", "count=1",
+                          check=False)  # fmt: skip
+        assert "No space left" in full.stderr, full.stderr
+        for d in RUN_DIRS:
+            probe = f"{d}/.fill-probe"
+            booted.run("dd", "if=/dev/zero", f"of={probe}", "bs=64k", "count=16", "conv=fsync")
+            booted.run("rm", "-f", probe)
+    finally:
+        booted.run("rm", "-rf", "/run/shared", "/run/probe")
+        booted.run("mount", "-o", f"remount,size={size_kib}k", "/run")
+
+
 def test_manifest_installs_into_the_roots_stores(
     booted: debroot.Booted, root: Path, moto: MotoServer, boot_ca: Issued
 ) -> None:
