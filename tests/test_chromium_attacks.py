@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,7 +12,7 @@ import pytest
 
 from tests.support.builders import Journal, b64, manifest, policy, snapshot, trusted, unique
 from tests.support.certs import make_ca
-from tests.support.daemon import write_config
+from tests.support.daemon import apply_killed_at_first_rename, write_config
 from tests.support.moto import MotoServer
 from trustinstaller.config import Config
 from trustinstaller.errors import StoreError
@@ -43,15 +41,8 @@ def test_a_sigkill_before_the_rename_leaves_nothing_chromium_reads_after_recover
     arn = moto.put_secret(unique("crash"), make_ca("crash").pem)
     (tmp_path / "m.json").write_bytes(manifest(session=[arn]))
     before = snapshot(directory)
-    # -P keeps the trace (and so the injected SIGKILL) to calls on the policy directory: the
-    # first rename there is the policy file's.
-    done = subprocess.run(
-        ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(directory),
-         "-e", "trace=renameat,renameat2", "-e", "inject=renameat,renameat2:signal=KILL",
-         sys.executable, "-m", "trustinstaller", "--config", str(cfg_path),
-         "apply", str(tmp_path / "m.json")],
-        capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
+    # The first rename in the directory is the policy file's.
+    done = apply_killed_at_first_rename(directory, cfg_path, tmp_path / "m.json")
     assert done.returncode != 0, done.stdout + done.stderr
     assert any(n.startswith(f".{FILENAME}.") for n in os.listdir(directory)), "no crash point"
     Installer(cfg).prepare()  # the next start rolls the journal back

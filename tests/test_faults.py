@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -24,7 +23,7 @@ import pytest
 from tests.support import osroot
 from tests.support.builders import manifest, unique
 from tests.support.certs import make_ca
-from tests.support.daemon import Daemon, cli, write_config
+from tests.support.daemon import Daemon, apply_killed_at_first_rename, cli, write_config
 from tests.support.moto import MotoServer
 from tests.support.shims import BLOCK_ON_CALL, kill_group_of, wait_for, write_shim
 from trustinstaller.config import Config
@@ -506,15 +505,8 @@ def test_a_sigkill_before_a_crt_is_renamed_leaves_no_file_of_ours_after_recovery
     arns = [moto.put_secret(unique("crtcrash"), make_ca(f"crt crash {i}").pem) for i in range(2)]
     cfg_path = write_config(replace(config, nss_databases=()), tmp_path / "config.toml")
     (tmp_path / "m.json").write_bytes(manifest(session=arns))
-    # -P keeps the trace (and so the injected SIGKILL) to calls on the OS store's local
-    # directory: the first rename there is a .crt file's.
-    done = subprocess.run(
-        ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(ours),
-         "-e", "trace=renameat,renameat2", "-e", "inject=renameat,renameat2:signal=KILL",
-         sys.executable, "-m", "trustinstaller", "--config", str(cfg_path),
-         "apply", str(tmp_path / "m.json")],
-        capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
+    # The first rename in the directory is a .crt file's.
+    done = apply_killed_at_first_rename(ours, cfg_path, tmp_path / "m.json")
     assert done.returncode != 0, done.stdout + done.stderr
     left = os.listdir(ours)
     assert left, "no crash point"

@@ -104,6 +104,19 @@ def cli(
     )
 
 
+def apply_killed_at_first_rename(
+    directory: Path, config: Path, manifest: Path
+) -> subprocess.CompletedProcess[str]:
+    """``trustinstaller apply MANIFEST``, SIGKILLed by strace at its first rename in
+    ``directory`` (-P keeps the trace, and so the injected signal, to calls on that path)."""
+    return subprocess.run(
+        ["strace", "-f", "-qq", "-o", "/dev/null", "-P", str(directory),
+         "-e", "trace=renameat,renameat2", "-e", "inject=renameat,renameat2:signal=KILL",
+         sys.executable, "-m", "trustinstaller", "--config", str(config), "apply", str(manifest)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+
+
 class Daemon:
     """``trustinstaller serve`` as a child process; a context manager."""
 
