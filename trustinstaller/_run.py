@@ -155,6 +155,11 @@ def command_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def which(command: str) -> str | None:
+    """Where a command root runs would be found: ``command_env``'s PATH; None if nowhere."""
+    return shutil.which(command, path=command_env()["PATH"])
+
+
 def run(argv: Sequence[str], **options: Unpack[RunOptions]) -> Result:
     """Run ``argv`` with stdin closed (or fed ``input``) and a timeout; as ``user`` if given.
 

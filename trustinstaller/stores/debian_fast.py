@@ -39,7 +39,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import shutil
 import stat
 import threading
 import time
@@ -49,7 +48,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from trustinstaller import _fs, log
-from trustinstaller._run import Runner, command_env
+from trustinstaller._run import Runner, command_env, which
 from trustinstaller.documents import Entry
 from trustinstaller.errors import HostError
 from trustinstaller.stores import Rest
@@ -133,7 +132,7 @@ class Outcome:
 
 def script_digest(command: str) -> str:
     """The SHA-256 of the update-ca-certificates that ``command`` names on the runner's PATH."""
-    found = shutil.which(command, path=command_env()["PATH"])
+    found = which(command)
     if found is None:
         raise Unproven(f"{command} is not on the PATH")
     path = Path(found)
@@ -155,7 +154,7 @@ def check(paths: DebianPaths, command: str) -> None:
     if command_env().get("LC_ALL") != "C":
         raise Unproven("the script would not run in the C locale")
     for tool in ("openssl", "run-parts", "env"):
-        if shutil.which(tool, path=command_env()["PATH"]) is None:
+        if which(tool) is None:
             raise Unproven(f"{tool} is not on the PATH")
     if os.access(_RESTORECON, os.X_OK):
         raise Unproven(f"{_RESTORECON} exists: the script relabels the bundle")

@@ -40,7 +40,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from trustinstaller import _fs, log
-from trustinstaller._run import Account, Runner
+from trustinstaller._run import Account, Runner, which
 from trustinstaller.documents import Entry, Mkdir, Step
 from trustinstaller.errors import HostError, StoreError, UnsafePathError, own_words
 from trustinstaller.paths import NssDatabase as NssDatabase  # its old name, still in use
@@ -153,7 +153,9 @@ class NssStore:
 
     def preflight(self) -> None:
         """certutil must be installed, and a root database's existing path must be safe."""
-        self.runner([self.command, "-H"], check=False, timeout=self.timeout)
+        # Looked up, not run: a process here would hold up every store's install.
+        if which(self.command) is None:
+            raise HostError([self.command], "cannot run: not found on the PATH")
         if self.database.owner is None:
             # The part of the path that exists already: a bad component fails before any write.
             d = self.directory
