@@ -283,7 +283,9 @@ class ChromiumPolicyStore:
     """Writes ``CACertificates`` into one managed-policy directory of Chromium or Chrome."""
 
     directory: Path
-    parallel: bool = True  # the policy holds the certificates themselves: no other store needed
+    # In order, after the OS store: in the pool its Python work shared the interpreter with the
+    # OS store's writes before the hooks start (the longest step), and held them back.
+    parallel: bool = False
     optional: bool = False
 
     @property
