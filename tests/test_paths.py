@@ -242,13 +242,15 @@ def test_a_runtime_dir_whose_parent_others_can_write_is_refused_before_any_write
     assert list(parent.iterdir()) == []
 
 
-def test_a_runtime_dir_made_by_another_user_after_preflight_is_not_written(
+def test_a_runtime_dir_in_a_sticky_parent_is_refused_and_a_squat_not_written(
     tmp_path: Path,
 ) -> None:
-    """In a sticky parent, a directory squatted between preflight and install is refused."""
+    """A sticky parent fails the preflight; an install without one still refuses a directory
+    squatted there."""
     parent = mkdirs(tmp_path, "tmp", 0o1777)
     store = RuntimeEnvStore(parent / "env", tmp_path / "none.pem")
-    store.preflight()
+    with pytest.raises(StoreError, match=r"may be written by other users \(mode 1777\)"):
+        store.preflight()
     (parent / "env").mkdir()
     to_other(parent / "env")
     with pytest.raises(StoreError, match="owned by uid 65534"):

@@ -275,6 +275,19 @@ def test_preflight_refuses_a_directory_the_browser_user_cannot_use(
         store.preflight()
 
 
+def test_preflight_refuses_a_runtime_dir_in_a_directory_every_user_may_write(
+    tmp_path: Path,
+) -> None:
+    """In a /run of mode 1777 another user could make the directory first (and systemd's
+    RuntimeDirectory= would hand it, and what they put in it, to root): refused up front."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run").chmod(0o1777)
+    store = make_store(tmp_path)
+    with pytest.raises(StoreError, match=r"run may be written by other users \(mode 1777\)"):
+        store.preflight()
+    assert not store.directory.exists()
+
+
 def test_combined_bundle_passes_a_real_handshake(tmp_path: Path) -> None:
     """A handshake trusting only the combined bundle reaches a site our CA signed."""
     (tmp_path / "run").mkdir()

@@ -22,6 +22,7 @@ import pytest
 
 from tests.support.daemon import Daemon, request, write_config
 from tests.support.peer import NOBODY, client, run_as
+from trustinstaller import documents
 from trustinstaller.config import Config
 from trustinstaller.installer import Installer
 
@@ -168,6 +169,48 @@ def test_state_dir_owned_by_another_uid_is_refused_at_start(config: Config, tmp_
     assert list(config.state_dir.iterdir()) == []
     st = config.state_dir.stat()
     assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (OTHER_UID, 0o700)
+
+
+@pytest.mark.root
+def test_a_state_dir_another_user_made_in_a_sticky_run_is_refused(
+    config: Config, public_tmp: Path, tmp_path: Path
+) -> None:
+    """On a /run every user may write (mode 1777), another user makes the state directory and
+    plants a journal in it; systemd's RuntimeDirectory= then hands it to root with a chown, as it
+    does to a directory that is already there. The daemon refuses to start and undoes nothing
+    the planted journal names (here: a root file it would remove)."""
+    run = public_tmp / "run"
+    run.mkdir()
+    run.chmod(0o1777)
+    victim = public_tmp / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("root's\n")
+    state = run / "trustinstaller"
+    planted = {
+        "entries": [{"action": "write", "dir": str(victim), "name": "keep.txt", "mode": None,
+                     "original": None, "store": "os"}],
+        "id": "planted", "phase": "applying", "started_at": "2026-12-06T00:00:00Z",
+        "summary": {"certificates": []},
+    }  # fmt: skip
+    documents.journal_from_json(planted)  # one the recovery would act on
+    made = run_as(OTHER_UID, OTHER_UID, "sh", "-c",
+                  f"mkdir -m 0700 {state} && cat > {state}/journal.json",
+                  input=json.dumps(planted))  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    for p in (state, state / "journal.json"):  # systemd's chown of an existing directory
+        os.chown(p, 0, 0)
+    state.chmod(0o755)
+    sock = tmp_path / "d" / "ti.sock"
+    sock.parent.mkdir()
+    cfg = write_config(replace(config, state_dir=state, socket=sock), tmp_path / "c.toml")
+    done = serve(cfg)
+    assert done.returncode == 1, done.stderr
+    assert f"trustinstaller: state directory {state}: {run} may be written by other users " \
+           "(mode 1777)" in done.stderr  # fmt: skip
+    assert "Traceback" not in done.stderr
+    assert not sock.exists()
+    assert (victim / "keep.txt").read_text() == "root's\n"
+    assert json.loads((state / "journal.json").read_text()) == planted
 
 
 @pytest.mark.root

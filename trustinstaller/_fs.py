@@ -52,6 +52,24 @@ def check_dir(fd: int, where: str) -> None:
         )
 
 
+def check_writable_by_root_only(fd: int, where: str) -> None:
+    """Raise UnsafePathError if the directory ``fd`` may be written by group or others, sticky
+    or not: for the parent of a directory that a service manager makes (RuntimeDirectory=).
+
+    In a sticky directory (a /run of mode 1777) another user may make our directory before we
+    do, and systemd then hands it to root, with whatever that user put in it, by a chown: root
+    would own it, and ``check_dir`` could not tell.
+    """
+    mode = stat.S_IMODE(os.fstat(fd).st_mode)
+    if mode & 0o022:
+        raise UnsafePathError(
+            errno.EPERM,
+            f"may be written by other users (mode {mode:o}), so one of them could have made "
+            "the directory below it first",
+            where,
+        )
+
+
 def check_file(dir_fd: int, name: str, where: str) -> os.stat_result | None:
     """Stat ``name`` without following it: a regular file of ours that only we may write."""
     try:

@@ -45,14 +45,19 @@ class StateDir:
         """Create the directory (0700) if missing and check it is a real directory of ours."""
         try:
             # Parents are made 0755: the runtime directory beside this one must stay reachable.
-            with _fs.opened_dir(self.path.parent, parents=True, mode=0o755):
-                pass
+            with _fs.opened_dir(self.path.parent, parents=True, mode=0o755) as parent:
+                _fs.check_writable_by_root_only(parent, str(self.path.parent))
             with _fs.opened_dir(self.path, create=True, mode=0o700) as fd:
                 st = os.fstat(fd)
                 if st.st_uid != os.geteuid():
                     raise UnsafePathError(errno.EPERM, "is owned by another user")
                 if st.st_mode & 0o077:
                     os.fchmod(fd, 0o700)
+        except UnsafePathError as exc:
+            # A component above it is named: the fix is there.
+            above = exc.filename not in (None, str(self.path))
+            why = f"{exc.filename} {exc.strerror}" if above else exc.strerror
+            raise StateError(str(self.path), f"{why}; fix or remove it") from exc
         except OSError as exc:
             raise StateError(str(self.path), f"{exc.strerror or exc}; fix or remove it") from exc
 

@@ -184,6 +184,7 @@ class RuntimeEnvStore:
         quote(str(hashed_dir(self.os_bundle)))
         try:
             with _fs.opened_dir(self.directory.parent) as parent:
+                _fs.check_writable_by_root_only(parent, str(self.directory.parent))
                 st = os.stat(self.directory.name, dir_fd=parent, follow_symlinks=False)
         except FileNotFoundError as exc:
             if exc.filename == self.directory.name:
