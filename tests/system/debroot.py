@@ -202,7 +202,8 @@ class Booted:
             'mount -t proc proc "$R/proc"; '
             'mount --rbind /sys "$R/sys"; '
             'mount --rbind /dev "$R/dev"; '
-            'mount -t tmpfs tmpfs "$R/run"; '
+            # As systemd mounts /run at boot: root's alone (mode 0755), unlike a plain tmpfs.
+            'mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs "$R/run"; '
             'mount -t tmpfs tmpfs "$R/tmp"; '
             'exec chroot "$R" /lib/systemd/systemd --system'
         )

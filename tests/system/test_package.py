@@ -105,6 +105,20 @@ def test_postinst_enabled_the_socket_and_started_nothing(root: Path) -> None:
     assert (root / "root/.local/share/pki").is_dir()
 
 
+def test_every_shipped_units_documentation_is_there(root: Path) -> None:
+    """Each file a shipped unit's Documentation= names is in the package (dh_compress renames)."""
+    unit_dir = root / ("lib" if debroot.SUITE == "bookworm" else "usr/lib") / "systemd/system"
+    units = sorted(p for p in unit_dir.iterdir() if "trustinstaller" in p.name)
+    assert len(units) == 5, units
+    for unit in units:
+        docs = [line.split("=", 1)[1].split() for line in unit.read_text().splitlines()
+                if line.startswith("Documentation=")]  # fmt: skip
+        assert docs, unit.name
+        for uri in docs[0]:
+            if uri.startswith("file://"):
+                assert (root / uri.removeprefix("file:///")).is_file(), f"{unit.name}: {uri}"
+
+
 def test_package_runs_in_the_clean_root(root: Path) -> None:
     """The packaged command runs from its own virtual environment."""
     done = debroot.chroot_run(root, ["trustinstaller", "--version"])
@@ -115,6 +129,9 @@ def test_package_runs_in_the_clean_root(root: Path) -> None:
     assert (root / "etc/trustinstaller/config.toml").is_file()
     status = root / "var/lib/dpkg/status"
     assert "Package: trustinstaller\nStatus: install ok installed" in status.read_text()
+
+
+RUN_DIRS = ("/run/trustinstaller", "/run/trustinstaller-env")
 
 
 def test_socket_is_listening_before_any_service(booted: debroot.Booted) -> None:
@@ -128,6 +145,43 @@ def test_socket_is_listening_before_any_service(booted: debroot.Booted) -> None:
     ]
     state = booted.systemctl("is-active", "trustinstaller.service", check=False).stdout.strip()
     assert state == "inactive"
+    # The socket pulled in both directories' mounts at boot, before any user could fill /run.
+    for d in RUN_DIRS:
+        unit = booted.run("systemd-escape", "-p", "--suffix=mount", d).stdout.strip()
+        assert booted.show(unit, "ActiveState")["ActiveState"] == "active"
+
+
+def test_a_user_who_fills_run_before_the_first_connection_cannot_stop_the_start(
+    booted: debroot.Booted,
+) -> None:
+    """Before anything has connected, the browser user fills /run through a directory every user
+    may write; the first connection still starts the service, which reaches ready and answers.
+    (Its inodes are another matter: without one, systemd cannot set up any hardened unit's mount
+    namespace, ours included, 226/NAMESPACE; see docs/threat-model.md.)"""
+    assert booted.show("trustinstaller.service", "ActiveState")["ActiveState"] == "inactive"
+    size_kib, used_kib = booted.run("df", "--output=size,used", "-k", "/run").stdout.split()[-2:]
+    booted.run("mount", "-o", f"remount,size={int(used_kib) + 2048}k", "/run")
+    try:
+        booted.run("install", "-d", "-m", "1777", "/run/shared")
+        fill = booted.run("setpriv", "--reuid=browser", "--regid=browser", "--init-groups",
+                          "dd", "if=/dev/zero", "of=/run/shared/fill", "bs=64k",
+                          check=False)  # fmt: skip
+        assert "No space left" in fill.stderr, fill.stderr
+        full = booted.run("dd", "if=/dev/zero", "of=/run/probe", "bs=64k", "count=1",
+                          check=False)  # fmt: skip
+        assert "No space left" in full.stderr, full.stderr
+        booted.run("trustinstaller", "status", "--json")
+        booted.wait_for(
+            lambda: booted.show("trustinstaller.service", "ActiveState")["ActiveState"],
+            {"active"},
+            limit=60,
+        )
+        done = booted.run("trustinstaller", "status")
+        assert "source: daemon\n" in done.stdout, done.stdout  # not the state file: it answered
+        assert "state: open" in done.stdout, done.stdout
+    finally:
+        booted.run("rm", "-rf", "/run/shared", "/run/probe")
+        booted.run("mount", "-o", f"remount,size={size_kib}k", "/run")
 
 
 def test_first_connection_activates_the_service_until_ready(booted: debroot.Booted) -> None:
@@ -143,9 +197,6 @@ def test_first_connection_activates_the_service_until_ready(booted: debroot.Boot
     assert props["StatusText"].startswith("open:")
     # The state directory is root's alone, whatever RuntimeDirectoryMode= said.
     assert booted.run("stat", "-c", "%a", "/run/trustinstaller").stdout.strip() == "700"
-
-
-RUN_DIRS = ("/run/trustinstaller", "/run/trustinstaller-env")
 
 
 def test_state_and_runtime_dirs_are_tmpfs_mounts_of_their_own(booted: debroot.Booted) -> None:
