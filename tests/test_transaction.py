@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from trustinstaller import transaction
-from trustinstaller.documents import Entry, Journal, Mkdir, with_entry
+from trustinstaller.documents import Entry, Journal, Mkdir, Write, with_entry
 from trustinstaller.errors import StoreError
 
 
@@ -21,6 +21,10 @@ class Recording:
     fails: type[Exception] | None = None
     seen: list[Entry] = field(default_factory=list)
     optional: bool = False
+
+    def owns(self, entry: Entry) -> bool:
+        """Every entry but a write into /etc, which no test store writes."""
+        return getattr(entry, "dir", None) != "/etc"
 
     def rollback(self, entries: Sequence[Entry]) -> None:
         """Record the call, then fail if told to."""
@@ -55,6 +59,19 @@ def test_every_store_is_rolled_back_before_the_first_failure_is_raised(
     assert log == ["c", "b", "a"]
     assert caught.value.store == failing
     assert all(s.seen == [Mkdir(f"/x/{s.name}")] for s in stores.values())
+
+
+def test_an_entry_outside_its_store_is_never_rolled_back() -> None:
+    """A store whose entries include one it does not own is not rolled back at all (the journal
+    stays), and says so; the other stores still are."""
+    log: list[str] = []
+    stores = {n: Recording(n, log) for n in "ab"}
+    j = with_entry(journal("a", "b"), "b", Write("/etc", "passwd", original="cm9vdA=="))
+    with pytest.raises(StoreError, match="write entry outside what this store writes") as caught:
+        transaction.rollback(j, stores.__getitem__)
+    assert caught.value.store == "b"
+    assert log == ["a"]
+    assert stores["b"].seen == []
 
 
 @pytest.mark.parametrize(

@@ -217,6 +217,13 @@ def rollback(journal: Journal, resolve: Callable[[str], Store]) -> None:
             failures.append(exc)
     stores.sort(key=lambda named: named[1].optional)  # stable: the order stays within each
     for name, store in stores:
+        foreign = [e for e in by_store[name] if not store.owns(e)]
+        if foreign:
+            # Never acted on: a rollback writes and removes what an entry names, as root.
+            failures.append(StoreError(name[:100], f"the journal has a {foreign[0].action} "
+                                       "entry outside what this store writes; undo that "
+                                       "install by hand, then remove journal.json"))  # fmt: skip
+            continue
         try:
             store.rollback(by_store[name])
         except TrustInstallerError as exc:

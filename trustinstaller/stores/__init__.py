@@ -67,6 +67,13 @@ class Store(Protocol):
     def rollback(self, entries: Sequence[Entry]) -> None:
         """Undo every recorded step; idempotent, and safe on a partial journal."""
 
+    def owns(self, entry: Entry) -> bool:
+        """Whether ``entry`` is one this store records: its own paths, names and variables.
+
+        A rollback acts only on entries its store owns (``transaction.rollback``): it writes,
+        removes and sets what an entry names, as root.
+        """
+
     def notices(self, certs: Sequence[TrustedCA]) -> Mapping[str, Sequence[str]]:
         """Warnings about installed certificates, by fingerprint (another policy distrusts one)."""
 
@@ -74,6 +81,16 @@ class Store(Protocol):
 # A directory a browser reads as its own user: every component we make must be world-readable.
 PUBLIC_DIR_MODE = 0o755
 PUBLIC_FILE_MODE = 0o644
+
+
+def owns_file(entry: Entry, directory: Path, names: Callable[[str], bool]) -> bool:
+    """Whether ``entry`` is a write of a file ``names`` accepts in ``directory``, or the making of
+    ``directory`` or of a directory above it (``open_public_dir`` records each one it makes)."""
+    if isinstance(entry, Write):
+        return entry.dir == str(directory) and "/" not in entry.name and names(entry.name)
+    if isinstance(entry, Mkdir):
+        return entry.path in {str(p) for p in (directory, *directory.parents)}
+    return False
 
 
 def undo_files(entries: Sequence[Entry]) -> None:
@@ -175,7 +192,8 @@ def restore_files(store: str, entries: Sequence[Entry]) -> None:
                     _fs.remove(fd, e.name)
                     _fs.sync_dir(fd)
                 else:
-                    mode = e.mode if e.mode is not None else PUBLIC_FILE_MODE
+                    # Never set-id, sticky, or writable by others, whatever the entry says.
+                    mode = (e.mode if e.mode is not None else PUBLIC_FILE_MODE) & 0o755
                     _fs.atomic_write(fd, e.name, base64.b64decode(e.original), mode)
         except FileNotFoundError:
             continue  # the directory went: the file went with it

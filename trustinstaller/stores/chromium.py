@@ -358,6 +358,10 @@ class ChromiumPolicyStore:
         """Put back the bytes our file replaced (or remove it), then the directories we made."""
         stores.restore_files(self.name, entries)
 
+    def owns(self, entry: Entry) -> bool:
+        """Our one file in this directory, and the directories made for it."""
+        return stores.owns_file(entry, self.directory, FILENAME.__eq__)
+
     def notices(self, certs: Sequence[TrustedCA]) -> dict[str, list[str]]:
         """Each of ``certs`` that a file's ``CADistrustedCertificates`` lists, with the files."""
         try:

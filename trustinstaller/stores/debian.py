@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import stat
 import struct
 import time
@@ -32,7 +33,7 @@ from trustinstaller.errors import HostError, StoreError, UnsafePathError
 from trustinstaller.paths import BUNDLE as BUNDLE  # the names the OS store's callers use
 from trustinstaller.paths import SUBDIR as SUBDIR
 from trustinstaller.paths import DebianPaths as DebianPaths
-from trustinstaller.stores import Recorder, Rest, undo_files
+from trustinstaller.stores import Recorder, Rest, owns_file, undo_files
 
 if TYPE_CHECKING:  # annotations only: keeps cryptography off the path to ready
     from trustinstaller.validate import TrustedCA
@@ -113,6 +114,9 @@ def _command(pid: int) -> str:
     words = raw.rstrip(b"\0").split(b"\0")
     text = " ".join(w.decode("ascii", "replace") for w in words)
     return "".join(c if c.isprintable() and c.isascii() else "?" for c in text)[:160]
+
+
+_CERT_FILE = re.compile(r"[0-9a-f]{64}\.crt")
 
 
 def cert_filename(ca: TrustedCA) -> str:
@@ -215,6 +219,14 @@ class DebianStore:
                 f"{self.paths.bundle} lacks {len(missing)} certificate(s) after "
                 f"update-ca-certificates: {', '.join(missing)}",
             )
+
+    def owns(self, entry: Entry) -> bool:
+        """Our directory, our ``<sha256>.crt`` files in it, and the update."""
+        if isinstance(entry, Update):
+            return True
+        if isinstance(entry, Mkdir):
+            return entry.path == str(self.paths.our_dir)
+        return owns_file(entry, self.paths.our_dir, lambda n: bool(_CERT_FILE.fullmatch(n)))
 
     def notices(self, certs: Sequence[TrustedCA]) -> dict[str, list[str]]:
         """None: nothing beside this store can undo what it installs."""

@@ -27,6 +27,7 @@ from trustinstaller.paths import FIREFOX_SYSTEM_POLICIES
 from trustinstaller.stores import (
     Recorder,
     open_public_dir,
+    owns_file,
     path_error,
     public_dir,
     replace_file,
@@ -183,6 +184,10 @@ class FirefoxStore:
     def rollback(self, entries: Sequence[Entry]) -> None:
         """Put the original bytes back (or remove the file), then the directories we made."""
         restore_files(self.name, entries)
+
+    def owns(self, entry: Entry) -> bool:
+        """The policies file, and the directories made for it."""
+        return owns_file(entry, self.policies.parent, self.policies.name.__eq__)
 
     def notices(self, certs: Sequence[TrustedCA]) -> dict[str, list[str]]:
         """None: Firefox has no policy that could undo ours."""

@@ -44,7 +44,7 @@ from trustinstaller._run import Account, Runner, which
 from trustinstaller.documents import Entry, Mkdir, Step
 from trustinstaller.errors import HostError, StoreError, UnsafePathError, own_words
 from trustinstaller.paths import NssDatabase as NssDatabase  # its old name, still in use
-from trustinstaller.stores import Recorder, nss_user
+from trustinstaller.stores import Recorder, nss_user, owns_file
 
 if TYPE_CHECKING:  # annotations only: keeps cryptography off the path to ready
     from trustinstaller.stores.registry import Registry
@@ -225,6 +225,12 @@ class NssStore:
     def notices(self, certs: Sequence[TrustedCA]) -> dict[str, list[str]]:
         """None: nothing beside this store can undo what it installs."""
         return {}
+
+    def owns(self, entry: Entry) -> bool:
+        """This database's nicknames and creation, and the directories made for it."""
+        if isinstance(entry, AddCert | CreateDb):
+            return entry.db == self.database.spec
+        return isinstance(entry, Mkdir) and owns_file(entry, self.directory, bool)
 
     def rollback(self, entries: Sequence[Entry]) -> None:
         """Delete the nicknames we added, then the database and directories we created."""
@@ -459,9 +465,8 @@ def all_from_config(context: Registry) -> list[NssStore]:
 def from_name(name: str, context: Registry) -> NssStore:
     """The store of the database that ``name`` holds after ``PREFIX``.
 
-    The owner comes from the configuration, never from the journal or the disk. A database no
-    longer configured is handled as root's: the checked walk then refuses anything another user
-    could change.
+    The owner comes from the configuration, never from the journal or the disk. The registry
+    gives only a configured database's store to a rollback.
     """
     db = NssDatabase.parse(name.removeprefix(PREFIX))
     configured = (d for d in context.config.nss_databases if d.directory == db.directory)

@@ -78,13 +78,22 @@ class Registry:
         return [store for module in TABLE for store in module.all_from_config(self)]
 
     def named(self, name: str) -> Store:
-        """The store a journal entry names; StateError for a name no store has."""
+        """The store a journal entry names; StateError for a name no configured store has.
+
+        Only a configured one: a store is made from its name (a Chromium store from any path
+        after ``chromium:``), and its rollback writes what its entries say, as root.
+        """
+        # The service manager's store is left out of all() where systemd does not run now; its
+        # entries, which only it owns, are still its to undo (it checks for a manager itself).
         for module in TABLE:
             if _owns(module, name):
-                return module.from_name(name, self)
+                store = module.from_name(name, self)
+                if name == systemd_env.PREFIX or store.name in {s.name for s in self.all()}:
+                    return store
+                break
         raise StateError(
             str(self.config.state_dir),
-            f"the journal names a store this version does not know ({name[:100]!r}); "
+            f"the journal names a store this configuration does not have ({name[:100]!r}); "
             "undo that install by hand, then remove journal.json",
         )
 

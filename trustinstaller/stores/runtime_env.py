@@ -38,7 +38,7 @@ from trustinstaller import _fs, pem
 from trustinstaller.documents import Entry, Mkdir, Write
 from trustinstaller.errors import StoreError, UnsafePathError
 from trustinstaller.paths import SAFE_VALUE as SAFE_VALUE  # config.py checks runtime_dir with it
-from trustinstaller.stores import Recorder, undo_files
+from trustinstaller.stores import Recorder, owns_file, undo_files
 from trustinstaller.stores.debian import DebianPaths, cert_filename
 from trustinstaller.stores.firefox import policies_document
 
@@ -264,6 +264,14 @@ class RuntimeEnvStore:
     def rollback(self, entries: Sequence[Entry]) -> None:
         """Remove the files we wrote, then the directory if we made it and it is empty."""
         undo_files(entries)
+
+    def owns(self, entry: Entry) -> bool:
+        """The directory and the four files in it."""
+        if isinstance(entry, Mkdir):
+            return entry.path == str(self.directory)
+        names = {BUNDLE, CUSTOM, FIREFOX_POLICIES, ENV_FILE}
+        written = isinstance(entry, Write) and entry.original is None  # never restores bytes
+        return written and owns_file(entry, self.directory, names.__contains__)
 
 
 def _unsafe(exc: UnsafePathError) -> str:

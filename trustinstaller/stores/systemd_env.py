@@ -154,6 +154,11 @@ class SystemdEnvStore:
         """None: the variables name our files, not a certificate."""
         return {}
 
+    def owns(self, entry: Entry) -> bool:
+        """Our variables only, assigned as this configuration assigns them."""
+        return (isinstance(entry, ManagerEnv) and entry.assigned == self.pairs
+                and set(entry.original) <= set(self.pairs))  # fmt: skip
+
     def rollback(self, entries: Sequence[Entry]) -> None:
         """Unset ours where they still hold our values, and put back what they replaced."""
         steps = [e for e in entries if isinstance(e, ManagerEnv)]
