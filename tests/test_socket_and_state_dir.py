@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.daemon import Daemon, request, write_config
-from tests.support.peer import NOBODY, client, run_as
+from tests.support.peer import NOBODY, as_uid, client, run_as
 from trustinstaller import documents
 from trustinstaller.config import Config
 from trustinstaller.installer import Installer
@@ -211,6 +211,81 @@ def test_a_state_dir_another_user_made_in_a_sticky_run_is_refused(
     assert not sock.exists()
     assert (victim / "keep.txt").read_text() == "root's\n"
     assert json.loads((state / "journal.json").read_text()) == planted
+
+
+LISTENER = """
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(sys.argv[1]); s.listen(1)
+print("listening", flush=True)
+c, _ = s.accept(); c.settimeout(10)
+got = b""
+try:
+    while chunk := c.recv(65536):
+        got += chunk
+except OSError:
+    pass
+open(sys.argv[2], "wb").write(got)
+"""
+
+
+@pytest.mark.root
+def test_a_socket_another_user_bound_gets_no_manifest(
+    config: Config, public_tmp: Path, tmp_path: Path
+) -> None:
+    """Where another user could bind the socket's path first (a /run every user may write),
+    submit sends the manifest, credentials and all, to nobody but root: it sends nothing."""
+    shared = public_tmp / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    sock, got = shared / "ti.sock", shared / "got"
+    with subprocess.Popen(
+        as_uid(OTHER_UID, OTHER_UID, sys.executable, "-I", "-c", LISTENER, str(sock), str(got)),
+        stdout=subprocess.PIPE, text=True, cwd="/",
+    ) as listener:  # fmt: skip
+        try:
+            assert listener.stdout is not None
+            assert listener.stdout.readline() == "listening\n"
+            keys = {"accessKeyId": "AKIAEXAMPLE", "secretAccessKey": "s3cr3t"}
+            body = json.dumps({"credentials": keys, "certificates": []})
+            (tmp_path / "m.json").write_text(body)
+            cfg = write_config(replace(config, socket=sock), tmp_path / "c.toml")
+            done = subprocess.run(
+                [sys.executable, "-m", "trustinstaller", "--config", str(cfg), "submit",
+                 str(tmp_path / "m.json")],
+                capture_output=True, text=True, timeout=60, check=False,
+                stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+            assert listener.wait(timeout=30) == 0
+        finally:
+            listener.kill()
+    assert done.returncode != 0, done.stdout
+    assert f"served by uid {OTHER_UID}, not root; sent nothing" in done.stderr
+    assert got.read_bytes() == b""
+
+
+@pytest.mark.root
+def test_env_prints_nothing_for_a_runtime_dir_another_user_made(
+    config: Config, public_tmp: Path, tmp_path: Path
+) -> None:
+    """``trustinstaller env`` hands clients only an environment the install wrote: not one that
+    another user made in a directory every user may write."""
+    shared = public_tmp / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    env_dir = shared / "trustinstaller-env"
+    made = run_as(OTHER_UID, OTHER_UID, "sh", "-c",
+                  f"mkdir -m 0755 {env_dir} && echo \"SSL_CERT_FILE='/tmp/evil.pem'\" "
+                  f"> {env_dir}/env && touch {env_dir}/ca-bundle.pem")  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    cfg = write_config(replace(config, runtime_dir=env_dir), tmp_path / "c.toml")
+    done = subprocess.run(
+        [sys.executable, "-m", "trustinstaller", "--config", str(cfg), "env", "--export"],
+        capture_output=True, text=True, timeout=60, check=False, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""
+    assert "no trust environment" in done.stderr
 
 
 @pytest.mark.root

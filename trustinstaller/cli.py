@@ -7,16 +7,18 @@ Exit codes: 0 ok, 1 internal or host error, 2 bad manifest or usage,
 from __future__ import annotations
 
 import argparse
+import errno
 import http.client
 import json
 import os
 import socket
+import struct
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trustinstaller import __version__, config, documents, log
+from trustinstaller import __version__, _fs, config, documents, log
 from trustinstaller.documents import Status
 from trustinstaller.errors import (
     ConfigError,
@@ -42,15 +44,31 @@ class UnixHTTPConnection(http.client.HTTPConnection):
         self.unix_path = path
 
     def connect(self) -> None:
-        """Connect to the daemon's socket instead of a TCP port."""
+        """Connect to the daemon's socket instead of a TCP port; only to root's (or our own).
+
+        Whoever listens at the path gets the manifest, credentials and all, and is believed:
+        where another user could have bound it first (a /run every user may write), nothing
+        may be sent before the listener is known to be root (SO_PEERCRED: its uid at listen()).
+        """
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             s.settimeout(self.timeout)
             s.connect(str(self.unix_path))
+            _, uid, _ = _PEERCRED.unpack(
+                s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+            )
+            if uid not in _fs.trusted_uids():
+                raise PermissionError(
+                    errno.EPERM, f"the socket is served by uid {uid}, not root; sent nothing"
+                )
         except OSError:
             s.close()
             raise
         self.sock = s
+
+
+# struct ucred: pid, uid, gid.
+_PEERCRED = struct.Struct("iII")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -282,9 +282,17 @@ def _unsafe(exc: UnsafePathError) -> str:
 
 
 def installed(directory: Path) -> bool:
-    """Whether an install wrote the environment here (the env file is written last)."""
+    """Whether an install wrote the environment here (the env file is written last).
+
+    Only as the install would have written it: the directory reached by the checked walk, below
+    a parent only root may write, and the file root's alone. Anything else, a directory another
+    user made first say, is no environment of ours to hand to clients.
+    """
     with contextlib.suppress(OSError):
-        return stat.S_ISREG(os.lstat(directory / ENV_FILE).st_mode)
+        with _fs.opened_dir(directory.parent) as parent:
+            _fs.check_writable_by_root_only(parent, str(directory.parent))
+        with _fs.opened_dir(directory) as fd:
+            return _fs.check_file(fd, ENV_FILE, str(directory / ENV_FILE)) is not None
     return False
 
 
