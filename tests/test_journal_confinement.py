@@ -49,7 +49,7 @@ def cases(cfg: Config) -> list[tuple[str, Entry, bool]]:
         ("os", Write(str(our), f"{FP}.crt"), True),
         ("os", Mkdir(str(our)), True),
         ("os", Update(), True),
-        ("os", Write(str(our), "evil.crt"), False),
+        ("os", Write(str(our), "evil.txt"), False),
         ("os", Write("/etc", f"{FP}.crt"), False),
         ("os", Mkdir("/etc/cron.d"), False),
         (f"chromium:{chromium}", Write(str(chromium), "zz-trustinstaller.json", "e30K", 0o644),

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import re
 import stat
 import struct
 import time
@@ -114,9 +113,6 @@ def _command(pid: int) -> str:
     words = raw.rstrip(b"\0").split(b"\0")
     text = " ".join(w.decode("ascii", "replace") for w in words)
     return "".join(c if c.isprintable() and c.isascii() else "?" for c in text)[:160]
-
-
-_CERT_FILE = re.compile(r"[0-9a-f]{64}\.crt")
 
 
 def cert_filename(ca: TrustedCA) -> str:
@@ -221,12 +217,12 @@ class DebianStore:
             )
 
     def owns(self, entry: Entry) -> bool:
-        """Our directory, our ``<sha256>.crt`` files in it, and the update."""
+        """Our directory, the ``.crt`` files in it, and the update."""
         if isinstance(entry, Update):
             return True
         if isinstance(entry, Mkdir):
             return entry.path == str(self.paths.our_dir)
-        return owns_file(entry, self.paths.our_dir, lambda n: bool(_CERT_FILE.fullmatch(n)))
+        return owns_file(entry, self.paths.our_dir, lambda n: n.endswith(".crt"))
 
     def notices(self, certs: Sequence[TrustedCA]) -> dict[str, list[str]]:
         """None: nothing beside this store can undo what it installs."""
