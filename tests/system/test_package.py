@@ -11,6 +11,7 @@ the third test takes is what the later ones check). The daemon reaches a real mo
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
@@ -134,6 +135,30 @@ def test_package_runs_in_the_clean_root(root: Path) -> None:
 RUN_DIRS = ("/run/trustinstaller", "/run/trustinstaller-env")
 
 
+@contextlib.contextmanager
+def run_filled_by_the_browser_user(booted: debroot.Booted) -> Iterator[None]:
+    """/run made small, then filled by the browser user through a directory every user may
+    write (as /run/lock is on some hosts), until not even root may write a byte to it; put back
+    as it was at the end."""
+    size_kib, used_kib = booted.run("df", "--output=size,used", "-k", "/run").stdout.split()[-2:]
+    booted.run("mount", "-o", f"remount,size={int(used_kib) + 2048}k", "/run")
+    try:
+        booted.run("install", "-d", "-m", "1777", "/run/shared")
+        fill = booted.run("setpriv", "--reuid=browser", "--regid=browser", "--init-groups",
+                          "dd", "if=/dev/zero", "of=/run/shared/fill", "bs=64k",
+                          check=False)  # fmt: skip
+        assert fill.returncode != 0
+        assert "No space left" in fill.stderr, fill.stderr
+        # The attack is real: /run itself takes no more, not even from root.
+        full = booted.run("dd", "if=/dev/zero", "of=/run/probe", "bs=64k", "count=1",
+                          check=False)  # fmt: skip
+        assert "No space left" in full.stderr, full.stderr
+        yield
+    finally:
+        booted.run("rm", "-rf", "/run/shared", "/run/probe")
+        booted.run("mount", "-o", f"remount,size={size_kib}k", "/run")
+
+
 def test_socket_is_listening_before_any_service(booted: debroot.Booted) -> None:
     """After boot the socket listens, root only, and the service has not started."""
     assert booted.systemctl("is-active", "trustinstaller.socket").stdout.strip() == "active"
@@ -159,17 +184,7 @@ def test_a_user_who_fills_run_before_the_first_connection_cannot_stop_the_start(
     (Its inodes are another matter: without one, systemd cannot set up any hardened unit's mount
     namespace, ours included, 226/NAMESPACE; see docs/threat-model.md.)"""
     assert booted.show("trustinstaller.service", "ActiveState")["ActiveState"] == "inactive"
-    size_kib, used_kib = booted.run("df", "--output=size,used", "-k", "/run").stdout.split()[-2:]
-    booted.run("mount", "-o", f"remount,size={int(used_kib) + 2048}k", "/run")
-    try:
-        booted.run("install", "-d", "-m", "1777", "/run/shared")
-        fill = booted.run("setpriv", "--reuid=browser", "--regid=browser", "--init-groups",
-                          "dd", "if=/dev/zero", "of=/run/shared/fill", "bs=64k",
-                          check=False)  # fmt: skip
-        assert "No space left" in fill.stderr, fill.stderr
-        full = booted.run("dd", "if=/dev/zero", "of=/run/probe", "bs=64k", "count=1",
-                          check=False)  # fmt: skip
-        assert "No space left" in full.stderr, full.stderr
+    with run_filled_by_the_browser_user(booted):
         booted.run("trustinstaller", "status", "--json")
         booted.wait_for(
             lambda: booted.show("trustinstaller.service", "ActiveState")["ActiveState"],
@@ -179,9 +194,6 @@ def test_a_user_who_fills_run_before_the_first_connection_cannot_stop_the_start(
         done = booted.run("trustinstaller", "status")
         assert "source: daemon\n" in done.stdout, done.stdout  # not the state file: it answered
         assert "state: open" in done.stdout, done.stdout
-    finally:
-        booted.run("rm", "-rf", "/run/shared", "/run/probe")
-        booted.run("mount", "-o", f"remount,size={size_kib}k", "/run")
 
 
 def test_first_connection_activates_the_service_until_ready(booted: debroot.Booted) -> None:
@@ -214,28 +226,11 @@ def test_state_and_runtime_dirs_are_tmpfs_mounts_of_their_own(booted: debroot.Bo
 def test_a_user_who_fills_run_cannot_fill_the_state_or_runtime_dir(booted: debroot.Booted) -> None:
     """The browser user fills /run through a directory every user may write (as /run/lock is on
     some hosts); root's writes in the state and runtime directories still succeed."""
-    size_kib = booted.run("df", "--output=size", "-k", "/run").stdout.split()[-1]
-    used_kib = int(booted.run("df", "--output=used", "-k", "/run").stdout.split()[-1])
-    # A small /run, so that filling it takes a moment; put back as it was at the end.
-    booted.run("mount", "-o", f"remount,size={used_kib + 2048}k", "/run")
-    try:
-        booted.run("install", "-d", "-m", "1777", "/run/shared")
-        fill = booted.run("setpriv", "--reuid=browser", "--regid=browser", "--init-groups",
-                          "dd", "if=/dev/zero", "of=/run/shared/fill", "bs=64k",
-                          check=False)  # fmt: skip
-        assert fill.returncode != 0
-        assert "No space left" in fill.stderr, fill.stderr
-        # The attack is real: /run itself takes no more, not even from root.
-        full = booted.run("dd", "if=/dev/zero", "of=/run/probe", "bs=64k", "count=1",
-                          check=False)  # fmt: skip
-        assert "No space left" in full.stderr, full.stderr
+    with run_filled_by_the_browser_user(booted):
         for d in RUN_DIRS:
             probe = f"{d}/.fill-probe"
             booted.run("dd", "if=/dev/zero", f"of={probe}", "bs=64k", "count=16", "conv=fsync")
             booted.run("rm", "-f", probe)
-    finally:
-        booted.run("rm", "-rf", "/run/shared", "/run/probe")
-        booted.run("mount", "-o", f"remount,size={size_kib}k", "/run")
 
 
 def test_manifest_installs_into_the_roots_stores(
